@@ -1,0 +1,83 @@
+//! `ftpsfs check URL`: connect, log in, and report what a user or supporter needs to
+//! know about the site's FTPS: TLS version and cipher, the certificate, CCC, the
+//! features, data-session resumption, and the first entries of the listing.
+
+use crate::config::SiteConfig;
+use crate::error::Result;
+use crate::ftp::{EntryKind, FtpConnection, Protection, TlsContext};
+use std::io::Write;
+use std::sync::Arc;
+
+/// How many listing entries `check` prints.
+const SHOWN_ENTRIES: usize = 20;
+
+/// Runs the check, writing the report to `out`.
+pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<()> {
+    let tls = TlsContext::new(site.tls.clone())?;
+    let c = &site.connect;
+    let mode = if c.implicit { "implicit FTPS (TLS from the first byte)" } else { "explicit FTPS (AUTH TLS)" };
+    let _ = writeln!(out, "server:           {}:{} ({mode})", c.host, c.port);
+    let mut conn = FtpConnection::connect(Arc::new(c.clone()), tls)?;
+    let info = conn.tls_info().clone();
+    let _ = writeln!(out, "tls:              {}, cipher {}", info.version, info.cipher);
+    let trust = if site.tls.insecure {
+        "NOT VERIFIED (insecure): anyone on the path could impersonate this server"
+    } else if site.tls.fingerprint.is_some() {
+        "pinned SHA-256 fingerprint matches"
+    } else if site.tls.cafile.is_some() {
+        "chain verified against cafile=, host name matches"
+    } else {
+        "chain verified against the system CAs, host name matches"
+    };
+    let _ = writeln!(out, "trust:            {trust}");
+    if let Some(cert) = &info.server_cert {
+        let _ = writeln!(out, "certificate:      subject {}", cert.subject);
+        let _ = writeln!(out, "                  issuer  {}", cert.issuer);
+        let _ = writeln!(out, "                  valid   {} to {}", cert.not_before, cert.not_after);
+        let _ = writeln!(out, "                  sha256  {}", cert.sha256);
+    }
+    if site.tls.client_cert.is_some() {
+        let _ = writeln!(out, "client cert:      presented and accepted");
+    }
+    let _ = writeln!(out, "login:            ok as {}", c.user);
+    let prot = match c.protection {
+        Protection::Private => "PROT P (data connections encrypted)",
+        Protection::Clear => "PROT C (data connections in clear)",
+    };
+    let _ = writeln!(out, "protection:       {prot}");
+    let control = if conn.control_is_clear() {
+        "clear after CCC (commands visible, password was sent encrypted)"
+    } else {
+        "encrypted"
+    };
+    let _ = writeln!(out, "control channel:  {control}");
+    let feats = conn.features().raw.join(", ");
+    let _ = writeln!(out, "features:         {}", if feats.is_empty() { "(none announced)" } else { &feats });
+    let how = if conn.features().mlst { "MLSD" } else { "LIST" };
+    let entries = conn.list_dir(&site.url.path)?;
+    let resumed = match conn.data_session_resumed() {
+        Some(true) => "yes (data connection resumed the control TLS session)",
+        Some(false) => "NO (the data connection made a full handshake)",
+        None => "n/a (PROT C: data in clear)",
+    };
+    let _ = writeln!(out, "session reuse:    {resumed}");
+    let _ = writeln!(out, "listing of {} ({how}, {} entries):", site.url.path, entries.len());
+    for e in entries.iter().take(SHOWN_ENTRIES) {
+        let kind = match &e.kind {
+            EntryKind::Dir => "d".to_string(),
+            EntryKind::File => "-".to_string(),
+            EntryKind::Symlink(_) => "l".to_string(),
+        };
+        let target = match &e.kind {
+            EntryKind::Symlink(Some(t)) => format!(" -> {t}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "  {kind} {:>12}  {}{target}", e.size, e.name);
+    }
+    if entries.len() > SHOWN_ENTRIES {
+        let _ = writeln!(out, "  ... and {} more", entries.len() - SHOWN_ENTRIES);
+    }
+    conn.quit();
+    let _ = writeln!(out, "result:           OK");
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! Errors of the FTP/TLS client, each carrying the errno the filesystem returns for it.
+
+use std::fmt;
+use std::io;
+
+/// An error from the FTP/TLS layer. `Display` gives one line a user can act on.
+#[derive(Debug)]
+pub enum FtpError {
+    /// A socket operation failed (context says which).
+    Io { context: String, source: io::Error },
+    /// A read or write did not complete within the configured timeout.
+    Timeout(String),
+    /// The TLS layer refused or failed: untrusted certificate, handshake failure...
+    Tls(String),
+    /// The server answered a command with a negative (4xx/5xx) reply.
+    Reply { command: String, code: u16, text: String },
+    /// The server broke the protocol (malformed or oversized reply, bad PASV...).
+    Protocol(String),
+    /// A download ended without the server's TLS close_notify, or shorter than announced.
+    Truncated(String),
+    /// The server or the connection went away (421, EOF on the control channel).
+    Closed(String),
+    /// A bad option, URL or path given by the user.
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, FtpError>;
+
+impl FtpError {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        let context = context.into();
+        match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                FtpError::Timeout(format!("{context}: timed out"))
+            }
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => FtpError::Closed(format!("{context}: {source}")),
+            _ => FtpError::Io { context, source },
+        }
+    }
+
+    /// The FTP reply code when the server refused the command.
+    pub fn reply_code(&self) -> Option<u16> {
+        match self {
+            FtpError::Reply { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// True when the server said it does not implement the command (500, 502, 504).
+    pub fn is_not_implemented(&self) -> bool {
+        matches!(self.reply_code(), Some(500 | 502 | 504))
+    }
+
+    /// True when the connection can no longer be used and must be replaced.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            FtpError::Io { .. }
+                | FtpError::Timeout(_)
+                | FtpError::Closed(_)
+                | FtpError::Protocol(_)
+                | FtpError::Truncated(_)
+        ) || self.reply_code() == Some(421)
+    }
+
+    /// The errno a filesystem operation should return for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FtpError::Reply { code, text, .. } => reply_errno(*code, text),
+            FtpError::Timeout(_) => libc::ETIMEDOUT,
+            FtpError::Invalid(_) => libc::EINVAL,
+            FtpError::Closed(_) => libc::EIO,
+            FtpError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            FtpError::Tls(_) | FtpError::Protocol(_) | FtpError::Truncated(_) => libc::EIO,
+        }
+    }
+}
+
+/// Maps a negative FTP reply to an errno, using the text where codes are ambiguous
+/// (550 means "not found" on one server and "permission denied" on another).
+pub fn reply_errno(code: u16, text: &str) -> i32 {
+    let t = text.to_ascii_lowercase();
+    let says = |words: &[&str]| words.iter().any(|w| t.contains(w));
+    if says(&["not empty"]) {
+        return libc::ENOTEMPTY;
+    }
+    if says(&["already exists", "file exists", "directory exists"]) {
+        return libc::EEXIST;
+    }
+    if says(&["permission denied", "access denied", "not permitted", "read-only", "forbidden"]) {
+        return libc::EACCES;
+    }
+    if says(&["no such file", "not found", "does not exist", "doesn't exist", "no such"]) {
+        return libc::ENOENT;
+    }
+    if says(&["not a directory"]) {
+        return libc::ENOTDIR;
+    }
+    if says(&["is a directory"]) {
+        return libc::EISDIR;
+    }
+    if says(&["quota", "disk full", "no space", "insufficient storage"]) {
+        return libc::ENOSPC;
+    }
+    match code {
+        530 | 532 => libc::EACCES,
+        550 => libc::ENOENT,
+        552 => libc::ENOSPC,
+        553 => libc::EACCES,
+        500 | 502 | 504 => libc::ENOTSUP,
+        _ => libc::EIO,
+    }
+}
+
+impl fmt::Display for FtpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FtpError::Io { context, source } => write!(f, "{context}: {source}"),
+            FtpError::Timeout(m) => write!(f, "{m}"),
+            FtpError::Tls(m) => write!(f, "TLS: {m}"),
+            FtpError::Reply { command, code, text } => {
+                write!(f, "server refused {command}: {code} {text}")
+            }
+            FtpError::Protocol(m) => write!(f, "protocol error: {m}"),
+            FtpError::Truncated(m) => write!(f, "transfer truncated: {m}"),
+            FtpError::Closed(m) => write!(f, "connection closed: {m}"),
+            FtpError::Invalid(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for FtpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FtpError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_from_replies() {
+        assert_eq!(reply_errno(550, "foo: No such file or directory"), libc::ENOENT);
+        assert_eq!(reply_errno(550, "foo: Permission denied"), libc::EACCES);
+        assert_eq!(reply_errno(550, "Directory not empty"), libc::ENOTEMPTY);
+        assert_eq!(reply_errno(550, "foo: File exists"), libc::EEXIST);
+        assert_eq!(reply_errno(552, "Exceeded storage allocation"), libc::ENOSPC);
+        assert_eq!(reply_errno(502, "Command not implemented"), libc::ENOTSUP);
+        assert_eq!(reply_errno(550, "Failed."), libc::ENOENT);
+        assert_eq!(reply_errno(553, "Could not create file."), libc::EACCES);
+    }
+
+    #[test]
+    fn timeouts_are_recognised() {
+        let e = FtpError::io("reading reply", io::Error::from(io::ErrorKind::WouldBlock));
+        assert!(matches!(e, FtpError::Timeout(_)));
+        assert_eq!(e.errno(), libc::ETIMEDOUT);
+        assert!(e.is_connection_lost());
+    }
+}

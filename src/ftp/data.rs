@@ -1,0 +1,283 @@
+//! Data connections: one download or upload at a time, over TLS (PROT P, resuming
+//! the control connection's session) or clear TCP (PROT C).
+//!
+//! A download is complete only when the server's TLS close_notify arrived and the
+//! control connection said 226: a TCP EOF without close_notify is a truncated
+//! transfer. An upload ends with our close_notify, a short wait for the server's
+//! (bidirectional shutdown: vsftpd and pyftpdlib need it under TLS 1.3), and the 226.
+
+use super::session::FtpConnection;
+use crate::error::{FtpError, Result};
+use openssl::ssl::ShutdownState;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use super::tls::TlsStream;
+
+/// The socket of one data transfer.
+pub enum DataStream {
+    Tls(Box<TlsStream>),
+    Plain(TcpStream),
+}
+
+impl DataStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            DataStream::Tls(s) => s.get_ref(),
+            DataStream::Plain(s) => s,
+        }
+    }
+}
+
+/// A download in progress. Read it to the end, then call [`Download::finish`]; dropping
+/// it early aborts the transfer (ABOR).
+pub struct Download<'a> {
+    conn: &'a mut FtpConnection,
+    data: Option<DataStream>,
+    eof: bool,
+    bytes: u64,
+    what: String,
+}
+
+impl<'a> Download<'a> {
+    pub(crate) fn new(conn: &'a mut FtpConnection, data: DataStream, what: String) -> Self {
+        Download { conn, data: Some(data), eof: false, bytes: 0, what }
+    }
+
+    /// Bytes received so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether the data connection's TLS session resumed the control session.
+    pub fn resumed(&self) -> Option<bool> {
+        self.conn.last_data_resumed()
+    }
+
+    /// After the last byte: closes the data connection and reads the final reply.
+    /// Reads to EOF first if the caller has not.
+    pub fn finish(mut self) -> Result<u64> {
+        let mut sink = [0u8; 16384];
+        while !self.eof {
+            if let Err(e) = self.read(&mut sink).map(drop) {
+                return Err(self.fail(e));
+            }
+        }
+        self.data = None;
+        self.conn.finish_transfer(&self.what)?;
+        Ok(self.bytes)
+    }
+
+    /// Stops the transfer before its end (ABOR) and leaves the connection usable.
+    pub fn abort(mut self) -> Result<()> {
+        self.abort_inner()
+    }
+
+    fn abort_inner(&mut self) -> Result<()> {
+        if let Some(d) = self.data.take() {
+            let _ = d.tcp().shutdown(Shutdown::Both);
+            drop(d);
+            if self.eof {
+                return self.conn.finish_transfer(&self.what);
+            }
+            return self.conn.abort_transfer();
+        }
+        Ok(())
+    }
+
+    /// Turns a data-channel read error into the most useful error: the server's
+    /// negative reply when it sent one, else the data error itself.
+    fn fail(&mut self, e: io::Error) -> FtpError {
+        let data_err = match e.get_ref().and_then(|i| i.downcast_ref::<FtpError>()) {
+            Some(FtpError::Truncated(m)) => FtpError::Truncated(m.clone()),
+            _ => FtpError::io(format!("receiving {}", self.what), e),
+        };
+        self.data = None;
+        match self.conn.finish_transfer(&self.what) {
+            Err(reply_err @ FtpError::Reply { .. }) => reply_err,
+            _ => {
+                self.conn.mark_broken();
+                data_err
+            }
+        }
+    }
+}
+
+impl Read for Download<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.eof || buf.is_empty() {
+            return Ok(0);
+        }
+        let Some(data) = self.data.as_mut() else { return Ok(0) };
+        let n = match data {
+            DataStream::Plain(s) => s.read(buf)?,
+            DataStream::Tls(s) => match s.ssl_read(buf) {
+                Ok(n) => n,
+                Err(e) if e.code() == openssl::ssl::ErrorCode::ZERO_RETURN => 0,
+                Err(e) => {
+                    if s.get_shutdown().contains(ShutdownState::RECEIVED) {
+                        0
+                    } else if e.io_error().is_some() {
+                        return Err(e.into_io_error().unwrap_or_else(io::Error::other));
+                    } else {
+                        return Err(io::Error::other(FtpError::Truncated(format!(
+                            "{}: data connection closed without TLS close_notify after {} bytes ({e})",
+                            self.what, self.bytes
+                        ))));
+                    }
+                }
+            },
+        };
+        if n == 0 {
+            if let DataStream::Tls(s) = data {
+                if !s.get_shutdown().contains(ShutdownState::RECEIVED) {
+                    return Err(io::Error::other(FtpError::Truncated(format!(
+                        "{}: data connection closed without TLS close_notify after {} bytes",
+                        self.what, self.bytes
+                    ))));
+                }
+            }
+            self.eof = true;
+        }
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+impl Drop for Download<'_> {
+    fn drop(&mut self) {
+        if self.data.is_some() && self.abort_inner().is_err() {
+            self.conn.mark_broken();
+        }
+    }
+}
+
+/// An upload in progress. Write the data, then call [`Upload::finish`]: only its `Ok`
+/// means the server has the file. Dropping it unfinished aborts the transfer.
+pub struct Upload<'a> {
+    conn: &'a mut FtpConnection,
+    data: Option<DataStream>,
+    bytes: u64,
+    what: String,
+}
+
+impl<'a> Upload<'a> {
+    pub(crate) fn new(conn: &'a mut FtpConnection, data: DataStream, what: String) -> Self {
+        Upload { conn, data: Some(data), bytes: 0, what }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn resumed(&self) -> Option<bool> {
+        self.conn.last_data_resumed()
+    }
+
+    /// Closes the data connection cleanly and waits for the server's verdict.
+    pub fn finish(mut self) -> Result<u64> {
+        let Some(data) = self.data.take() else {
+            return Err(FtpError::Protocol("upload already closed".into()));
+        };
+        let close_result = close_upload(data);
+        let reply = self.conn.finish_transfer(&self.what);
+        match (close_result, reply) {
+            (_, Err(e @ FtpError::Reply { .. })) => Err(e),
+            (Err(e), _) => {
+                self.conn.mark_broken();
+                Err(FtpError::io(format!("closing upload of {}", self.what), e))
+            }
+            (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(self.bytes),
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) -> io::Error {
+        // Prefer the server's reason (552 quota, 553 permission...) to "broken pipe".
+        if let Some(d) = self.data.take() {
+            let _ = d.tcp().shutdown(Shutdown::Both);
+            drop(d);
+            if let Err(reply @ FtpError::Reply { .. }) = self.conn.finish_transfer(&self.what) {
+                return io::Error::other(reply);
+            }
+            self.conn.mark_broken();
+        }
+        e
+    }
+}
+
+/// Sends close_notify, waits briefly for the server's, then closes the socket.
+fn close_upload(data: DataStream) -> io::Result<()> {
+    match data {
+        DataStream::Plain(mut s) => {
+            s.flush()?;
+            s.shutdown(Shutdown::Write)?;
+            // Wait for the server to close its side so it has read everything.
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut b = [0u8; 512];
+            while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+            Ok(())
+        }
+        DataStream::Tls(mut s) => {
+            s.flush()?;
+            match s.shutdown() {
+                Ok(_) => {}
+                Err(e) => return Err(e.into_io_error().unwrap_or_else(io::Error::other)),
+            }
+            let _ = s.get_ref().set_read_timeout(Some(Duration::from_secs(10)));
+            // Bidirectional: read the peer's close_notify (and any TLS 1.3 ticket before it).
+            let mut tries = 0;
+            while !s.get_shutdown().contains(ShutdownState::RECEIVED) && tries < 8 {
+                tries += 1;
+                match s.shutdown() {
+                    Ok(openssl::ssl::ShutdownResult::Received) => break,
+                    Ok(openssl::ssl::ShutdownResult::Sent) => continue,
+                    Err(_) => break, // peer closed TCP without close_notify: its business
+                }
+            }
+            let _ = s.get_ref().shutdown(Shutdown::Both);
+            Ok(())
+        }
+    }
+}
+
+impl Write for Upload<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(data) = self.data.as_mut() else {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "upload closed"));
+        };
+        let r = match data {
+            DataStream::Plain(s) => s.write(buf),
+            DataStream::Tls(s) => s.write(buf),
+        };
+        match r {
+            Ok(n) => {
+                self.bytes += n as u64;
+                Ok(n)
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.data.as_mut() {
+            Some(DataStream::Plain(s)) => s.flush(),
+            Some(DataStream::Tls(s)) => s.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        if let Some(d) = self.data.take() {
+            // Unfinished: close abruptly (no close_notify) so the server sees an error.
+            let _ = d.tcp().shutdown(Shutdown::Both);
+            drop(d);
+            if self.conn.abort_transfer().is_err() {
+                self.conn.mark_broken();
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! One entry of a remote directory listing, as the FTP layer reports it.
+//! Produced by the MLSD/MLST and LIST parsers; consumed by the remote store.
+
+use std::time::SystemTime;
+
+/// What kind of object a listing line describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    /// A symbolic link; the target when the listing gave one (`name -> target`).
+    Symlink(Option<String>),
+}
+
+/// A listed remote object. Names are validated: never empty, `.`, `..`, and never
+/// contain `/` or NUL (see [`is_valid_name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Modification time (UTC) when the listing gave one.
+    pub mtime: Option<SystemTime>,
+    /// Permission bits (0o7777 at most) when the listing gave them.
+    pub mode: Option<u32>,
+    /// MLSD `unique` fact: stable identity of the object on the server.
+    pub unique: Option<String>,
+}
+
+/// Longest file name accepted from a server (bytes), as Linux's NAME_MAX.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// True when `name` is acceptable as one path component coming from a server:
+/// not empty, not `.` or `..`, no `/` or NUL, at most [`MAX_NAME_LEN`] bytes.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= MAX_NAME_LEN
+        && !name.contains('/')
+        && !name.contains('\0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_hostile_names() {
+        for bad in ["", ".", "..", "a/b", "/", "a\0b"] {
+            assert!(!is_valid_name(bad), "{bad:?} accepted");
+        }
+        assert!(!is_valid_name(&"x".repeat(256)));
+        for good in ["a", "a b", "...", ".hidden", "x".repeat(255).as_str()] {
+            assert!(is_valid_name(good), "{good:?} rejected");
+        }
+    }
+}

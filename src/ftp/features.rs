@@ -1,0 +1,100 @@
+//! The server's FEAT answer (RFC 2389) and what the client does with it.
+
+/// Capabilities the client acts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Features {
+    /// Every feature line as the server sent it (trimmed), for `check`.
+    pub raw: Vec<String>,
+    pub mlst: bool,
+    pub utf8: bool,
+    pub rest_stream: bool,
+    pub mfmt: bool,
+    pub size: bool,
+    pub mdtm: bool,
+    pub epsv: bool,
+    pub site_utime: bool,
+    pub site_chmod: bool,
+}
+
+impl Features {
+    /// Parses the lines of a 211 FEAT reply (the first and last lines are not features).
+    pub fn parse(lines: &[String]) -> Self {
+        let mut f = Features::default();
+        let n = lines.len();
+        for line in lines.iter().take(n.saturating_sub(1)).skip(1) {
+            let feat = line.trim();
+            if feat.is_empty() {
+                continue;
+            }
+            f.raw.push(feat.to_string());
+            let upper = feat.to_ascii_uppercase();
+            let mut words = upper.split_whitespace();
+            match words.next().unwrap_or("") {
+                "MLST" | "MLSD" => f.mlst = true,
+                "UTF8" => f.utf8 = true,
+                "REST" => f.rest_stream |= words.next() == Some("STREAM"),
+                "MFMT" => f.mfmt = true,
+                "SIZE" => f.size = true,
+                "MDTM" => f.mdtm = true,
+                "EPSV" => f.epsv = true,
+                "SITE" => {
+                    for w in words {
+                        match w.trim_end_matches(',') {
+                            "UTIME" => f.site_utime = true,
+                            "CHMOD" => f.site_chmod = true,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn proftpd_feat() {
+        let f = Features::parse(&lines(&[
+            "Features:",
+            " AUTH TLS",
+            " MFMT",
+            " MLST modify*;perm*;size*;type*;unique*;UNIX.group*;UNIX.mode*;UNIX.owner*;",
+            " REST STREAM",
+            " SITE COPY",
+            " SITE MKDIR",
+            " SITE UTIME",
+            " SIZE",
+            " UTF8",
+            "End",
+        ]));
+        assert!(f.mlst && f.mfmt && f.rest_stream && f.size && f.utf8 && f.site_utime);
+        assert!(!f.mdtm && !f.epsv);
+        assert_eq!(f.raw.len(), 9);
+    }
+
+    #[test]
+    fn vsftpd_feat() {
+        let f = Features::parse(&lines(&[
+            "Features:", " AUTH TLS", " EPRT", " EPSV", " MDTM", " PASV", " PBSZ", " PROT",
+            " REST STREAM", " SIZE", " TVFS", "End",
+        ]));
+        assert!(!f.mlst && !f.mfmt && !f.utf8);
+        assert!(f.epsv && f.mdtm && f.rest_stream && f.size);
+    }
+
+    #[test]
+    fn empty_or_hostile_feat() {
+        assert_eq!(Features::parse(&[]), Features::default());
+        let f = Features::parse(&lines(&["x", " REST", " MLSTX", "y"]));
+        assert!(!f.rest_stream && !f.mlst);
+    }
+}

@@ -1,0 +1,807 @@
+//! One logged-in FTPS control connection: connection setup in every mode (explicit
+//! AUTH TLS, implicit TLS, PROT P/C, CCC), commands, and the data connections they
+//! open. Knows nothing of FUSE.
+
+use super::data::{DataStream, Download, Upload};
+use super::entry::RemoteEntry;
+use super::features::Features;
+use super::listing::{list, mlsd, timeconv};
+use super::reply::{clip, LineReader, Reply};
+use super::tls::{describe_post_handshake_error, summarize_cert, CertSummary, SessionSlot, TlsContext, TlsStream};
+use crate::error::{FtpError, Result};
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A password, never printed.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Data channel protection after login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// PROT P: data connections are TLS (the default).
+    Private,
+    /// PROT C: data connections are clear; the control channel stays TLS.
+    Clear,
+}
+
+/// Everything needed to open and log in a control connection.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub host: String,
+    pub port: u16,
+    /// TLS from the first byte (ftps://) instead of AUTH TLS (ftp://).
+    pub implicit: bool,
+    pub protection: Protection,
+    /// Clear the command channel after login (RFC 2228 CCC); data stays PROT P.
+    pub ccc: bool,
+    pub user: String,
+    pub password: Secret,
+    /// Bound on every connect, read and write.
+    pub timeout: Duration,
+}
+
+/// How this server lets us set a modification time; learnt on first use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MtimeMethod {
+    Mfmt,
+    SiteUtime,
+    MdtmTwoArgs,
+    Unsupported,
+}
+
+/// Facts about the TLS of the control connection, for `check` and logs.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+    pub server_cert: Option<CertSummary>,
+}
+
+enum Control {
+    Tls(Box<TlsStream>),
+    Plain(TcpStream),
+}
+
+impl Read for Control {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Control::Tls(s) => s.read(buf),
+            Control::Plain(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Control {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Control::Tls(s) => s.write(buf),
+            Control::Plain(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Control::Tls(s) => s.flush(),
+            Control::Plain(s) => s.flush(),
+        }
+    }
+}
+
+/// A logged-in control connection.
+pub struct FtpConnection {
+    ctrl: Control,
+    reader: LineReader,
+    tls: Arc<TlsContext>,
+    opts: Arc<ConnectOptions>,
+    peer: IpAddr,
+    session: SessionSlot,
+    features: Features,
+    use_epsv: bool,
+    mtime_method: Option<MtimeMethod>,
+    last_data_resumed: Option<bool>,
+    tls_info: TlsInfo,
+    ccc_done: bool,
+    broken: bool,
+    last_used: Instant,
+}
+
+/// Rejects paths that would smuggle a second command (CR/LF) or a NUL.
+pub fn check_path(path: &str) -> Result<()> {
+    if path.is_empty() || path.contains(['\r', '\n', '\0']) {
+        return Err(FtpError::Invalid(format!("invalid remote path {:?}", clip(path))));
+    }
+    Ok(())
+}
+
+fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| FtpError::io(format!("cannot resolve {host}"), e))?
+        .collect();
+    let mut last = None;
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(FtpError::io(format!("cannot connect to {addr}"), e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| FtpError::Invalid(format!("no address for {host}"))))
+}
+
+fn prepare_socket(s: &TcpStream, timeout: Duration) -> Result<()> {
+    let ctx = |e| FtpError::io("setting socket options", e);
+    s.set_read_timeout(Some(timeout)).map_err(ctx)?;
+    s.set_write_timeout(Some(timeout)).map_err(ctx)?;
+    s.set_nodelay(true).map_err(ctx)?;
+    set_keepalive(s);
+    Ok(())
+}
+
+/// TCP keepalive, so that a NAT dropping an idle control connection during a long
+/// transfer is noticed (rclone's hang).
+fn set_keepalive(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = s.as_raw_fd();
+    let one: libc::c_int = 1;
+    let idle: libc::c_int = 60;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd and pointers to c_int of the given length.
+    unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &one as *const _ as *const _, len);
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &idle as *const _ as *const _, len);
+    }
+}
+
+impl FtpConnection {
+    /// Connects, secures, logs in and negotiates features. Any failure to get TLS is
+    /// an error: there is no plaintext mode.
+    pub fn connect(opts: Arc<ConnectOptions>, tls: Arc<TlsContext>) -> Result<Self> {
+        let tcp = tcp_connect(&opts.host, opts.port, opts.timeout)?;
+        prepare_socket(&tcp, opts.timeout)?;
+        let peer = tcp.peer_addr().map_err(|e| FtpError::io("control connection", e))?.ip();
+        let tcp_clone = tcp.try_clone().map_err(|e| FtpError::io("control connection", e))?;
+        let session: SessionSlot = Arc::new(Mutex::new(None));
+        let mut reader = LineReader::new();
+
+        let stream = if opts.implicit {
+            tls.connect(&opts.host, tcp, Some(&session), None)?
+        } else {
+            let mut plain = tcp;
+            let greeting = reader.read_reply(&mut plain)?;
+            if greeting.code != 220 {
+                return Err(FtpError::Reply { command: "connect".into(), code: greeting.code, text: greeting.text() });
+            }
+            plain
+                .write_all(b"AUTH TLS\r\n")
+                .map_err(|e| FtpError::io("sending AUTH TLS", e))?;
+            let r = reader.read_reply(&mut plain)?;
+            if r.code != 234 {
+                return Err(FtpError::Tls(format!(
+                    "the server refused AUTH TLS ({} {}); it does not offer explicit FTPS here, and ftpsfs never falls back to plaintext",
+                    r.code,
+                    r.text()
+                )));
+            }
+            if !reader.is_empty() {
+                return Err(FtpError::Protocol("data after the 234 reply to AUTH TLS".into()));
+            }
+            tls.connect(&opts.host, plain, Some(&session), None)?
+        };
+        let tls_info = TlsInfo {
+            version: stream.ssl().version_str().to_string(),
+            cipher: stream.ssl().current_cipher().map(|c| c.name().to_string()).unwrap_or_default(),
+            server_cert: stream.ssl().peer_certificate().map(|c| summarize_cert(&c)),
+        };
+        {
+            let mut slot = session.lock().map_err(|_| FtpError::Protocol("session lock".into()))?;
+            if slot.is_none() {
+                *slot = stream.ssl().session().map(|s| s.to_owned());
+            }
+        }
+        let mut conn = FtpConnection {
+            ctrl: Control::Tls(Box::new(stream)),
+            reader,
+            tls,
+            opts: opts.clone(),
+            peer,
+            session,
+            features: Features::default(),
+            use_epsv: true,
+            mtime_method: None,
+            last_data_resumed: None,
+            tls_info,
+            ccc_done: false,
+            broken: false,
+            last_used: Instant::now(),
+        };
+        if opts.implicit {
+            let greeting = conn.read_reply().map_err(post_handshake)?;
+            if greeting.code != 220 {
+                return Err(FtpError::Reply { command: "connect".into(), code: greeting.code, text: greeting.text() });
+            }
+        }
+        conn.login().map_err(post_handshake)?;
+        conn.protect()?;
+        if opts.ccc {
+            conn.clear_command_channel(tcp_clone)?;
+        }
+        conn.negotiate_features()?;
+        Ok(conn)
+    }
+
+    fn login(&mut self) -> Result<()> {
+        let user = self.opts.user.clone();
+        let r = self.command(&format!("USER {user}"))?;
+        let r = match r.code {
+            230 => r,
+            331 | 332 => {
+                let pass = self.opts.password.clone();
+                self.send_line(&format!("PASS {}", pass.expose()), "PASS ***")?;
+                self.read_reply()?
+            }
+            _ => r,
+        };
+        match r.code {
+            230 | 202 => Ok(()),
+            530 => Err(FtpError::Reply {
+                command: "login".into(),
+                code: 530,
+                text: format!("login incorrect for user {user:?} ({})", r.text()),
+            }),
+            code => Err(FtpError::Reply { command: "login".into(), code, text: r.text() }),
+        }
+    }
+
+    fn protect(&mut self) -> Result<()> {
+        let r = self.command("PBSZ 0")?;
+        if !r.is_positive() && !self.opts.implicit {
+            return Err(FtpError::Reply { command: "PBSZ 0".into(), code: r.code, text: r.text() });
+        }
+        let cmd = match self.opts.protection {
+            super::session::Protection::Private => "PROT P",
+            super::session::Protection::Clear => "PROT C",
+        };
+        let r = self.command(cmd)?;
+        if !r.is_positive() {
+            return Err(FtpError::Reply { command: cmd.into(), code: r.code, text: r.text() });
+        }
+        Ok(())
+    }
+
+    /// RFC 2228 CCC: after login, end TLS on the control connection (bidirectional
+    /// close_notify) and go on in clear on the same TCP socket.
+    fn clear_command_channel(&mut self, tcp: TcpStream) -> Result<()> {
+        let r = self.command("CCC")?;
+        if r.code != 200 {
+            return Err(FtpError::Reply { command: "CCC".into(), code: r.code, text: r.text() });
+        }
+        if !self.reader.is_empty() {
+            return Err(FtpError::Protocol("data after the 200 reply to CCC".into()));
+        }
+        if let Control::Tls(s) = &mut self.ctrl {
+            s.shutdown().map_err(|e| FtpError::Tls(format!("CCC shutdown: {e}")))?;
+            let mut tries = 0;
+            while !s.get_shutdown().contains(openssl::ssl::ShutdownState::RECEIVED) && tries < 4 {
+                tries += 1;
+                match s.shutdown() {
+                    Ok(openssl::ssl::ShutdownResult::Received) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(FtpError::Tls(format!("CCC: no close_notify from the server: {e}"))),
+                }
+            }
+        }
+        self.ctrl = Control::Plain(tcp);
+        self.ccc_done = true;
+        Ok(())
+    }
+
+    fn negotiate_features(&mut self) -> Result<()> {
+        let r = self.command("FEAT")?;
+        if r.code == 211 {
+            self.features = Features::parse(&r.lines);
+        }
+        if self.features.utf8 {
+            // Tolerated when refused (pure-ftpd answers 504).
+            self.command("OPTS UTF8 ON")?;
+        }
+        self.expect("TYPE I", |c| c == 200)?;
+        Ok(())
+    }
+
+    // ---- plumbing -------------------------------------------------------------
+
+    fn send_line(&mut self, line: &str, shown: &str) -> Result<()> {
+        if line.contains(['\r', '\n']) {
+            return Err(FtpError::Invalid("command contains a line break".into()));
+        }
+        log::debug!("> {shown}");
+        let mut buf = Vec::with_capacity(line.len() + 2);
+        buf.extend_from_slice(line.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        let r = self.ctrl.write_all(&buf).and_then(|_| self.ctrl.flush());
+        self.last_used = Instant::now();
+        r.map_err(|e| self.lost(FtpError::io(format!("sending {}", first_word(shown)), e)))
+    }
+
+    fn read_reply(&mut self) -> Result<Reply> {
+        let r = self.reader.read_reply(&mut self.ctrl).map_err(|e| self.lost(e))?;
+        log::debug!("< {} {}", r.code, r.text());
+        if r.code == 421 {
+            self.broken = true;
+            return Err(FtpError::Closed(format!("server closed the session: {}", r.text())));
+        }
+        Ok(r)
+    }
+
+    fn lost(&mut self, e: FtpError) -> FtpError {
+        if e.is_connection_lost() {
+            self.broken = true;
+        }
+        e
+    }
+
+    /// Sends one command and reads its reply, whatever the code.
+    pub fn command(&mut self, cmd: &str) -> Result<Reply> {
+        self.send_line(cmd, cmd)?;
+        self.read_reply()
+    }
+
+    /// Sends one command; a reply whose code fails `ok` becomes an error.
+    fn expect(&mut self, cmd: &str, ok: impl Fn(u16) -> bool) -> Result<Reply> {
+        let r = self.command(cmd)?;
+        if ok(r.code) {
+            Ok(r)
+        } else {
+            Err(FtpError::Reply { command: first_word(cmd).to_string(), code: r.code, text: r.text() })
+        }
+    }
+
+    pub(crate) fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// True when an error left the connection unusable; the pool drops it.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        self.last_used.elapsed()
+    }
+
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    pub fn tls_info(&self) -> &TlsInfo {
+        &self.tls_info
+    }
+
+    /// True when CCC cleared the control channel.
+    pub fn control_is_clear(&self) -> bool {
+        self.ccc_done
+    }
+
+    pub(crate) fn last_data_resumed(&self) -> Option<bool> {
+        self.last_data_resumed
+    }
+
+    /// Whether the most recent data connection resumed the control TLS session.
+    pub fn data_session_resumed(&self) -> Option<bool> {
+        self.last_data_resumed
+    }
+
+    // ---- data connections ------------------------------------------------------
+
+    /// Opens the TCP side of a passive data connection: EPSV, else PASV, always to
+    /// the control connection's peer address.
+    fn open_data_socket(&mut self) -> Result<TcpStream> {
+        let port = if self.use_epsv {
+            let r = self.command("EPSV")?;
+            if r.code == 229 {
+                Some(parse_epsv(&r.text())?)
+            } else if matches!(r.code, 500 | 501 | 502 | 504) {
+                self.use_epsv = false;
+                None
+            } else {
+                return Err(FtpError::Reply { command: "EPSV".into(), code: r.code, text: r.text() });
+            }
+        } else {
+            None
+        };
+        let port = match port {
+            Some(p) => p,
+            None => {
+                let r = self.expect("PASV", |c| c == 227)?;
+                let (ip, port) = parse_pasv(&r.text())?;
+                if ip != self.peer {
+                    log::debug!("PASV address {ip} differs from the control peer {}: using the peer", self.peer);
+                }
+                port
+            }
+        };
+        let addr = SocketAddr::new(self.peer, port);
+        let s = TcpStream::connect_timeout(&addr, self.opts.timeout)
+            .map_err(|e| FtpError::io(format!("opening data connection to {addr}"), e))?;
+        prepare_socket(&s, self.opts.timeout)?;
+        Ok(s)
+    }
+
+    /// Opens a data connection and starts `cmd` on it (after `REST offset` if > 0).
+    fn start_transfer(&mut self, cmd: &str, offset: u64) -> Result<DataStream> {
+        let tcp = self.open_data_socket()?;
+        if offset > 0 {
+            self.expect(&format!("REST {offset}"), |c| c == 350)?;
+        }
+        let r = self.command(cmd)?;
+        if !r.is_preliminary() {
+            return Err(FtpError::Reply { command: first_word(cmd).to_string(), code: r.code, text: r.text() });
+        }
+        match self.opts.protection {
+            Protection::Clear => {
+                self.last_data_resumed = None;
+                Ok(DataStream::Plain(tcp))
+            }
+            Protection::Private => {
+                let sess = self.session.lock().ok().and_then(|s| s.clone());
+                let s = match self.tls.connect(&self.opts.host, tcp, None, sess.as_ref()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // The server's reply (e.g. 425/522 reuse required) says more.
+                        return Err(match self.read_reply() {
+                            Ok(r) if !r.is_positive() => FtpError::Reply {
+                                command: first_word(cmd).to_string(),
+                                code: r.code,
+                                text: format!("{} (data connection TLS: {e})", r.text()),
+                            },
+                            _ => {
+                                self.broken = true;
+                                e
+                            }
+                        });
+                    }
+                };
+                self.last_data_resumed = Some(s.ssl().session_reused());
+                Ok(DataStream::Tls(Box::new(s)))
+            }
+        }
+    }
+
+    /// Reads the final reply of a transfer whose data connection is closed.
+    pub(crate) fn finish_transfer(&mut self, what: &str) -> Result<()> {
+        let r = self.read_reply()?;
+        if r.is_positive() {
+            Ok(())
+        } else {
+            Err(FtpError::Reply { command: what.to_string(), code: r.code, text: r.text() })
+        }
+    }
+
+    /// Ends a transfer early. The data socket is already closed, which every server
+    /// answers with one final reply (426/451, or 226 when it had sent everything).
+    pub(crate) fn abort_transfer(&mut self) -> Result<()> {
+        let r = self.read_reply()?;
+        log::debug!("transfer aborted: {} {}", r.code, r.text());
+        Ok(())
+    }
+
+    /// Downloads `path` from byte `offset` (REST; needs REST STREAM).
+    pub fn retr(&mut self, path: &str, offset: u64) -> Result<Download<'_>> {
+        check_path(path)?;
+        if offset > 0 && !self.features.rest_stream {
+            return Err(FtpError::Reply {
+                command: "REST".into(),
+                code: 502,
+                text: "the server does not announce REST STREAM".into(),
+            });
+        }
+        let data = self.start_transfer(&format!("RETR {path}"), offset)?;
+        Ok(Download::new(self, data, format!("RETR {path}")))
+    }
+
+    /// Uploads to `path`, replacing it (STOR), or appending (APPE).
+    pub fn stor(&mut self, path: &str, append: bool) -> Result<Upload<'_>> {
+        check_path(path)?;
+        let verb = if append { "APPE" } else { "STOR" };
+        let data = self.start_transfer(&format!("{verb} {path}"), 0)?;
+        Ok(Upload::new(self, data, format!("{verb} {path}")))
+    }
+
+    /// Lists a directory: MLSD where the server has it, else `LIST -a`. Lines that do
+    /// not parse or carry unsafe names are skipped (and logged).
+    pub fn list_dir(&mut self, path: &str) -> Result<Vec<RemoteEntry>> {
+        check_path(path)?;
+        let use_mlsd = self.features.mlst;
+        let cmd = if use_mlsd { format!("MLSD {path}") } else { format!("LIST -a {path}") };
+        let data = self.start_transfer(&cmd, 0)?;
+        let now = SystemTime::now();
+        let mut entries = Vec::new();
+        let mut dl = Download::new(self, data, cmd);
+        {
+            let mut rd = BufReader::with_capacity(65536, &mut dl);
+            let mut line = Vec::with_capacity(256);
+            loop {
+                line.clear();
+                let n = (&mut rd)
+                    .take(mlsd::MAX_LINE_LEN as u64 + 2)
+                    .read_until(b'\n', &mut line)
+                    .map_err(|e| FtpError::io("reading listing", e));
+                let n = match n {
+                    Ok(n) => n,
+                    Err(e) => {
+                        drop(rd);
+                        return Err(dl.fail_listing(e));
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                if line.last() != Some(&b'\n') && n > mlsd::MAX_LINE_LEN {
+                    log::warn!("skipping an overlong listing line");
+                    // Skip the rest of that line.
+                    let mut rest = Vec::new();
+                    let _ = (&mut rd).take(1 << 24).read_until(b'\n', &mut rest);
+                    continue;
+                }
+                let Ok(text) = std::str::from_utf8(&line) else {
+                    log::warn!("skipping a listing line that is not UTF-8");
+                    continue;
+                };
+                let text = text.trim_end_matches(['\r', '\n']);
+                if text.is_empty() {
+                    continue;
+                }
+                let parsed = if use_mlsd {
+                    match mlsd::parse_mlsd_line(text) {
+                        Ok(e) => e,
+                        Err(err) => {
+                            log::warn!("skipping listing line {:?}: {err}", clip(text));
+                            None
+                        }
+                    }
+                } else {
+                    list::parse_list_line(text, now)
+                };
+                if let Some(e) = parsed {
+                    entries.push(e);
+                }
+            }
+        }
+        dl.finish()?;
+        Ok(entries)
+    }
+
+    // ---- simple commands -------------------------------------------------------
+
+    pub fn size(&mut self, path: &str) -> Result<u64> {
+        check_path(path)?;
+        let r = self.expect(&format!("SIZE {path}"), |c| c == 213)?;
+        r.text()
+            .trim()
+            .parse()
+            .map_err(|_| FtpError::Protocol(format!("bad SIZE reply {:?}", clip(&r.text()))))
+    }
+
+    pub fn mdtm(&mut self, path: &str) -> Result<SystemTime> {
+        check_path(path)?;
+        let r = self.expect(&format!("MDTM {path}"), |c| c == 213)?;
+        timeconv::parse_mdtm_time(r.text().trim())
+            .ok_or_else(|| FtpError::Protocol(format!("bad MDTM reply {:?}", clip(&r.text()))))
+    }
+
+    /// MLST of one path (where the server has MLST).
+    pub fn mlst(&mut self, path: &str) -> Result<Option<RemoteEntry>> {
+        check_path(path)?;
+        let r = self.command(&format!("MLST {path}"))?;
+        match r.code {
+            250 => {}
+            550 => return Ok(None),
+            code => return Err(FtpError::Reply { command: "MLST".into(), code, text: r.text() }),
+        }
+        for line in r.lines.iter().skip(1) {
+            if line.starts_with(' ') {
+                return mlsd::parse_mlst_reply_line(line)
+                    .map(Some)
+                    .map_err(|e| FtpError::Protocol(format!("bad MLST reply: {e}")));
+            }
+        }
+        Err(FtpError::Protocol("MLST reply without facts".into()))
+    }
+
+    pub fn delete(&mut self, path: &str) -> Result<()> {
+        check_path(path)?;
+        self.expect(&format!("DELE {path}"), |c| c == 250 || c == 200).map(drop)
+    }
+
+    pub fn mkdir(&mut self, path: &str) -> Result<()> {
+        check_path(path)?;
+        self.expect(&format!("MKD {path}"), |c| c == 257 || c == 250).map(drop)
+    }
+
+    pub fn rmdir(&mut self, path: &str) -> Result<()> {
+        check_path(path)?;
+        self.expect(&format!("RMD {path}"), |c| c == 250 || c == 200).map(drop)
+    }
+
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        check_path(from)?;
+        check_path(to)?;
+        self.expect(&format!("RNFR {from}"), |c| c == 350)?;
+        self.expect(&format!("RNTO {to}"), |c| c == 250 || c == 200).map(drop)
+    }
+
+    pub fn chmod(&mut self, path: &str, mode: u32) -> Result<()> {
+        check_path(path)?;
+        self.expect(&format!("SITE CHMOD {:o} {path}", mode & 0o7777), |c| c == 200 || c == 250)
+            .map(drop)
+    }
+
+    /// Sets the modification time with whatever the server offers: MFMT, then
+    /// SITE UTIME, then vsftpd's two-argument MDTM. Remembers what worked.
+    pub fn set_mtime(&mut self, path: &str, mtime: SystemTime) -> Result<()> {
+        check_path(path)?;
+        let t = timeconv::format_mfmt(mtime);
+        let mut order = vec![];
+        match self.mtime_method {
+            Some(MtimeMethod::Unsupported) => {}
+            Some(m) => order.push(m),
+            None => {
+                if self.features.mfmt {
+                    order.push(MtimeMethod::Mfmt);
+                }
+                order.push(MtimeMethod::SiteUtime);
+                order.push(MtimeMethod::MdtmTwoArgs);
+            }
+        }
+        let mut last = None;
+        for m in order {
+            let cmd = match m {
+                MtimeMethod::Mfmt => format!("MFMT {t} {path}"),
+                MtimeMethod::SiteUtime => format!("SITE UTIME {path} {t} {t} {t} UTC"),
+                MtimeMethod::MdtmTwoArgs => format!("MDTM {t} {path}"),
+                MtimeMethod::Unsupported => continue,
+            };
+            let r = self.command(&cmd)?;
+            if matches!(r.code, 200 | 213 | 250) {
+                self.mtime_method = Some(m);
+                return Ok(());
+            }
+            let err = FtpError::Reply { command: first_word(&cmd).to_string(), code: r.code, text: r.text() };
+            if !(err.is_not_implemented() || r.code == 501 || self.mtime_method.is_none()) {
+                return Err(err);
+            }
+            last = Some(err);
+        }
+        if self.mtime_method.is_none() {
+            self.mtime_method = Some(MtimeMethod::Unsupported);
+        }
+        Err(last.unwrap_or(FtpError::Reply {
+            command: "MFMT".into(),
+            code: 502,
+            text: "the server offers no way to set modification times".into(),
+        }))
+    }
+
+    pub fn noop(&mut self) -> Result<()> {
+        self.expect("NOOP", |c| c == 200).map(drop)
+    }
+
+    /// Politely ends the session.
+    pub fn quit(mut self) {
+        let _ = self.command("QUIT");
+    }
+}
+
+fn post_handshake(e: FtpError) -> FtpError {
+    match describe_post_handshake_error(&e) {
+        Some(msg) if !matches!(e, FtpError::Reply { .. }) => FtpError::Tls(msg),
+        _ => e,
+    }
+}
+
+fn first_word(s: &str) -> &str {
+    s.split(' ').next().unwrap_or(s)
+}
+
+/// `229 Entering Extended Passive Mode (|||6446|)` → 6446.
+pub fn parse_epsv(text: &str) -> Result<u16> {
+    let bad = || FtpError::Protocol(format!("bad EPSV reply {:?}", clip(text)));
+    let open = text.find('(').ok_or_else(bad)?;
+    let close = text[open..].find(')').ok_or_else(bad)? + open;
+    let inner = &text[open + 1..close];
+    let delim = inner.chars().next().ok_or_else(bad)?;
+    let parts: Vec<&str> = inner.split(delim).collect();
+    if parts.len() != 5 {
+        return Err(bad());
+    }
+    match parts[3].parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(bad()),
+    }
+}
+
+/// `227 Entering Passive Mode (h1,h2,h3,h4,p1,p2)` → (address, port).
+pub fn parse_pasv(text: &str) -> Result<(IpAddr, u16)> {
+    let bad = || FtpError::Protocol(format!("bad PASV reply {:?}", clip(text)));
+    let start = text.find(|c: char| c.is_ascii_digit()).ok_or_else(bad)?;
+    let nums: Vec<u8> = text[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(6)
+        .map(|s| s.parse::<u8>().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    if nums.len() != 6 {
+        return Err(bad());
+    }
+    let ip = IpAddr::from([nums[0], nums[1], nums[2], nums[3]]);
+    let port = u16::from(nums[4]) << 8 | u16::from(nums[5]);
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok((ip, port))
+}
+
+impl Download<'_> {
+    fn fail_listing(self, e: FtpError) -> FtpError {
+        match self.abort() {
+            Err(r @ FtpError::Reply { .. }) => r,
+            _ => e,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epsv_replies() {
+        assert_eq!(parse_epsv("Entering Extended Passive Mode (|||6446|)").unwrap(), 6446);
+        assert_eq!(parse_epsv("ok (!!!21!)").unwrap(), 21);
+        for bad in ["(|||0|)", "(|||70000|)", "no parens", "(|||x|)", "(||)", "(|||5"] {
+            assert!(parse_epsv(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pasv_replies() {
+        let (ip, port) = parse_pasv("Entering Passive Mode (127,0,0,1,195,80).").unwrap();
+        assert_eq!(ip.to_string(), "127.0.0.1");
+        assert_eq!(port, 195 * 256 + 80);
+        assert!(parse_pasv("Entering Passive Mode (127,0,0,1,300,1)").is_err());
+        assert!(parse_pasv("Entering Passive Mode (127,0,0,1)").is_err());
+        assert!(parse_pasv("nothing").is_err());
+    }
+
+    #[test]
+    fn paths_cannot_smuggle_commands() {
+        assert!(check_path("/a\r\nDELE /b").is_err());
+        assert!(check_path("/a\0").is_err());
+        assert!(check_path("").is_err());
+        assert!(check_path("/a b/c").is_ok());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,346 @@
+//! TLS for control and data connections (OpenSSL): trust decisions, client
+//! certificates, and capture of the control connection's session so that data
+//! connections can resume it (RFC 4217 §10.2; vsftpd and proftpd require it).
+//!
+//! One [`TlsContext`] (one `SslConnector`) serves a whole mount: every connection is
+//! made from it, because OpenSSL only resumes a session within the context that made
+//! it. Each control connection carries its own [`SessionSlot`] (attached as ex-data),
+//! filled by the new-session callback: under TLS 1.3 the ticket arrives after the
+//! handshake, and tickets that data connections receive must not overwrite it.
+
+use crate::error::{FtpError, Result};
+use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::ssl::{
+    HandshakeError, Ssl, SslConnector, SslMethod, SslSession, SslSessionCacheMode, SslStream,
+    SslVerifyMode, SslVersion,
+};
+use openssl::x509::{X509, X509Ref, X509StoreContextRef, X509VerifyResult};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Minimum (or maximum) TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "1.2" => Some(TlsVersion::Tls12),
+            "1.3" => Some(TlsVersion::Tls13),
+            _ => None,
+        }
+    }
+    fn to_openssl(self) -> SslVersion {
+        match self {
+            TlsVersion::Tls12 => SslVersion::TLS1_2,
+            TlsVersion::Tls13 => SslVersion::TLS1_3,
+        }
+    }
+}
+
+/// What the user asked of TLS.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Trust this CA file instead of the system store.
+    pub cafile: Option<PathBuf>,
+    /// Accept exactly the certificate with this SHA-256 fingerprint (32 bytes).
+    pub fingerprint: Option<Vec<u8>>,
+    /// Accept any certificate (loudly warned).
+    pub insecure: bool,
+    pub min_version: TlsVersion,
+    pub max_version: Option<TlsVersion>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Passphrase of an encrypted client key (read from a file by the caller).
+    pub client_key_password: Option<Vec<u8>>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cafile: None,
+            fingerprint: None,
+            insecure: false,
+            min_version: TlsVersion::Tls12,
+            max_version: None,
+            client_cert: None,
+            client_key: None,
+            client_key_password: None,
+        }
+    }
+}
+
+/// Where a control connection's TLS session is kept for its data connections.
+pub type SessionSlot = Arc<Mutex<Option<SslSession>>>;
+
+fn session_index() -> Index<Ssl, SessionSlot> {
+    static INDEX: OnceLock<Index<Ssl, SessionSlot>> = OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().expect("OpenSSL ex-data index"))
+}
+
+/// The shared TLS context of a mount or a `check` run.
+pub struct TlsContext {
+    connector: SslConnector,
+    config: TlsConfig,
+}
+
+/// A TLS stream over TCP.
+pub type TlsStream = SslStream<TcpStream>;
+
+/// Parses `sha256:AB:CD...` / `abcd...` into 32 bytes.
+pub fn parse_fingerprint(s: &str) -> Option<Vec<u8>> {
+    let s = s.strip_prefix("sha256:").or_else(|| s.strip_prefix("SHA256:")).unwrap_or(s);
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+/// Hex SHA-256 fingerprint with colons, as `openssl x509 -fingerprint` prints it.
+pub fn fingerprint_hex(cert: &X509Ref) -> String {
+    match cert.digest(MessageDigest::sha256()) {
+        Ok(d) => d.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"),
+        Err(_) => "?".into(),
+    }
+}
+
+fn ossl(context: &str) -> impl Fn(ErrorStack) -> FtpError + '_ {
+    move |e| FtpError::Tls(format!("{context}: {e}"))
+}
+
+impl TlsContext {
+    pub fn new(config: TlsConfig) -> Result<Arc<Self>> {
+        let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(ossl("TLS setup"))?;
+        b.set_min_proto_version(Some(config.min_version.to_openssl()))
+            .map_err(ossl("minimum TLS version"))?;
+        if let Some(max) = config.max_version {
+            b.set_max_proto_version(Some(max.to_openssl())).map_err(ossl("maximum TLS version"))?;
+        }
+        if let Some(ca) = &config.cafile {
+            if !ca.is_file() {
+                return Err(FtpError::Invalid(format!("CA file {} not found", ca.display())));
+            }
+            b.set_ca_file(ca)
+                .map_err(|e| FtpError::Invalid(format!("cannot load CA file {}: {e}", ca.display())))?;
+        }
+        match (&config.client_cert, &config.client_key) {
+            (Some(cert), key) => {
+                let key = key.as_ref().unwrap_or(cert);
+                b.set_certificate_chain_file(cert).map_err(|e| {
+                    FtpError::Invalid(format!("cannot load client certificate {}: {e}", cert.display()))
+                })?;
+                let pem = std::fs::read(key).map_err(|e| {
+                    FtpError::Invalid(format!("cannot read client key {}: {e}", key.display()))
+                })?;
+                let pkey = match &config.client_key_password {
+                    Some(pw) => PKey::private_key_from_pem_passphrase(&pem, pw),
+                    None => PKey::private_key_from_pem(&pem),
+                }
+                .map_err(|_| {
+                    FtpError::Invalid(format!(
+                        "cannot load client key {} (encrypted key without key_password_file, or wrong passphrase?)",
+                        key.display()
+                    ))
+                })?;
+                b.set_private_key(&pkey).map_err(ossl("client key"))?;
+                b.check_private_key().map_err(|_| {
+                    FtpError::Invalid("client key does not match the client certificate".into())
+                })?;
+            }
+            (None, Some(_)) => {
+                return Err(FtpError::Invalid("key= given without cert=".into()));
+            }
+            (None, None) => {}
+        }
+        if config.insecure {
+            b.set_verify(SslVerifyMode::NONE);
+        } else if let Some(pin) = config.fingerprint.clone() {
+            // Accept that one certificate, whatever its chain says.
+            b.set_verify_callback(SslVerifyMode::PEER, move |_ok, ctx| pin_check(&pin, ctx));
+        } else {
+            b.set_verify(SslVerifyMode::PEER);
+        }
+        b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+        b.set_new_session_callback(|ssl, session| {
+            if let Some(slot) = ssl.ex_data(session_index()) {
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(session);
+                }
+            }
+        });
+        Ok(Arc::new(TlsContext { connector: b.build(), config }))
+    }
+
+    pub fn config(&self) -> &TlsConfig {
+        &self.config
+    }
+
+    /// TLS handshake as a client over `tcp`. `slot` (control connections) receives the
+    /// session; `resume` (data connections) is offered for resumption.
+    pub fn connect(
+        &self,
+        host: &str,
+        tcp: TcpStream,
+        slot: Option<&SessionSlot>,
+        resume: Option<&SslSession>,
+    ) -> Result<TlsStream> {
+        let mut cfg = self.connector.configure().map_err(ossl("TLS setup"))?;
+        if self.config.insecure || self.config.fingerprint.is_some() {
+            cfg.set_verify_hostname(false);
+        }
+        if let Some(slot) = slot {
+            cfg.set_ex_data(session_index(), slot.clone());
+        }
+        if let Some(sess) = resume {
+            // SAFETY: the session was created by a connection of this same SslContext.
+            unsafe { cfg.set_session(sess) }.map_err(ossl("TLS session"))?;
+        }
+        match cfg.connect(host, tcp) {
+            Ok(s) => Ok(s),
+            Err(HandshakeError::Failure(mid)) => {
+                let ssl = mid.ssl();
+                let verify = ssl.verify_result();
+                let msg = if verify != X509VerifyResult::OK {
+                    describe_verify_error(verify, ssl.peer_certificate().as_deref(), &self.config)
+                } else {
+                    describe_handshake_error(mid.error())
+                };
+                Err(FtpError::Tls(msg))
+            }
+            Err(HandshakeError::SetupFailure(e)) => Err(FtpError::Tls(format!("setup failed: {e}"))),
+            Err(HandshakeError::WouldBlock(_)) => {
+                Err(FtpError::Timeout("TLS handshake timed out".into()))
+            }
+        }
+    }
+}
+
+fn pin_check(pin: &[u8], ctx: &mut X509StoreContextRef) -> bool {
+    if ctx.error_depth() != 0 {
+        return true;
+    }
+    let ok = ctx
+        .current_cert()
+        .and_then(|c| c.digest(MessageDigest::sha256()).ok())
+        .is_some_and(|d| d.as_ref() == pin);
+    if !ok {
+        ctx.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
+    }
+    ok
+}
+
+fn describe_verify_error(v: X509VerifyResult, peer: Option<&X509Ref>, cfg: &TlsConfig) -> String {
+    let code = v.as_raw();
+    let what = match code {
+        10 => "the server's certificate has expired".to_string(),
+        9 => "the server's certificate is not yet valid".to_string(),
+        62 => "hostname mismatch: the server's certificate is not valid for this host name/address"
+            .to_string(),
+        18 => "untrusted issuer: the server's certificate is self-signed and not trusted".to_string(),
+        2 | 19 | 20 | 21 => format!(
+            "untrusted issuer: the server's certificate was not issued by a trusted CA{}",
+            if cfg.cafile.is_some() { " (not by the CA in cafile=)" } else { "" }
+        ),
+        50 => format!(
+            "fingerprint mismatch: the server presented sha256:{}, which is not the pinned fingerprint",
+            peer.map(fingerprint_hex).unwrap_or_else(|| "?".into())
+        ),
+        23 => "the server's certificate has been revoked".to_string(),
+        _ => format!("certificate verification failed: {}", v.error_string()),
+    };
+    let fp = match (code, peer) {
+        (50, _) | (_, None) => String::new(),
+        (_, Some(c)) => format!(" [server certificate sha256:{}]", fingerprint_hex(c)),
+    };
+    format!("{what}{fp}; connection refused")
+}
+
+fn describe_handshake_error(e: &openssl::ssl::Error) -> String {
+    let s = e.to_string();
+    let l = s.to_ascii_lowercase();
+    if l.contains("certificate required") || l.contains("handshake failure") && l.contains("alert")
+    {
+        return format!("client certificate rejected or required by the server ({s})");
+    }
+    if l.contains("unknown ca") || l.contains("bad certificate") || l.contains("certificate unknown")
+    {
+        return format!("client certificate rejected by the server ({s})");
+    }
+    if l.contains("protocol version") || l.contains("unsupported protocol") {
+        return format!("no TLS version in common with the server ({s})");
+    }
+    format!("handshake failed: {s}")
+}
+
+/// Translates an error met on the first read after a TLS 1.3 handshake: that is where a
+/// server that refuses the client certificate says so.
+pub fn describe_post_handshake_error(e: &FtpError) -> Option<String> {
+    let s = e.to_string().to_ascii_lowercase();
+    if s.contains("certificate required")
+        || s.contains("unknown ca")
+        || s.contains("bad certificate")
+        || s.contains("certificate unknown")
+        || s.contains("alert")
+    {
+        Some(format!("client certificate rejected or required by the server ({e})"))
+    } else {
+        None
+    }
+}
+
+/// What `check` prints about a certificate.
+#[derive(Debug, Clone)]
+pub struct CertSummary {
+    pub subject: String,
+    pub issuer: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub sha256: String,
+}
+
+fn name_line(n: &openssl::x509::X509NameRef) -> String {
+    n.entries()
+        .map(|e| {
+            let key = e.object().nid().short_name().unwrap_or("?");
+            let val = e.data().to_string().unwrap_or_default();
+            format!("{key}={val}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn summarize_cert(c: &X509) -> CertSummary {
+    let _ = Nid::COMMONNAME;
+    CertSummary {
+        subject: name_line(c.subject_name()),
+        issuer: name_line(c.issuer_name()),
+        not_before: c.not_before().to_string(),
+        not_after: c.not_after().to_string(),
+        sha256: fingerprint_hex(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse_in_every_spelling() {
+        let hex = "ab".repeat(32);
+        let colons = vec!["AB"; 32].join(":");
+        for s in [hex.clone(), format!("sha256:{hex}"), format!("sha256:{colons}"), colons] {
+            assert_eq!(parse_fingerprint(&s), Some(vec![0xab; 32]), "{s}");
+        }
+        assert_eq!(parse_fingerprint("sha256:abcd"), None);
+        assert_eq!(parse_fingerprint(&"zz".repeat(32)), None);
+    }
+}

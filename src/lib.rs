@@ -1,0 +1,10 @@
+//! ftpsfs: mount an FTPS site as a local folder.
+//!
+//! Layers: [`ftp`] is the FTP-over-TLS client (no FUSE), [`config`] the user's URL and
+//! options, [`check`] the diagnostics command.
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod ftp;
