@@ -1,0 +1,815 @@
+//! The filesystem's logic, free of FUSE types so it can be unit-tested over an
+//! in-memory store. The fuser adapter (`fuse_adapter.rs`) only translates.
+//!
+//! Metadata comes from directory listings (see `dircache.rs`); reads stream through
+//! a per-handle [`Prefetcher`]; writes go to a per-inode [`Spool`] uploaded on
+//! flush/fsync/release (see `uploader.rs`). SEMANTICS.md states the guarantees.
+
+use super::dircache::{DirCache, Entries};
+use super::inodes::{Inodes, ROOT_INO};
+use super::prefetcher::Prefetcher;
+use super::store::{join, split, RemoteStore};
+use super::uploader::{self, Spool};
+use crate::error::FtpError;
+use crate::ftp::entry::is_valid_name;
+use crate::ftp::{EntryKind, RemoteEntry};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+/// An errno to return to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl From<FtpError> for Errno {
+    fn from(e: FtpError) -> Self {
+        log::debug!("remote error: {e}");
+        Errno(e.errno())
+    }
+}
+
+pub type FsResult<T> = std::result::Result<T, Errno>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// Attributes of a file as the kernel sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    pub kind: FileType,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Mount-wide settings of the filesystem logic.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Remote directory shown as the mount's root.
+    pub root: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Bits removed from every mode shown.
+    pub umask: u32,
+    pub read_only: bool,
+    /// How long listings (and kernel attributes) are trusted.
+    pub cache_timeout: Duration,
+    /// Most directory listings cached.
+    pub cache_entries: usize,
+    pub spool_dir: PathBuf,
+    /// Upload straight to the final name instead of a temporary name + rename.
+    pub inplace: bool,
+}
+
+/// What a write-opened file holds while open: its spool and pending metadata.
+struct FileState {
+    spool: Option<Spool>,
+    dirty: bool,
+    handles: usize,
+    pending_mtime: Option<SystemTime>,
+    pending_mode: Option<u32>,
+    /// Created through the mount and not uploaded yet.
+    is_new: bool,
+}
+
+struct FileHandle {
+    ino: u64,
+    append: bool,
+    writable: bool,
+    reader: Mutex<Option<Prefetcher>>,
+}
+
+/// One entry of a directory snapshot taken at opendir.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+pub struct FtpsFs {
+    store: Arc<dyn RemoteStore>,
+    cfg: FsConfig,
+    inodes: Inodes,
+    cache: DirCache,
+    files: Mutex<HashMap<u64, Arc<Mutex<FileState>>>>,
+    handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn name_ok(name: &str) -> FsResult<()> {
+    if name.contains(['\r', '\n']) {
+        return Err(Errno(libc::EINVAL));
+    }
+    if name.len() > crate::ftp::entry::MAX_NAME_LEN {
+        return Err(Errno(libc::ENAMETOOLONG));
+    }
+    if !is_valid_name(name) {
+        return Err(Errno(libc::EINVAL));
+    }
+    Ok(())
+}
+
+impl FtpsFs {
+    pub fn new(store: Arc<dyn RemoteStore>, cfg: FsConfig) -> Self {
+        FtpsFs {
+            inodes: Inodes::new(&cfg.root),
+            cache: DirCache::new(cfg.cache_entries, cfg.cache_timeout),
+            store,
+            cfg,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.cfg.read_only {
+            Err(Errno(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn path_of(&self, ino: u64) -> FsResult<String> {
+        match self.inodes.path(ino) {
+            Some((p, false)) => Ok(p),
+            _ => Err(Errno(libc::ENOENT)),
+        }
+    }
+
+    /// The listing of a directory, from the cache or the server.
+    fn listing(&self, dir: &str) -> FsResult<Arc<Entries>> {
+        if let Some(l) = self.cache.get(dir) {
+            return Ok(l);
+        }
+        let entries = self.store.list(dir)?;
+        Ok(self.cache.put(dir, entries))
+    }
+
+    fn entry(&self, path: &str) -> FsResult<RemoteEntry> {
+        let (dir, name) = split(path).ok_or(Errno(libc::ENOENT))?;
+        self.listing(dir)?.get(name).cloned().ok_or(Errno(libc::ENOENT))
+    }
+
+    fn make_attr(&self, ino: u64, e: &RemoteEntry) -> Attr {
+        let (kind, default_mode) = match e.kind {
+            EntryKind::Dir => (FileType::Dir, 0o755),
+            EntryKind::File => (FileType::File, 0o644),
+            EntryKind::Symlink(_) => (FileType::Symlink, 0o777),
+        };
+        let mut attr = Attr {
+            ino,
+            size: e.size,
+            kind,
+            mtime: e.mtime.unwrap_or(SystemTime::UNIX_EPOCH),
+            perm: ((e.mode.unwrap_or(default_mode) & !self.cfg.umask) & 0o7777) as u16,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        };
+        if let EntryKind::Symlink(Some(t)) = &e.kind {
+            attr.size = t.len() as u64;
+        }
+        if let Some(state) = lock(&self.files).get(&ino).cloned() {
+            let st = lock(&state);
+            if let Some(sp) = &st.spool {
+                attr.size = sp.len();
+            }
+            if let Some(m) = st.pending_mtime {
+                attr.mtime = m;
+            }
+            if let Some(m) = st.pending_mode {
+                attr.perm = ((m & !self.cfg.umask) & 0o7777) as u16;
+            }
+        }
+        attr
+    }
+
+    fn root_attr(&self) -> Attr {
+        Attr {
+            ino: ROOT_INO,
+            size: 0,
+            kind: FileType::Dir,
+            mtime: SystemTime::UNIX_EPOCH,
+            perm: (0o755 & !self.cfg.umask) as u16,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        }
+    }
+
+    // ---- metadata ----------------------------------------------------------------
+
+    /// Looks `name` up in `parent`; counts a kernel reference on success.
+    pub fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        name_ok(name).map_err(|e| if e.0 == libc::EINVAL { Errno(libc::ENOENT) } else { e })?;
+        let path = join(&self.path_of(parent)?, name);
+        let e = self.entry(&path)?;
+        let ino = self.inodes.get_or_create(&path, true);
+        Ok(self.make_attr(ino, &e))
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if ino == ROOT_INO {
+            return Ok(self.root_attr());
+        }
+        let (path, detached) = self.inodes.path(ino).ok_or(Errno(libc::ENOENT))?;
+        if !detached {
+            if let Ok(e) = self.entry(&path) {
+                return Ok(self.make_attr(ino, &e));
+            }
+        }
+        // Unlinked while open: describe it from its spool.
+        if let Some(state) = lock(&self.files).get(&ino).cloned() {
+            let st = lock(&state);
+            return Ok(Attr {
+                ino,
+                size: st.spool.as_ref().map_or(0, Spool::len),
+                kind: FileType::File,
+                mtime: st.pending_mtime.unwrap_or_else(SystemTime::now),
+                perm: (0o644 & !self.cfg.umask) as u16,
+                uid: self.cfg.uid,
+                gid: self.cfg.gid,
+            });
+        }
+        Err(Errno(libc::ENOENT))
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<String> {
+        let e = self.entry(&self.path_of(ino)?)?;
+        match e.kind {
+            EntryKind::Symlink(Some(t)) => Ok(t),
+            EntryKind::Symlink(None) => Err(Errno(libc::EIO)),
+            _ => Err(Errno(libc::EINVAL)),
+        }
+    }
+
+    /// Takes a snapshot of a directory for readdir; returns a handle.
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        if ino != ROOT_INO && !matches!(self.entry(&path)?.kind, EntryKind::Dir) {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        let listing = self.listing(&path)?;
+        let entries: Vec<DirEntry> = listing
+            .values()
+            .map(|e| {
+                let child = join(&path, &e.name);
+                let cino = self.inodes.get_or_create(&child, false);
+                DirEntry { name: e.name.clone(), attr: self.make_attr(cino, e) }
+            })
+            .collect();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// The snapshot taken by `opendir`.
+    pub fn dir_entries(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        lock(&self.dirs).get(&fh).cloned().ok_or(Errno(libc::EBADF))
+    }
+
+    /// readdirplus hands out a reference per entry, like lookup.
+    pub fn count_lookup(&self, parent: u64, name: &str) {
+        if let Ok(p) = self.path_of(parent) {
+            self.inodes.get_or_create(&join(&p, name), true);
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    // ---- namespace ---------------------------------------------------------------
+
+    pub fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        self.writable()?;
+        name_ok(name)?;
+        let dir = self.path_of(parent)?;
+        let path = join(&dir, name);
+        if self.listing(&dir)?.contains_key(name) {
+            return Err(Errno(libc::EEXIST));
+        }
+        self.store.mkdir(&path)?;
+        let e = RemoteEntry {
+            name: name.to_string(),
+            kind: EntryKind::Dir,
+            size: 0,
+            mtime: Some(SystemTime::now()),
+            mode: None,
+            unique: None,
+        };
+        self.cache.edit(&dir, |l| {
+            l.insert(name.to_string(), e.clone());
+        });
+        // A new directory is empty: no need to ask.
+        self.cache.put(&path, Vec::new());
+        let ino = self.inodes.get_or_create(&path, true);
+        Ok(self.make_attr(ino, &e))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let dir = self.path_of(parent)?;
+        let path = join(&dir, name);
+        let e = self.entry(&path)?;
+        if e.kind == EntryKind::Dir {
+            return Err(Errno(libc::EISDIR));
+        }
+        let ino = self.inodes.get_or_create(&path, false);
+        let state = lock(&self.files).get(&ino).cloned();
+        let never_uploaded = state.as_ref().is_some_and(|s| lock(s).is_new);
+        if !never_uploaded {
+            self.store.delete(&path)?;
+        }
+        if let Some(s) = state {
+            let mut st = lock(&s);
+            st.dirty = false; // unlinked: nothing to upload any more
+            st.is_new = false;
+        }
+        self.cache.edit(&dir, |l| {
+            l.remove(name);
+        });
+        self.inodes.detach(&path);
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let dir = self.path_of(parent)?;
+        let path = join(&dir, name);
+        let e = self.entry(&path)?;
+        if e.kind != EntryKind::Dir {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        // Servers word "not empty" differently (vsftpd: "Remove directory operation
+        // failed"): ask the directory itself.
+        if !self.store.list(&path)?.is_empty() {
+            return Err(Errno(libc::ENOTEMPTY));
+        }
+        self.store.rmdir(&path)?;
+        self.cache.edit(&dir, |l| {
+            l.remove(name);
+        });
+        self.cache.invalidate_tree(&path);
+        self.inodes.detach(&path);
+        Ok(())
+    }
+
+    pub fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, noreplace: bool) -> FsResult<()> {
+        self.writable()?;
+        name_ok(newname)?;
+        let dir = self.path_of(parent)?;
+        let newdir = self.path_of(newparent)?;
+        let from = join(&dir, name);
+        let to = join(&newdir, newname);
+        if from == to {
+            return Ok(());
+        }
+        let src = self.entry(&from)?;
+        let target = self.listing(&newdir)?.get(newname).cloned();
+        if let Some(t) = &target {
+            if noreplace {
+                return Err(Errno(libc::EEXIST));
+            }
+            match (&src.kind, &t.kind) {
+                (EntryKind::Dir, EntryKind::Dir) => {
+                    if !self.store.list(&to)?.is_empty() {
+                        return Err(Errno(libc::ENOTEMPTY));
+                    }
+                }
+                (EntryKind::Dir, _) => return Err(Errno(libc::ENOTDIR)),
+                (_, EntryKind::Dir) => return Err(Errno(libc::EISDIR)),
+                _ => {}
+            }
+        }
+        if src.kind == EntryKind::Dir && to.starts_with(&format!("{from}/")) {
+            return Err(Errno(libc::EINVAL));
+        }
+        // Data written but not uploaded goes up first, under the old name.
+        let ino = self.inodes.get_or_create(&from, false);
+        self.upload_if_dirty(ino)?;
+        if let Err(e) = self.store.rename(&from, &to) {
+            let replaced = match &target {
+                Some(t) if t.kind != EntryKind::Dir => {
+                    // Servers that refuse to rename over a file: replace it.
+                    self.store.delete(&to).and_then(|_| self.store.rename(&from, &to))
+                }
+                Some(_) => self.store.rmdir(&to).and_then(|_| self.store.rename(&from, &to)),
+                None => Err(e),
+            };
+            replaced?;
+        }
+        let mut moved = src.clone();
+        moved.name = newname.to_string();
+        self.cache.edit(&dir, |l| {
+            l.remove(name);
+        });
+        self.cache.edit(&newdir, |l| {
+            l.insert(newname.to_string(), moved);
+        });
+        if src.kind == EntryKind::Dir {
+            self.cache.invalidate_tree(&from);
+            self.cache.invalidate_tree(&to);
+        }
+        self.inodes.rename(&from, &to);
+        Ok(())
+    }
+
+    pub fn symlink(&self) -> FsResult<Attr> {
+        // FTP has no command to create a symbolic link.
+        Err(Errno(libc::EPERM))
+    }
+
+    // ---- attributes ----------------------------------------------------------------
+
+    /// chmod / truncate / utimens. `size` with an open handle is applied to its spool.
+    pub fn setattr(&self, ino: u64, mode: Option<u32>, uid: Option<u32>, gid: Option<u32>, size: Option<u64>, mtime: Option<SystemTime>) -> FsResult<Attr> {
+        if uid.is_some_and(|u| u != self.cfg.uid) || gid.is_some_and(|g| g != self.cfg.gid) {
+            return Err(Errno(libc::EPERM));
+        }
+        if mode.is_some() || size.is_some() || mtime.is_some() {
+            self.writable()?;
+        }
+        let path = self.path_of(ino)?;
+        if let Some(size) = size {
+            self.truncate(ino, &path, size)?;
+        }
+        let state = lock(&self.files).get(&ino).cloned();
+        if let Some(mode) = mode {
+            match &state {
+                Some(s) if lock(s).dirty => lock(s).pending_mode = Some(mode),
+                _ => {
+                    self.store.chmod(&path, mode).map_err(|e| {
+                        if e.is_not_implemented() {
+                            Errno(libc::EPERM)
+                        } else {
+                            Errno::from(e)
+                        }
+                    })?;
+                    self.update_entry(&path, |e| e.mode = Some(mode & 0o7777));
+                }
+            }
+        }
+        if let Some(t) = mtime {
+            match &state {
+                Some(s) if lock(s).dirty => lock(s).pending_mtime = Some(t),
+                _ => {
+                    self.store.set_mtime(&path, t).map_err(|e| {
+                        if e.is_not_implemented() {
+                            Errno(libc::EPERM)
+                        } else {
+                            Errno::from(e)
+                        }
+                    })?;
+                    self.update_entry(&path, |e| e.mtime = Some(t));
+                }
+            }
+        }
+        self.getattr(ino)
+    }
+
+    fn update_entry(&self, path: &str, f: impl FnOnce(&mut RemoteEntry)) {
+        if let Some((dir, name)) = split(path) {
+            self.cache.edit(dir, |l| {
+                if let Some(e) = l.get_mut(name) {
+                    f(e);
+                }
+            });
+        }
+    }
+
+    fn truncate(&self, ino: u64, path: &str, size: u64) -> FsResult<()> {
+        let existing = lock(&self.files).get(&ino).cloned();
+        match existing {
+            Some(state) => {
+                let mut st = lock(&state);
+                self.ensure_spool(&mut st, path, size == 0)?;
+                if let Some(sp) = st.spool.as_mut() {
+                    sp.set_len(size)?;
+                }
+                st.dirty = true;
+                Ok(())
+            }
+            None => {
+                // Not open: apply and upload now.
+                let mut spool = if size == 0 {
+                    Spool::new(&self.cfg.spool_dir)?
+                } else {
+                    Spool::fetch(&self.cfg.spool_dir, self.store.as_ref(), path)?
+                };
+                spool.set_len(size)?;
+                if let Err(e) = uploader::upload(self.store.as_ref(), &spool, path, self.cfg.inplace) {
+                    let kept = spool.keep();
+                    log::error!("truncate of {path} failed ({e}); data kept in {}", kept.display());
+                    spool.discard();
+                    return Err(e.into());
+                }
+                self.update_entry(path, |e| {
+                    e.size = size;
+                    e.mtime = Some(SystemTime::now());
+                });
+                Ok(())
+            }
+        }
+    }
+
+    // ---- files -------------------------------------------------------------------
+
+    fn ensure_spool(&self, st: &mut FileState, path: &str, truncating: bool) -> FsResult<()> {
+        if st.spool.is_none() {
+            st.spool = Some(if truncating || st.is_new {
+                Spool::new(&self.cfg.spool_dir)?
+            } else {
+                Spool::fetch(&self.cfg.spool_dir, self.store.as_ref(), path)?
+            });
+        }
+        Ok(())
+    }
+
+    fn new_handle(&self, ino: u64, path: &str, writable: bool, append: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let h = FileHandle {
+            ino,
+            append,
+            writable,
+            reader: Mutex::new(Some(Prefetcher::new(self.store.clone(), path.to_string()))),
+        };
+        lock(&self.handles).insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn state(&self, ino: u64) -> Arc<Mutex<FileState>> {
+        lock(&self.files)
+            .entry(ino)
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(FileState {
+                    spool: None,
+                    dirty: false,
+                    handles: 0,
+                    pending_mtime: None,
+                    pending_mode: None,
+                    is_new: false,
+                }))
+            })
+            .clone()
+    }
+
+    /// open(2) of an existing file. `flags` are the open flags.
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let acc = flags & libc::O_ACCMODE;
+        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if writable {
+            self.writable()?;
+        }
+        let path = self.path_of(ino)?;
+        if self.entry(&path)?.kind == EntryKind::Dir {
+            return Err(Errno(libc::EISDIR));
+        }
+        let state = self.state(ino);
+        {
+            let mut st = lock(&state);
+            st.handles += 1;
+            if writable && flags & libc::O_TRUNC != 0 {
+                let r = self.ensure_spool(&mut st, &path, true).and_then(|_| {
+                    st.spool.as_mut().map_or(Ok(()), |s| s.set_len(0).map_err(Errno::from))
+                });
+                if let Err(e) = r {
+                    st.handles -= 1;
+                    return Err(e);
+                }
+                st.dirty = true;
+            }
+        }
+        Ok(self.new_handle(ino, &path, writable, flags & libc::O_APPEND != 0))
+    }
+
+    /// create(2): a new empty file, uploaded at the latest when closed.
+    pub fn create(&self, parent: u64, name: &str, mode: u32, flags: i32) -> FsResult<(Attr, u64)> {
+        self.writable()?;
+        name_ok(name)?;
+        let dir = self.path_of(parent)?;
+        let path = join(&dir, name);
+        if let Some(existing) = self.listing(&dir)?.get(name).cloned() {
+            if flags & libc::O_EXCL != 0 {
+                return Err(Errno(libc::EEXIST));
+            }
+            if existing.kind == EntryKind::Dir {
+                return Err(Errno(libc::EISDIR));
+            }
+            let ino = self.inodes.get_or_create(&path, true);
+            let fh = self.open(ino, flags | libc::O_TRUNC)?;
+            return Ok((self.getattr(ino)?, fh));
+        }
+        let ino = self.inodes.get_or_create(&path, true);
+        let state = self.state(ino);
+        {
+            let mut st = lock(&state);
+            st.handles += 1;
+            st.is_new = true;
+            st.dirty = true;
+            if let Err(e) = self.ensure_spool(&mut st, &path, true) {
+                st.handles -= 1;
+                return Err(e);
+            }
+            let default = 0o666 & !self.cfg.umask;
+            if mode & 0o7777 != default && mode & 0o7777 != 0o644 {
+                st.pending_mode = Some(mode & 0o7777);
+            }
+        }
+        let e = RemoteEntry {
+            name: name.to_string(),
+            kind: EntryKind::File,
+            size: 0,
+            mtime: Some(SystemTime::now()),
+            mode: Some(mode & 0o7777),
+            unique: None,
+        };
+        self.cache.edit(&dir, |l| {
+            l.insert(name.to_string(), e.clone());
+        });
+        let fh = self.new_handle(ino, &path, true, flags & libc::O_APPEND != 0);
+        Ok((self.make_attr(ino, &e), fh))
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
+        lock(&self.handles).get(&fh).cloned().ok_or(Errno(libc::EBADF))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: usize) -> FsResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        if let Some(state) = lock(&self.files).get(&h.ino).cloned() {
+            let st = lock(&state);
+            if let Some(sp) = &st.spool {
+                return Ok(sp.read_at(offset, size)?);
+            }
+        }
+        let mut reader = lock(&h.reader);
+        match reader.as_mut() {
+            Some(p) => Ok(p.read(offset, size)?),
+            None => Err(Errno(libc::EBADF)),
+        }
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(Errno(libc::EBADF));
+        }
+        let (path, _) = self.inodes.path(h.ino).ok_or(Errno(libc::ENOENT))?;
+        let state = self.state(h.ino);
+        let mut st = lock(&state);
+        self.ensure_spool(&mut st, &path, false)?;
+        let sp = st.spool.as_mut().ok_or(Errno(libc::EIO))?;
+        let off = if h.append { sp.len() } else { offset };
+        sp.write_at(off, data)?;
+        st.dirty = true;
+        Ok(data.len())
+    }
+
+    /// Uploads the file's spool if it holds unsent data. Errors go back to the
+    /// caller (close, fsync) and the spool is kept on disk.
+    fn upload_if_dirty(&self, ino: u64) -> FsResult<()> {
+        let Some(state) = lock(&self.files).get(&ino).cloned() else {
+            return Ok(());
+        };
+        let mut st = lock(&state);
+        if !st.dirty {
+            return Ok(());
+        }
+        let (path, detached) = self.inodes.path(ino).ok_or(Errno(libc::ENOENT))?;
+        if detached {
+            st.dirty = false;
+            return Ok(());
+        }
+        if st.spool.is_none() {
+            self.ensure_spool(&mut st, &path, false)?;
+        }
+        let Some(sp) = st.spool.as_mut() else { return Err(Errno(libc::EIO)) };
+        if let Err(e) = uploader::upload(self.store.as_ref(), sp, &path, self.cfg.inplace) {
+            let kept = sp.keep();
+            log::error!("upload of {path} failed: {e}; the data is kept in {}", kept.display());
+            return Err(e.into());
+        }
+        if sp.is_kept() {
+            log::warn!("upload of {path} succeeded on retry; {} can be deleted", sp.path().display());
+        }
+        let len = sp.len();
+        st.dirty = false;
+        st.is_new = false;
+        let mut mtime = SystemTime::now();
+        let mut result = Ok(());
+        let mode = st.pending_mode.take();
+        if let Some(mode) = mode {
+            if let Err(e) = self.store.chmod(&path, mode) {
+                log::warn!("chmod {path}: {e}");
+            }
+        }
+        if let Some(t) = st.pending_mtime.take() {
+            match self.store.set_mtime(&path, t) {
+                Ok(()) => mtime = t,
+                Err(e) => {
+                    log::warn!("setting mtime of {path}: {e}");
+                    if !e.is_not_implemented() {
+                        result = Err(Errno::from(e));
+                    }
+                }
+            }
+        }
+        self.update_entry(&path, |e| {
+            e.size = len;
+            e.mtime = Some(mtime);
+            if let Some(m) = mode {
+                e.mode = Some(m);
+            }
+        });
+        result
+    }
+
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Ok(());
+        }
+        self.upload_if_dirty(h.ino)
+    }
+
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        self.upload_if_dirty(h.ino)
+    }
+
+    /// Last close of a handle: uploads what is left, then frees the spool (kept on
+    /// disk if the upload failed).
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(h) = lock(&self.handles).remove(&fh) else {
+            return Err(Errno(libc::EBADF));
+        };
+        drop(lock(&h.reader).take());
+        let result = if h.writable { self.upload_if_dirty(h.ino) } else { Ok(()) };
+        let mut files = lock(&self.files);
+        if let Some(state) = files.get(&h.ino).cloned() {
+            let mut st = lock(&state);
+            st.handles = st.handles.saturating_sub(1);
+            if st.handles == 0 {
+                if let Some(sp) = st.spool.take() {
+                    if st.dirty {
+                        let mut sp = sp;
+                        let kept = sp.keep();
+                        log::error!("closing with unsaved data: kept in {}", kept.display());
+                        sp.discard();
+                    } else {
+                        sp.discard();
+                    }
+                }
+                drop(st);
+                files.remove(&h.ino);
+            }
+        }
+        result
+    }
+
+    /// Uploads everything still pending (unmount).
+    pub fn flush_all(&self) -> FsResult<()> {
+        let inos: Vec<u64> = lock(&self.files).keys().copied().collect();
+        let mut result = Ok(());
+        for ino in inos {
+            if let Err(e) = self.upload_if_dirty(ino) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// statfs: FTP has no way to ask; report a large, mostly free filesystem.
+    pub fn statfs(&self) -> (u64, u64, u64, u64, u64, u32, u32) {
+        let bsize = 4096u32;
+        let blocks = (1u64 << 44) / u64::from(bsize); // 16 TiB
+        let files = 1u64 << 32;
+        (blocks, blocks, blocks, files, files, bsize, 255)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,234 @@
+//! An in-memory [`RemoteStore`] that behaves like a strict FTP server (RNTO replaces
+//! files, RMD refuses non-empty directories), with failure injection. For tests.
+
+use super::store::{split, RemoteStore};
+use crate::error::{FtpError, Result};
+use crate::ftp::{EntryKind, RemoteEntry};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+#[derive(Clone, Debug)]
+enum Node {
+    Dir { mtime: SystemTime },
+    File { data: Vec<u8>, mtime: SystemTime, mode: u32 },
+}
+
+/// The store's content and counters.
+#[derive(Default)]
+pub struct MemStore {
+    nodes: Mutex<BTreeMap<String, Node>>,
+    /// While set, uploads whose path contains this text fail with 553.
+    pub fail_uploads_matching: Mutex<Option<String>>,
+    pub lists: AtomicUsize,
+    pub reads: AtomicUsize,
+    pub uploads: AtomicUsize,
+}
+
+fn refused(cmd: &str, code: u16, text: &str) -> FtpError {
+    FtpError::Reply { command: cmd.into(), code, text: text.into() }
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        let s = MemStore::default();
+        if let Ok(mut n) = s.nodes.lock() {
+            n.insert("/".into(), Node::Dir { mtime: SystemTime::now() });
+        }
+        s
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Node>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts a file directly (as another client would).
+    pub fn put(&self, path: &str, data: &[u8]) {
+        self.lock().insert(
+            path.into(),
+            Node::File { data: data.to_vec(), mtime: SystemTime::now(), mode: 0o644 },
+        );
+    }
+
+    pub fn put_dir(&self, path: &str) {
+        self.lock().insert(path.into(), Node::Dir { mtime: SystemTime::now() });
+    }
+
+    /// A file's content, if it exists.
+    pub fn get(&self, path: &str) -> Option<Vec<u8>> {
+        match self.lock().get(path) {
+            Some(Node::File { data, .. }) => Some(data.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn mtime(&self, path: &str) -> Option<SystemTime> {
+        match self.lock().get(path) {
+            Some(Node::File { mtime, .. }) | Some(Node::Dir { mtime }) => Some(*mtime),
+            None => None,
+        }
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn parent_is_dir(nodes: &BTreeMap<String, Node>, path: &str) -> bool {
+        split(path).is_some_and(|(dir, _)| matches!(nodes.get(dir), Some(Node::Dir { .. })))
+    }
+}
+
+fn is_child(dir: &str, path: &str) -> bool {
+    let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
+    path.len() > prefix.len() && path.starts_with(&prefix) && !path[prefix.len()..].contains('/')
+}
+
+impl RemoteStore for MemStore {
+    fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        let nodes = self.lock();
+        if !matches!(nodes.get(dir), Some(Node::Dir { .. })) {
+            return Err(refused("MLSD", 550, "No such file or directory"));
+        }
+        Ok(nodes
+            .iter()
+            .filter(|(p, _)| is_child(dir, p))
+            .map(|(p, n)| {
+                let name = split(p).map(|(_, n)| n.to_string()).unwrap_or_default();
+                match n {
+                    Node::Dir { mtime } => RemoteEntry {
+                        name,
+                        kind: EntryKind::Dir,
+                        size: 0,
+                        mtime: Some(*mtime),
+                        mode: Some(0o755),
+                        unique: None,
+                    },
+                    Node::File { data, mtime, mode } => RemoteEntry {
+                        name,
+                        kind: EntryKind::File,
+                        size: data.len() as u64,
+                        mtime: Some(*mtime),
+                        mode: Some(*mode),
+                        unique: None,
+                    },
+                }
+            })
+            .collect())
+    }
+
+    fn read_from(&self, path: &str, offset: u64, sink: &mut dyn FnMut(&[u8]) -> bool) -> Result<()> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let data = self.get(path).ok_or_else(|| refused("RETR", 550, "No such file"))?;
+        let start = (offset as usize).min(data.len());
+        for chunk in data[start..].chunks(64 * 1024) {
+            if !sink(chunk) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_file(&self, path: &str, data: &mut dyn Read) -> Result<u64> {
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+        if let Some(pat) = self.fail_uploads_matching.lock().ok().and_then(|p| p.clone()) {
+            if path.contains(&pat) {
+                return Err(refused("STOR", 553, "Permission denied"));
+            }
+        }
+        let mut buf = Vec::new();
+        data.read_to_end(&mut buf).map_err(|e| FtpError::io("reading spool", e))?;
+        let mut nodes = self.lock();
+        if !Self::parent_is_dir(&nodes, path) || matches!(nodes.get(path), Some(Node::Dir { .. })) {
+            return Err(refused("STOR", 553, "Could not create file"));
+        }
+        let n = buf.len() as u64;
+        nodes.insert(path.into(), Node::File { data: buf, mtime: SystemTime::now(), mode: 0o644 });
+        Ok(n)
+    }
+
+    fn delete(&self, path: &str) -> Result<()> {
+        let mut nodes = self.lock();
+        match nodes.get(path) {
+            Some(Node::File { .. }) => {
+                nodes.remove(path);
+                Ok(())
+            }
+            Some(Node::Dir { .. }) => Err(refused("DELE", 550, "Is a directory")),
+            None => Err(refused("DELE", 550, "No such file or directory")),
+        }
+    }
+
+    fn mkdir(&self, path: &str) -> Result<()> {
+        let mut nodes = self.lock();
+        if nodes.contains_key(path) {
+            return Err(refused("MKD", 550, "File exists"));
+        }
+        if !Self::parent_is_dir(&nodes, path) {
+            return Err(refused("MKD", 550, "No such file or directory"));
+        }
+        nodes.insert(path.into(), Node::Dir { mtime: SystemTime::now() });
+        Ok(())
+    }
+
+    fn rmdir(&self, path: &str) -> Result<()> {
+        let mut nodes = self.lock();
+        if !matches!(nodes.get(path), Some(Node::Dir { .. })) {
+            return Err(refused("RMD", 550, "No such file or directory"));
+        }
+        if nodes.keys().any(|p| is_child(path, p)) {
+            return Err(refused("RMD", 550, "Directory not empty"));
+        }
+        nodes.remove(path);
+        Ok(())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let mut nodes = self.lock();
+        let Some(node) = nodes.get(from).cloned() else {
+            return Err(refused("RNFR", 550, "No such file or directory"));
+        };
+        if !Self::parent_is_dir(&nodes, to) {
+            return Err(refused("RNTO", 550, "No such file or directory"));
+        }
+        if let Node::Dir { .. } = node {
+            if nodes.keys().any(|p| is_child(to, p)) {
+                return Err(refused("RNTO", 550, "Directory not empty"));
+            }
+            let prefix = format!("{from}/");
+            let moved: Vec<(String, Node)> = nodes
+                .iter()
+                .filter(|(p, _)| p.starts_with(&prefix))
+                .map(|(p, n)| (format!("{to}/{}", &p[prefix.len()..]), n.clone()))
+                .collect();
+            nodes.retain(|p, _| !p.starts_with(&prefix));
+            nodes.extend(moved);
+        }
+        nodes.remove(from);
+        nodes.insert(to.into(), node);
+        Ok(())
+    }
+
+    fn chmod(&self, path: &str, new_mode: u32) -> Result<()> {
+        match self.lock().get_mut(path) {
+            Some(Node::File { mode, .. }) => {
+                *mode = new_mode & 0o7777;
+                Ok(())
+            }
+            Some(Node::Dir { .. }) => Ok(()),
+            None => Err(refused("SITE CHMOD", 550, "No such file")),
+        }
+    }
+
+    fn set_mtime(&self, path: &str, t: SystemTime) -> Result<()> {
+        match self.lock().get_mut(path) {
+            Some(Node::File { mtime, .. }) | Some(Node::Dir { mtime }) => {
+                *mtime = t;
+                Ok(())
+            }
+            None => Err(refused("MFMT", 550, "No such file")),
+        }
+    }
+}

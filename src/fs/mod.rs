@@ -1,0 +1,9 @@
+//! The filesystem: logic over a [`store::RemoteStore`], and the fuser adapter.
+
+pub mod dircache;
+pub mod filesystem;
+pub mod inodes;
+pub mod memstore;
+pub mod prefetcher;
+pub mod store;
+pub mod uploader;

@@ -1,0 +1,231 @@
+//! Sequential read streaming with readahead, one per open file handle.
+//!
+//! Design: a read at an offset starts one download (`RETR`, with `REST` when the
+//! offset is not 0) on a background thread, which pushes chunks into a bounded
+//! channel: the channel's depth is the readahead, so the wire keeps running while
+//! the kernel consumes, and memory stays bounded (`READAHEAD` bytes per stream).
+//! Reads are served from a window of recent bytes: the kernel's readahead arrives
+//! slightly out of order from several FUSE threads, so a read a little behind the
+//! stream (up to `KEEP_BEHIND`) or a little ahead (up to `SKIP_AHEAD`, discarded
+//! from the stream) does not restart the transfer. Any other seek drops the stream
+//! (closing the data connection aborts the RETR) and starts a new one at the new
+//! offset: a random read costs one round trip plus its bytes, never the whole file.
+
+use super::store::RemoteStore;
+use crate::error::{FtpError, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bytes a stream may download ahead of the reader.
+pub const READAHEAD: usize = 8 * 1024 * 1024;
+/// Size of the chunks moved through the channel.
+pub const CHUNK: usize = 256 * 1024;
+/// Bytes kept behind the furthest read, for out-of-order kernel reads.
+pub const KEEP_BEHIND: u64 = 1024 * 1024;
+/// A forward jump up to this far is read through instead of restarting.
+pub const SKIP_AHEAD: u64 = 2 * 1024 * 1024;
+
+enum Msg {
+    Data(Vec<u8>),
+    End(Result<()>),
+}
+
+struct Stream {
+    rx: Receiver<Msg>,
+    cancel: Arc<AtomicBool>,
+    /// Bytes [buf_start, buf_start + buf.len()) of the file.
+    buf: Vec<u8>,
+    buf_start: u64,
+    eof: bool,
+    error: Option<FtpError>,
+}
+
+impl Stream {
+    fn end(&self) -> u64 {
+        self.buf_start + self.buf.len() as u64
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counters, for tests and logs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PrefetchStats {
+    pub streams_started: u64,
+}
+
+pub struct Prefetcher {
+    store: Arc<dyn RemoteStore>,
+    path: String,
+    stream: Option<Stream>,
+    pub stats: PrefetchStats,
+}
+
+impl Prefetcher {
+    pub fn new(store: Arc<dyn RemoteStore>, path: String) -> Self {
+        Prefetcher { store, path, stream: None, stats: PrefetchStats::default() }
+    }
+
+    fn start(&mut self, offset: u64) {
+        let (tx, rx) = sync_channel::<Msg>(READAHEAD / CHUNK);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let store = self.store.clone();
+        let path = self.path.clone();
+        let flag = cancel.clone();
+        self.stats.streams_started += 1;
+        log::debug!("read stream {path} from {offset}");
+        let spawned = std::thread::Builder::new().name("ftpsfs-read".into()).spawn(move || {
+            let mut pending: Vec<u8> = Vec::with_capacity(CHUNK);
+            let send = |msg: Msg| -> bool {
+                let mut msg = msg;
+                loop {
+                    if flag.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    match tx.try_send(msg) {
+                        Ok(()) => return true,
+                        Err(TrySendError::Disconnected(_)) => return false,
+                        Err(TrySendError::Full(m)) => {
+                            msg = m;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                }
+            };
+            let result = store.read_from(&path, offset, &mut |chunk: &[u8]| {
+                pending.extend_from_slice(chunk);
+                if pending.len() >= CHUNK {
+                    let full = std::mem::replace(&mut pending, Vec::with_capacity(CHUNK));
+                    return send(Msg::Data(full));
+                }
+                true
+            });
+            if !pending.is_empty() && result.is_ok() && !send(Msg::Data(pending)) {
+                return;
+            }
+            send(Msg::End(result));
+        });
+        let stream = Stream { rx, cancel, buf: Vec::new(), buf_start: offset, eof: false, error: None };
+        self.stream = Some(stream);
+        if let Err(e) = spawned {
+            if let Some(s) = self.stream.as_mut() {
+                s.error = Some(FtpError::io("starting a read thread", e));
+            }
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset`; fewer only at the end of the file.
+    pub fn read(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let usable = match &self.stream {
+            Some(s) => {
+                offset >= s.buf_start
+                    && (offset <= s.end() + SKIP_AHEAD || s.eof)
+                    && !(s.error.is_some() && offset >= s.end())
+            }
+            None => false,
+        };
+        if !usable {
+            self.stream = None;
+            self.start(offset);
+        }
+        let Some(s) = self.stream.as_mut() else {
+            return Err(FtpError::Protocol("no read stream".into()));
+        };
+        let want_end = offset + size as u64;
+        while s.end() < want_end && !s.eof && s.error.is_none() {
+            match s.rx.recv() {
+                Ok(Msg::Data(d)) => s.buf.extend_from_slice(&d),
+                Ok(Msg::End(Ok(()))) => s.eof = true,
+                Ok(Msg::End(Err(e))) => s.error = Some(e),
+                Err(_) => s.error = Some(FtpError::Closed("read thread ended".into())),
+            }
+        }
+        if offset >= s.end() {
+            if let Some(e) = s.error.take() {
+                self.stream = None;
+                return Err(e);
+            }
+            return Ok(Vec::new());
+        }
+        let from = (offset - s.buf_start) as usize;
+        let to = (want_end.min(s.end()) - s.buf_start) as usize;
+        let out = s.buf[from..to].to_vec();
+        // Trim the window: keep KEEP_BEHIND bytes behind this read.
+        let keep_from = offset.saturating_sub(KEEP_BEHIND);
+        if keep_from > s.buf_start + KEEP_BEHIND {
+            let cut = (keep_from - s.buf_start) as usize;
+            s.buf.drain(..cut);
+            s.buf_start = keep_from;
+        }
+        if out.len() < size && s.error.is_some() {
+            // Partial data before an error: return what we have; the next read fails.
+            return Ok(out);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::memstore::MemStore;
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn sequential_and_jittered_reads_use_one_stream() {
+        let store = Arc::new(MemStore::new());
+        let d = data(5 * 1024 * 1024 + 123);
+        store.put("/f", &d);
+        let mut p = Prefetcher::new(store.clone(), "/f".into());
+        assert_eq!(p.read(0, 10).unwrap(), d[..10]);
+        let mut off = 0u64;
+        while (off as usize) < d.len() {
+            // out of order by one block now and then
+            let b = p.read(off + 131072, 131072).unwrap();
+            let a = p.read(off, 131072).unwrap();
+            let end = (off as usize + 131072).min(d.len());
+            assert_eq!(a, d[off as usize..end]);
+            if end < d.len() {
+                let end2 = (off as usize + 262144).min(d.len());
+                assert_eq!(b, d[end..end2]);
+            }
+            off += 262144;
+        }
+        assert!(p.read(d.len() as u64, 10).unwrap().is_empty());
+        assert_eq!(p.stats.streams_started, 1);
+    }
+
+    #[test]
+    fn random_reads_restart_at_the_offset() {
+        let store = Arc::new(MemStore::new());
+        let d = data(20 * 1024 * 1024);
+        store.put("/f", &d);
+        let mut p = Prefetcher::new(store.clone(), "/f".into());
+        for off in [15_000_000u64, 100, 9_000_000, 19_999_000] {
+            let r = p.read(off, 4096).unwrap();
+            let end = (off as usize + 4096).min(d.len());
+            assert_eq!(r, d[off as usize..end]);
+        }
+        assert_eq!(p.stats.streams_started, 4);
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let store = Arc::new(MemStore::new());
+        let mut p = Prefetcher::new(store, "/nope".into());
+        let e = p.read(0, 10).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT);
+    }
+}

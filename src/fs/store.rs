@@ -1,0 +1,61 @@
+//! The small interface the filesystem needs from a remote site. The FTP pool
+//! implements it for real mounts; [`super::memstore::MemStore`] for fast unit tests.
+//! Paths are absolute remote paths (`/dir/name`).
+
+use crate::error::Result;
+use crate::ftp::RemoteEntry;
+use std::io::Read;
+use std::time::SystemTime;
+
+pub trait RemoteStore: Send + Sync + 'static {
+    /// The entries of a directory (never `.` or `..`).
+    fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>>;
+
+    /// Streams a file from `offset` into `sink` until the end of the file or until
+    /// `sink` returns false (the transfer is then aborted).
+    fn read_from(&self, path: &str, offset: u64, sink: &mut dyn FnMut(&[u8]) -> bool) -> Result<()>;
+
+    /// Stores `data` as the whole content of `path` (replacing it).
+    fn write_file(&self, path: &str, data: &mut dyn Read) -> Result<u64>;
+
+    fn delete(&self, path: &str) -> Result<()>;
+    fn mkdir(&self, path: &str) -> Result<()>;
+    fn rmdir(&self, path: &str) -> Result<()>;
+    /// Renames `from` to `to`, replacing a file at `to` where the server allows it.
+    fn rename(&self, from: &str, to: &str) -> Result<()>;
+    fn chmod(&self, path: &str, mode: u32) -> Result<()>;
+    fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()>;
+}
+
+/// Joins a directory path and a name.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Splits `/a/b/c` into (`/a/b`, `c`); the root has no parent.
+pub fn split(path: &str) -> Option<(&str, &str)> {
+    let i = path.rfind('/')?;
+    let name = &path[i + 1..];
+    if name.is_empty() {
+        return None;
+    }
+    Some((if i == 0 { "/" } else { &path[..i] }, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(join("/", "a"), "/a");
+        assert_eq!(join("/a", "b c"), "/a/b c");
+        assert_eq!(split("/a/b"), Some(("/a", "b")));
+        assert_eq!(split("/a"), Some(("/", "a")));
+        assert_eq!(split("/"), None);
+    }
+}

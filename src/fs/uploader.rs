@@ -1,0 +1,214 @@
+//! Write spooling and upload.
+//!
+//! Design: every file opened for writing gets a spool file on disk (in `spool_dir`,
+//! never in RAM); writes at any offset, sparse writes and truncation are plain file
+//! operations on it. A file that already exists and is not truncated is first
+//! fetched into the spool, so writes in the middle and O_APPEND keep the rest.
+//! On flush/fsync/release the spool is uploaded to a temporary name in the same
+//! directory and renamed over the real name (RNFR/RNTO), so an interrupted upload
+//! never leaves a half file under the real name; `inplace` uploads straight to the
+//! name for servers that forbid rename. If the upload fails, the error goes back to
+//! close()/fsync() and the spool file is kept on disk, its path logged: nothing a
+//! program was told was written is lost.
+
+use super::store::{join, split, RemoteStore};
+use crate::error::{FtpError, Result};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tempfile::NamedTempFile;
+
+/// A file's local copy while it is being written.
+pub struct Spool {
+    file: NamedTempFile,
+    len: u64,
+    /// Kept on disk after a failed upload (not deleted when dropped).
+    kept: bool,
+}
+
+impl Spool {
+    pub fn new(dir: &Path) -> Result<Self> {
+        let file = tempfile::Builder::new()
+            .prefix("ftpsfs-spool-")
+            .tempfile_in(dir)
+            .map_err(|e| FtpError::io(format!("creating a spool file in {}", dir.display()), e))?;
+        Ok(Spool { file, len: 0, kept: false })
+    }
+
+    /// A spool holding the current remote content of `path`.
+    pub fn fetch(dir: &Path, store: &dyn RemoteStore, path: &str) -> Result<Self> {
+        let mut s = Spool::new(dir)?;
+        let mut err = None;
+        let f = s.file.as_file();
+        let mut off = 0u64;
+        store.read_from(path, 0, &mut |chunk| match f.write_all_at(chunk, off) {
+            Ok(()) => {
+                off += chunk.len() as u64;
+                true
+            }
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(FtpError::io("writing the spool file", e));
+        }
+        s.len = off;
+        Ok(s)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    pub fn read_at(&self, offset: u64, size: usize) -> Result<Vec<u8>> {
+        if offset >= self.len {
+            return Ok(Vec::new());
+        }
+        let n = (size as u64).min(self.len - offset) as usize;
+        let mut buf = vec![0u8; n];
+        self.file
+            .as_file()
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| FtpError::io("reading the spool file", e))?;
+        Ok(buf)
+    }
+
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .as_file()
+            .write_all_at(data, offset)
+            .map_err(|e| FtpError::io("writing the spool file", e))?;
+        self.len = self.len.max(offset + data.len() as u64);
+        Ok(())
+    }
+
+    pub fn set_len(&mut self, len: u64) -> Result<()> {
+        self.file.as_file().set_len(len).map_err(|e| FtpError::io("truncating the spool file", e))?;
+        self.len = len;
+        Ok(())
+    }
+
+    /// Keeps the spool file on disk after a failed upload; returns its path.
+    pub fn keep(&mut self) -> PathBuf {
+        self.kept = true;
+        self.file.path().to_path_buf()
+    }
+
+    pub fn is_kept(&self) -> bool {
+        self.kept
+    }
+
+    fn reader(&self) -> Result<File> {
+        let mut f = self.file.reopen().map_err(|e| FtpError::io("reopening the spool file", e))?;
+        f.seek(SeekFrom::Start(0)).map_err(|e| FtpError::io("seeking the spool file", e))?;
+        Ok(f)
+    }
+
+    /// Abandons the spool: deleted unless kept.
+    pub fn discard(self) {
+        if self.kept {
+            let p = self.file.path().to_path_buf();
+            match self.file.keep() {
+                Ok(_) => log::warn!("unsaved data of a failed upload kept in {}", p.display()),
+                Err(e) => log::error!("could not keep spool file {}: {e}", p.display()),
+            }
+        }
+    }
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The temporary name an upload of `path` goes to before its rename.
+pub fn temp_name(path: &str) -> String {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (dir, name) = split(path).unwrap_or(("/", "file"));
+    let short: String = name.chars().take(100).collect();
+    join(dir, &format!(".{short}.ftpsfs-{}-{n}.part", std::process::id()))
+}
+
+/// Uploads the spool as the content of `path`.
+pub fn upload(store: &dyn RemoteStore, spool: &Spool, path: &str, inplace: bool) -> Result<()> {
+    let mut reader = spool.reader()?.take(spool.len());
+    if inplace {
+        let n = store.write_file(path, &mut reader)?;
+        return check_len(n, spool.len(), path);
+    }
+    let tmp = temp_name(path);
+    let stored = store.write_file(&tmp, &mut reader).and_then(|n| check_len(n, spool.len(), path));
+    if let Err(e) = stored {
+        let _ = store.delete(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = store.rename(&tmp, path) {
+        // Some servers refuse to rename over an existing file: replace it explicitly.
+        let retried = store.delete(path).and_then(|_| store.rename(&tmp, path));
+        if retried.is_err() {
+            let _ = store.delete(&tmp);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn check_len(sent: u64, expected: u64, path: &str) -> Result<()> {
+    if sent != expected {
+        return Err(FtpError::Truncated(format!("{path}: sent {sent} of {expected} bytes")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::memstore::MemStore;
+
+    #[test]
+    fn upload_goes_through_a_temporary_name() {
+        let store = MemStore::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::new(dir.path()).unwrap();
+        s.write_at(5, b"world").unwrap();
+        s.write_at(0, b"hello").unwrap();
+        upload(&store, &s, "/f", false).unwrap();
+        assert_eq!(store.get("/f").unwrap(), b"helloworld");
+        assert_eq!(store.paths(), vec!["/".to_string(), "/f".to_string()], "no temp file left");
+    }
+
+    #[test]
+    fn failed_upload_leaves_the_old_file_and_no_temp() {
+        let store = MemStore::new();
+        store.put("/f", b"old");
+        *store.fail_uploads_matching.lock().unwrap() = Some(".part".into());
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::new(dir.path()).unwrap();
+        s.write_at(0, b"new").unwrap();
+        let e = upload(&store, &s, "/f", false).unwrap_err();
+        assert_eq!(e.errno(), libc::EACCES);
+        assert_eq!(store.get("/f").unwrap(), b"old");
+        let kept = s.keep();
+        s.discard();
+        assert!(kept.exists(), "spool kept after failure");
+    }
+
+    #[test]
+    fn fetch_copies_the_remote_file() {
+        let store = MemStore::new();
+        store.put("/f", &vec![7u8; 300_000]);
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::fetch(dir.path(), &store, "/f").unwrap();
+        assert_eq!(s.len(), 300_000);
+        assert_eq!(s.read_at(299_990, 100).unwrap(), vec![7u8; 10]);
+    }
+}
