@@ -246,7 +246,7 @@ impl SiteConfig {
             ));
         }
         let timeout = Duration::from_secs(opts.parsed::<u64>("timeout")?.unwrap_or(30).max(1));
-        let mut user = opts.value("user")?.map(str::to_string).or_else(|| url.user.clone());
+        let mut user = opts.get("user").map(str::to_string).or_else(|| url.user.clone());
         let mut password = None;
         if let Some(pf) = opts.value("password_file")? {
             password = Some(read_secret_file(Path::new(pf), "password file")?);

@@ -9,3 +9,5 @@ pub mod config;
 pub mod error;
 pub mod fs;
 pub mod ftp;
+pub mod mount;
+pub mod remote;

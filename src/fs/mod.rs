@@ -2,6 +2,7 @@
 
 pub mod dircache;
 pub mod filesystem;
+pub mod fuse_adapter;
 pub mod inodes;
 pub mod memstore;
 pub mod prefetcher;

@@ -22,10 +22,25 @@ pub enum DataStream {
 }
 
 impl DataStream {
-    fn tcp(&self) -> &TcpStream {
+    /// Closes the connection. `polite` sends our close_notify (after a complete
+    /// download); otherwise the TLS state is only marked as shut down. Either way
+    /// OpenSSL keeps the session resumable: freeing a TLS connection that never
+    /// "sent" its shutdown marks its session not resumable, and every later data
+    /// connection of this control connection would then be refused (proftpd,
+    /// vsftpd: "425 ... did not reuse TLS session").
+    fn close(self, polite: bool) {
         match self {
-            DataStream::Tls(s) => s.get_ref(),
-            DataStream::Plain(s) => s,
+            DataStream::Tls(mut s) => {
+                if polite {
+                    let _ = s.shutdown();
+                } else {
+                    s.set_shutdown(ShutdownState::SENT | ShutdownState::RECEIVED);
+                }
+                let _ = s.get_ref().shutdown(Shutdown::Both);
+            }
+            DataStream::Plain(s) => {
+                let _ = s.shutdown(Shutdown::Both);
+            }
         }
     }
 }
@@ -64,7 +79,9 @@ impl<'a> Download<'a> {
                 return Err(self.fail(e));
             }
         }
-        self.data = None;
+        if let Some(d) = self.data.take() {
+            d.close(true);
+        }
         self.conn.finish_transfer(&self.what)?;
         Ok(self.bytes)
     }
@@ -76,8 +93,7 @@ impl<'a> Download<'a> {
 
     fn abort_inner(&mut self) -> Result<()> {
         if let Some(d) = self.data.take() {
-            let _ = d.tcp().shutdown(Shutdown::Both);
-            drop(d);
+            d.close(false);
             if self.eof {
                 return self.conn.finish_transfer(&self.what);
             }
@@ -93,7 +109,9 @@ impl<'a> Download<'a> {
             Some(FtpError::Truncated(m)) => FtpError::Truncated(m.clone()),
             _ => FtpError::io(format!("receiving {}", self.what), e),
         };
-        self.data = None;
+        if let Some(d) = self.data.take() {
+            d.close(false);
+        }
         match self.conn.finish_transfer(&self.what) {
             Err(reply_err @ FtpError::Reply { .. }) => reply_err,
             _ => {
@@ -196,8 +214,7 @@ impl<'a> Upload<'a> {
     fn fail(&mut self, e: io::Error) -> io::Error {
         // Prefer the server's reason (552 quota, 553 permission...) to "broken pipe".
         if let Some(d) = self.data.take() {
-            let _ = d.tcp().shutdown(Shutdown::Both);
-            drop(d);
+            d.close(false);
             if let Err(reply @ FtpError::Reply { .. }) = self.conn.finish_transfer(&self.what) {
                 return io::Error::other(reply);
             }
@@ -273,8 +290,7 @@ impl Drop for Upload<'_> {
     fn drop(&mut self) {
         if let Some(d) = self.data.take() {
             // Unfinished: close abruptly (no close_notify) so the server sees an error.
-            let _ = d.tcp().shutdown(Shutdown::Both);
-            drop(d);
+            d.close(false);
             if self.conn.abort_transfer().is_err() {
                 self.conn.mark_broken();
             }

@@ -7,7 +7,9 @@ use super::entry::RemoteEntry;
 use super::features::Features;
 use super::listing::{list, mlsd, timeconv};
 use super::reply::{clip, LineReader, Reply};
-use super::tls::{describe_post_handshake_error, summarize_cert, CertSummary, SessionSlot, TlsContext, TlsStream};
+use super::tls::{
+    describe_post_handshake_error, summarize_cert, CertSummary, SessionSlot, SessionStore, TlsContext, TlsStream,
+};
 use crate::error::{FtpError, Result};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -178,7 +180,7 @@ impl FtpConnection {
         prepare_socket(&tcp, opts.timeout)?;
         let peer = tcp.peer_addr().map_err(|e| FtpError::io("control connection", e))?.ip();
         let tcp_clone = tcp.try_clone().map_err(|e| FtpError::io("control connection", e))?;
-        let session: SessionSlot = Arc::new(Mutex::new(None));
+        let session: SessionSlot = Arc::new(Mutex::new(SessionStore::default()));
         let mut reader = LineReader::new();
 
         let stream = if opts.implicit {
@@ -212,8 +214,11 @@ impl FtpConnection {
         };
         {
             let mut slot = session.lock().map_err(|_| FtpError::Protocol("session lock".into()))?;
-            if slot.is_none() {
-                *slot = stream.ssl().session().map(|s| s.to_owned());
+            // TLS 1.2: the handshake's session; TLS 1.3 tickets come later, by callback.
+            if slot.is_empty() && stream.ssl().version2() != Some(openssl::ssl::SslVersion::TLS1_3) {
+                if let Some(s) = stream.ssl().session() {
+                    slot.push_session(s.to_owned());
+                }
             }
         }
         let mut conn = FtpConnection {
@@ -374,7 +379,8 @@ impl FtpConnection {
         }
     }
 
-    pub(crate) fn mark_broken(&mut self) {
+    /// Marks the connection unusable so that the pool drops it.
+    pub fn mark_broken(&mut self) {
         self.broken = true;
     }
 
@@ -461,8 +467,10 @@ impl FtpConnection {
                 Ok(DataStream::Plain(tcp))
             }
             Protection::Private => {
-                let sess = self.session.lock().ok().and_then(|s| s.clone());
-                let s = match self.tls.connect(&self.opts.host, tcp, None, sess.as_ref()) {
+                let sess = self.session.lock().ok().and_then(|mut s| s.take());
+                // The data connection's own new tickets go to this control connection's
+                // slot: TLS 1.3 tickets are single-use on proftpd.
+                let s = match self.tls.connect(&self.opts.host, tcp, Some(&self.session), sess.as_ref()) {
                     Ok(s) => s,
                     Err(e) => {
                         // The server's reply (e.g. 425/522 reuse required) says more.
@@ -480,6 +488,12 @@ impl FtpConnection {
                     }
                 };
                 self.last_data_resumed = Some(s.ssl().session_reused());
+                log::debug!(
+                    "data connection {}: {}, session {}",
+                    first_word(cmd),
+                    s.ssl().version_str(),
+                    if s.ssl().session_reused() { "resumed" } else { "NOT resumed" }
+                );
                 Ok(DataStream::Tls(Box::new(s)))
             }
         }

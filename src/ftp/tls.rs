@@ -4,9 +4,11 @@
 //!
 //! One [`TlsContext`] (one `SslConnector`) serves a whole mount: every connection is
 //! made from it, because OpenSSL only resumes a session within the context that made
-//! it. Each control connection carries its own [`SessionSlot`] (attached as ex-data),
-//! filled by the new-session callback: under TLS 1.3 the ticket arrives after the
-//! handshake, and tickets that data connections receive must not overwrite it.
+//! it. Each control connection has its own [`SessionSlot`] (attached as ex-data to it
+//! and to its own data connections, never to another control connection's), filled
+//! by the new-session callback: under TLS 1.3 tickets arrive after the handshake, and
+//! servers such as proftpd accept each ticket once, so the slot keeps the freshest
+//! few tickets and hands out an unused one per data connection.
 
 use crate::error::{FtpError, Result};
 use openssl::error::ErrorStack;
@@ -21,6 +23,7 @@ use openssl::ssl::{
 use openssl::x509::{X509, X509Ref, X509StoreContextRef, X509VerifyResult};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Minimum (or maximum) TLS protocol version.
@@ -78,8 +81,38 @@ impl Default for TlsConfig {
     }
 }
 
-/// Where a control connection's TLS session is kept for its data connections.
-pub type SessionSlot = Arc<Mutex<Option<SslSession>>>;
+/// Tickets kept per control connection.
+const MAX_TICKETS: usize = 8;
+
+/// The TLS sessions a control connection's data connections may resume.
+#[derive(Default)]
+pub struct SessionStore {
+    fresh: VecDeque<SslSession>,
+    last: Option<SslSession>,
+}
+
+impl SessionStore {
+    pub fn push_session(&mut self, s: SslSession) {
+        if self.fresh.len() == MAX_TICKETS {
+            self.fresh.pop_front();
+        }
+        self.last = Some(s.clone());
+        self.fresh.push_back(s);
+    }
+
+    /// An unused session if there is one, else the most recent (TLS 1.2 sessions
+    /// may be resumed many times).
+    pub fn take(&mut self) -> Option<SslSession> {
+        self.fresh.pop_back().or_else(|| self.last.clone())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_none()
+    }
+}
+
+/// Where a control connection's TLS sessions are kept for its data connections.
+pub type SessionSlot = Arc<Mutex<SessionStore>>;
 
 fn session_index() -> Index<Ssl, SessionSlot> {
     static INDEX: OnceLock<Index<Ssl, SessionSlot>> = OnceLock::new();
@@ -173,7 +206,7 @@ impl TlsContext {
         b.set_new_session_callback(|ssl, session| {
             if let Some(slot) = ssl.ex_data(session_index()) {
                 if let Ok(mut s) = slot.lock() {
-                    *s = Some(session);
+                    s.push_session(session);
                 }
             }
         });
@@ -184,8 +217,9 @@ impl TlsContext {
         &self.config
     }
 
-    /// TLS handshake as a client over `tcp`. `slot` (control connections) receives the
-    /// session; `resume` (data connections) is offered for resumption.
+    /// TLS handshake as a client over `tcp`. `slot` receives the sessions (tickets) the
+    /// server issues on this connection; `resume` (data connections) is offered for
+    /// resumption.
     pub fn connect(
         &self,
         host: &str,

@@ -1,0 +1,349 @@
+//! The thin fuser adapter: translates FUSE requests into calls on [`FtpsFs`] and its
+//! results into replies. No filesystem logic lives here.
+
+use super::filesystem::{Attr, Errno as FsErrno, FileType as FsType, FtpsFs};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub struct FuseAdapter {
+    fs: Arc<FtpsFs>,
+    ttl: Duration,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<FtpsFs>) -> Self {
+        let ttl = fs.config().cache_timeout;
+        FuseAdapter { fs, ttl }
+    }
+}
+
+fn errno(e: FsErrno) -> Errno {
+    Errno::from_i32(e.0)
+}
+
+fn to_fuse(a: &Attr) -> FileAttr {
+    let kind = match a.kind {
+        FsType::File => FileType::RegularFile,
+        FsType::Dir => FileType::Directory,
+        FsType::Symlink => FileType::Symlink,
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind,
+        perm: a.perm,
+        nlink: if a.kind == FsType::Dir { 2 } else { 1 },
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 131072,
+        flags: 0,
+    }
+}
+
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    name.to_str().ok_or(Errno::from_i32(libc::EINVAL))
+}
+
+fn time_of(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.fs.flush_all() {
+            log::error!("unmount: some uploads failed (errno {}); their spool files are kept", e.0);
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = name_str(name).and_then(|n| self.fs.lookup(parent.0, n).map_err(errno));
+        match r {
+            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.fs.setattr(ino.0, mode, uid, gid, size, mtime.map(time_of)) {
+            Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        let r = name_str(name).and_then(|n| self.fs.mkdir(parent.0, n).map_err(errno));
+        match r {
+            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_str(name).and_then(|n| self.fs.unlink(parent.0, n).map_err(errno)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_str(name).and_then(|n| self.fs.rmdir(parent.0, n).map_err(errno)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _target: &std::path::Path, reply: ReplyEntry) {
+        match self.fs.symlink() {
+            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let r = name_str(name).and_then(|n| {
+            let nn = name_str(newname)?;
+            self.fs.rename(parent.0, n, newparent.0, nn, noreplace).map_err(errno)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0, flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size as usize) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        match self.fs.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.release(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.fs.fsync(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.fs.dir_entries(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let mut idx = offset as usize;
+        if idx == 0 {
+            if reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            idx = 1;
+        }
+        if idx == 1 {
+            if reply.add(ino, 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            idx = 2;
+        }
+        for (i, e) in entries.iter().enumerate().skip(idx - 2) {
+            let a = to_fuse(&e.attr);
+            if reply.add(a.ino, (i + 3) as u64, a.kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let entries = match self.fs.dir_entries(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let dir_attr = match self.fs.getattr(ino.0) {
+            Ok(a) => to_fuse(&a),
+            Err(e) => return reply.error(errno(e)),
+        };
+        let mut idx = offset as usize;
+        // "." and ".." do not count as lookups: the kernel ignores their attributes.
+        if idx == 0 {
+            if reply.add(ino, 1, ".", &Duration::ZERO, &dir_attr, Generation(0)) {
+                return reply.ok();
+            }
+            idx = 1;
+        }
+        if idx == 1 {
+            if reply.add(ino, 2, "..", &Duration::ZERO, &dir_attr, Generation(0)) {
+                return reply.ok();
+            }
+            idx = 2;
+        }
+        for (i, e) in entries.iter().enumerate().skip(idx - 2) {
+            let a = to_fuse(&e.attr);
+            if reply.add(a.ino, (i + 3) as u64, &e.name, &self.ttl, &a, Generation(0)) {
+                break;
+            }
+            self.fs.count_lookup(ino.0, &e.name);
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let (blocks, bfree, bavail, files, ffree, bsize, namelen) = self.fs.statfs();
+        reply.statfs(blocks, bfree, bavail, files, ffree, bsize, namelen, bsize);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = name_str(name).and_then(|n| self.fs.create(parent.0, n, mode, flags).map_err(errno));
+        match r {
+            Ok((a, fh)) => reply.created(&self.ttl, &to_fuse(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! [`RemoteStore`] over a [`Pool`] of FTPS connections.
+
+use super::pool::Pool;
+use crate::error::{FtpError, Result};
+use crate::fs::store::RemoteStore;
+use crate::ftp::RemoteEntry;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Size of the buffer each transfer reads and writes with.
+const IO_BUF: usize = 256 * 1024;
+
+pub struct FtpStore {
+    pool: Arc<Pool>,
+}
+
+impl FtpStore {
+    pub fn new(pool: Arc<Pool>) -> Self {
+        FtpStore { pool }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+impl RemoteStore for FtpStore {
+    fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
+        self.pool.run(|c| c.list_dir(dir))
+    }
+
+    fn read_from(&self, path: &str, offset: u64, sink: &mut dyn FnMut(&[u8]) -> bool) -> Result<()> {
+        let mut sent_any = false;
+        self.pool.run(|c| {
+            if sent_any {
+                // Data already went out: a retry would repeat it.
+                return Err(FtpError::Closed("connection lost during a download".into()));
+            }
+            let mut dl = c.retr(path, offset)?;
+            let mut buf = vec![0u8; IO_BUF];
+            loop {
+                let n = match dl.read(&mut buf) {
+                    Ok(0) => return dl.finish().map(drop),
+                    Ok(n) => n,
+                    Err(e) => {
+                        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<FtpError>()) {
+                            let msg = inner.to_string();
+                            drop(dl);
+                            return Err(FtpError::Truncated(msg));
+                        }
+                        drop(dl);
+                        return Err(FtpError::io(format!("downloading {path}"), e));
+                    }
+                };
+                sent_any = true;
+                if !sink(&buf[..n]) {
+                    return dl.abort();
+                }
+            }
+        })
+    }
+
+    fn write_file(&self, path: &str, data: &mut dyn Read) -> Result<u64> {
+        let mut c = self.pool.get()?;
+        let mut up = c.stor(path, false)?;
+        let mut buf = vec![0u8; IO_BUF];
+        loop {
+            let n = data.read(&mut buf).map_err(|e| FtpError::io("reading the spool file", e))?;
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = up.write_all(&buf[..n]) {
+                return Err(match e.get_ref().and_then(|i| i.downcast_ref::<FtpError>()) {
+                    Some(FtpError::Reply { command, code, text }) => {
+                        FtpError::Reply { command: command.clone(), code: *code, text: text.clone() }
+                    }
+                    _ => FtpError::io(format!("uploading {path}"), e),
+                });
+            }
+        }
+        up.finish()
+    }
+
+    fn delete(&self, path: &str) -> Result<()> {
+        self.pool.run(|c| c.delete(path))
+    }
+
+    fn mkdir(&self, path: &str) -> Result<()> {
+        self.pool.run(|c| c.mkdir(path))
+    }
+
+    fn rmdir(&self, path: &str) -> Result<()> {
+        self.pool.run(|c| c.rmdir(path))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.pool.run(|c| c.rename(from, to))
+    }
+
+    fn chmod(&self, path: &str, mode: u32) -> Result<()> {
+        self.pool.run(|c| c.chmod(path, mode))
+    }
+
+    fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()> {
+        self.pool.run(|c| c.set_mtime(path, mtime))
+    }
+}
