@@ -15,11 +15,19 @@ const SHOWN_ENTRIES: usize = 20;
 pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<()> {
     let tls = TlsContext::new(site.tls.clone())?;
     let c = &site.connect;
-    let mode = if c.implicit { "implicit FTPS (TLS from the first byte)" } else { "explicit FTPS (AUTH TLS)" };
+    let mode = if c.implicit {
+        "implicit FTPS (TLS from the first byte)"
+    } else {
+        "explicit FTPS (AUTH TLS)"
+    };
     let _ = writeln!(out, "server:           {}:{} ({mode})", c.host, c.port);
     let mut conn = FtpConnection::connect(Arc::new(c.clone()), tls)?;
     let info = conn.tls_info().clone();
-    let _ = writeln!(out, "tls:              {}, cipher {}", info.version, info.cipher);
+    let _ = writeln!(
+        out,
+        "tls:              {}, cipher {}",
+        info.version, info.cipher
+    );
     let trust = if site.tls.insecure {
         "NOT VERIFIED (insecure): anyone on the path could impersonate this server"
     } else if site.tls.fingerprint.is_some() {
@@ -33,7 +41,11 @@ pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<()> {
     if let Some(cert) = &info.server_cert {
         let _ = writeln!(out, "certificate:      subject {}", cert.subject);
         let _ = writeln!(out, "                  issuer  {}", cert.issuer);
-        let _ = writeln!(out, "                  valid   {} to {}", cert.not_before, cert.not_after);
+        let _ = writeln!(
+            out,
+            "                  valid   {} to {}",
+            cert.not_before, cert.not_after
+        );
         let _ = writeln!(out, "                  sha256  {}", cert.sha256);
     }
     if site.tls.client_cert.is_some() {
@@ -52,7 +64,15 @@ pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<()> {
     };
     let _ = writeln!(out, "control channel:  {control}");
     let feats = conn.features().raw.join(", ");
-    let _ = writeln!(out, "features:         {}", if feats.is_empty() { "(none announced)" } else { &feats });
+    let _ = writeln!(
+        out,
+        "features:         {}",
+        if feats.is_empty() {
+            "(none announced)"
+        } else {
+            &feats
+        }
+    );
     let how = if conn.features().mlst { "MLSD" } else { "LIST" };
     let entries = conn.list_dir(&site.url.path)?;
     let resumed = match conn.data_session_resumed() {
@@ -61,7 +81,12 @@ pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<()> {
         None => "n/a (PROT C: data in clear)",
     };
     let _ = writeln!(out, "session reuse:    {resumed}");
-    let _ = writeln!(out, "listing of {} ({how}, {} entries):", site.url.path, entries.len());
+    let _ = writeln!(
+        out,
+        "listing of {} ({how}, {} entries):",
+        site.url.path,
+        entries.len()
+    );
     for e in entries.iter().take(SHOWN_ENTRIES) {
         let kind = match &e.kind {
             EntryKind::Dir => "d".to_string(),

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 /// `fingerprint=` never silently weakens trust.
 pub fn reject_unknown(opts: &OptionList, extra: &[&str]) -> Result<()> {
     for name in opts.names() {
-        let known = CONNECTION_OPTIONS.contains(&name) || extra.contains(&name) || name.starts_with("x-");
+        let known =
+            CONNECTION_OPTIONS.contains(&name) || extra.contains(&name) || name.starts_with("x-");
         if !known {
             return Err(FtpError::Invalid(format!("unknown option {name:?}")));
         }
@@ -21,7 +22,11 @@ pub fn reject_unknown(opts: &OptionList, extra: &[&str]) -> Result<()> {
 
 /// Mount an FTPS site as a folder.
 #[derive(Parser, Debug)]
-#[command(name = "ftpsfs", version, about = "Mount an FTPS site (FTP over TLS) as a folder.\nAlso: ftpsfs check URL [-o options] to diagnose a site.")]
+#[command(
+    name = "ftpsfs",
+    version,
+    about = "Mount an FTPS site (FTP over TLS) as a folder.\nAlso: ftpsfs check URL [-o options] to diagnose a site."
+)]
 struct MountArgs {
     /// ftp://[user@]host[:port][/path] (explicit FTPS) or ftps://... (implicit FTPS)
     url: String,

@@ -26,8 +26,11 @@ fn percent_decode(s: &str) -> Result<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| FtpError::Invalid(format!("bad %-escape in {s:?}")))?;
-            let v = u8::from_str_radix(hex, 16).map_err(|_| FtpError::Invalid(format!("bad %-escape in {s:?}")))?;
+            let hex = s
+                .get(i + 1..i + 3)
+                .ok_or_else(|| FtpError::Invalid(format!("bad %-escape in {s:?}")))?;
+            let v = u8::from_str_radix(hex, 16)
+                .map_err(|_| FtpError::Invalid(format!("bad %-escape in {s:?}")))?;
             out.push(v);
             i += 3;
         } else {
@@ -46,7 +49,9 @@ impl SiteUrl {
         } else if let Some(r) = url.strip_prefix("ftps://") {
             (true, r)
         } else {
-            return Err(bad("it must start with ftp:// (explicit FTPS) or ftps:// (implicit FTPS)"));
+            return Err(bad(
+                "it must start with ftp:// (explicit FTPS) or ftps:// (implicit FTPS)",
+            ));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -67,7 +72,9 @@ impl SiteUrl {
             None => None,
         };
         let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
-            let end = r.find(']').ok_or_else(|| bad("unclosed [ in IPv6 address"))?;
+            let end = r
+                .find(']')
+                .ok_or_else(|| bad("unclosed [ in IPv6 address"))?;
             let host = &r[..end];
             let port = match &r[end + 1..] {
                 "" => None,
@@ -91,7 +98,11 @@ impl SiteUrl {
                     21
                 }
             }
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| bad("bad port"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("bad port"))?,
         };
         let mut path = percent_decode(path)?;
         if path.contains(['\r', '\n', '\0']) {
@@ -100,7 +111,13 @@ impl SiteUrl {
         while path.len() > 1 && path.ends_with('/') {
             path.pop();
         }
-        Ok(SiteUrl { implicit, user, host, port, path })
+        Ok(SiteUrl {
+            implicit,
+            user,
+            host,
+            port,
+            path,
+        })
     }
 }
 
@@ -132,7 +149,11 @@ impl OptionList {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -142,7 +163,9 @@ impl OptionList {
     /// A value that must be present when the option is.
     pub fn value(&self, name: &str) -> Result<Option<&str>> {
         if self.has(name) && self.get(name).is_none() {
-            return Err(FtpError::Invalid(format!("option {name} needs a value ({name}=...)")));
+            return Err(FtpError::Invalid(format!(
+                "option {name} needs a value ({name}=...)"
+            )));
         }
         Ok(self.get(name))
     }
@@ -160,8 +183,20 @@ impl OptionList {
 
 /// Options understood by the connection (shared by `check` and the mount).
 pub const CONNECTION_OPTIONS: &[&str] = &[
-    "cafile", "fingerprint", "insecure", "min_tls", "max_tls", "cert", "key", "key_password_file",
-    "prot", "ccc", "user", "password_file", "netrc", "timeout",
+    "cafile",
+    "fingerprint",
+    "insecure",
+    "min_tls",
+    "max_tls",
+    "cert",
+    "key",
+    "key_password_file",
+    "prot",
+    "ccc",
+    "user",
+    "password_file",
+    "netrc",
+    "timeout",
 ];
 
 /// Everything needed to reach and log in to a site.
@@ -246,7 +281,10 @@ impl SiteConfig {
             ));
         }
         let timeout = Duration::from_secs(opts.parsed::<u64>("timeout")?.unwrap_or(30).max(1));
-        let mut user = opts.get("user").map(str::to_string).or_else(|| url.user.clone());
+        let mut user = opts
+            .get("user")
+            .map(str::to_string)
+            .or_else(|| url.user.clone());
         let mut password = None;
         if let Some(pf) = opts.value("password_file")? {
             password = Some(read_secret_file(Path::new(pf), "password file")?);
@@ -259,8 +297,9 @@ impl SiteConfig {
                     FtpError::Invalid("netrc: no HOME to find ~/.netrc in".into())
                 })?,
             };
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| FtpError::Invalid(format!("cannot read netrc {}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                FtpError::Invalid(format!("cannot read netrc {}: {e}", path.display()))
+            })?;
             match netrc_lookup(&text, &url.host) {
                 Some((login, pw)) => {
                     if user.is_none() {
@@ -312,7 +351,9 @@ fn tls_config(opts: &OptionList) -> Result<TlsConfig> {
     };
     if let Some(fp) = opts.value("fingerprint")? {
         tls.fingerprint = Some(parse_fingerprint(fp).ok_or_else(|| {
-            FtpError::Invalid(format!("fingerprint must be sha256:<64 hex digits>, not {fp:?}"))
+            FtpError::Invalid(format!(
+                "fingerprint must be sha256:<64 hex digits>, not {fp:?}"
+            ))
         })?);
     }
     tls.insecure = opts.has("insecure");
@@ -321,15 +362,16 @@ fn tls_config(opts: &OptionList) -> Result<TlsConfig> {
             .ok_or_else(|| FtpError::Invalid(format!("min_tls must be 1.2 or 1.3, not {v:?}")))?;
     }
     if let Some(v) = opts.value("max_tls")? {
-        tls.max_version = Some(
-            TlsVersion::parse(v)
-                .ok_or_else(|| FtpError::Invalid(format!("max_tls must be 1.2 or 1.3, not {v:?}")))?,
-        );
+        tls.max_version =
+            Some(TlsVersion::parse(v).ok_or_else(|| {
+                FtpError::Invalid(format!("max_tls must be 1.2 or 1.3, not {v:?}"))
+            })?);
     }
     tls.client_cert = opts.value("cert")?.map(PathBuf::from);
     tls.client_key = opts.value("key")?.map(PathBuf::from);
     if let Some(f) = opts.value("key_password_file")? {
-        tls.client_key_password = Some(read_secret_file(Path::new(f), "key password file")?.into_bytes());
+        tls.client_key_password =
+            Some(read_secret_file(Path::new(f), "key password file")?.into_bytes());
     }
     Ok(tls)
 }
@@ -341,14 +383,37 @@ mod tests {
     #[test]
     fn urls() {
         let u = SiteUrl::parse("ftp://bob@example.org/pub/").unwrap();
-        assert_eq!(u, SiteUrl { implicit: false, user: Some("bob".into()), host: "example.org".into(), port: 21, path: "/pub".into() });
+        assert_eq!(
+            u,
+            SiteUrl {
+                implicit: false,
+                user: Some("bob".into()),
+                host: "example.org".into(),
+                port: 21,
+                path: "/pub".into()
+            }
+        );
         let u = SiteUrl::parse("ftps://127.0.0.1:2990").unwrap();
-        assert_eq!((u.implicit, u.port, u.path.as_str(), u.user), (true, 2990, "/", None));
+        assert_eq!(
+            (u.implicit, u.port, u.path.as_str(), u.user),
+            (true, 2990, "/", None)
+        );
         let u = SiteUrl::parse("ftp://[::1]:2121/a%20b").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 2121, "/a b"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 2121, "/a b")
+        );
         let u = SiteUrl::parse("ftp://me%40corp@h").unwrap();
         assert_eq!(u.user.as_deref(), Some("me@corp"));
-        for bad in ["http://h", "ftp://", "ftp://u:pw@h/", "ftp://h:0", "ftp://h:99999", "ftp://h/%0d%0aDELE", "ftp://[::1"] {
+        for bad in [
+            "http://h",
+            "ftp://",
+            "ftp://u:pw@h/",
+            "ftp://h:0",
+            "ftp://h:99999",
+            "ftp://h/%0d%0aDELE",
+            "ftp://[::1",
+        ] {
             assert!(SiteUrl::parse(bad).is_err(), "{bad}");
         }
     }
@@ -359,22 +424,33 @@ mod tests {
         assert_eq!(o.get("cafile"), Some("/x"));
         assert!(o.has("ccc"));
         assert_eq!(o.parsed::<u64>("timeout").unwrap(), Some(5));
-        assert!(OptionList::parse(&["timeout=x"]).parsed::<u64>("timeout").is_err());
+        assert!(OptionList::parse(&["timeout=x"])
+            .parsed::<u64>("timeout")
+            .is_err());
         assert!(OptionList::parse(&["cafile"]).value("cafile").is_err());
     }
 
     #[test]
     fn netrc() {
         let t = "machine a login u1 password p1\nmachine b\n login u2\n password p2\ndefault login d password dp";
-        assert_eq!(netrc_lookup(t, "b"), Some((Some("u2".into()), Some("p2".into()))));
-        assert_eq!(netrc_lookup(t, "zz"), Some((Some("d".into()), Some("dp".into()))));
+        assert_eq!(
+            netrc_lookup(t, "b"),
+            Some((Some("u2".into()), Some("p2".into())))
+        );
+        assert_eq!(
+            netrc_lookup(t, "zz"),
+            Some((Some("d".into()), Some("dp".into())))
+        );
         assert_eq!(netrc_lookup("machine a login x", "b"), None);
     }
 
     #[test]
     fn tls_options() {
         let fp = "sha256:".to_string() + &"0A".repeat(32);
-        let t = tls_config(&OptionList::parse(&[format!("fingerprint={fp},min_tls=1.3,insecure")])).unwrap();
+        let t = tls_config(&OptionList::parse(&[format!(
+            "fingerprint={fp},min_tls=1.3,insecure"
+        )]))
+        .unwrap();
         assert_eq!(t.fingerprint, Some(vec![0x0a; 32]));
         assert_eq!(t.min_version, TlsVersion::Tls13);
         assert!(t.insecure);

@@ -13,7 +13,11 @@ pub enum FtpError {
     /// The TLS layer refused or failed: untrusted certificate, handshake failure...
     Tls(String),
     /// The server answered a command with a negative (4xx/5xx) reply.
-    Reply { command: String, code: u16, text: String },
+    Reply {
+        command: String,
+        code: u16,
+        text: String,
+    },
     /// The server broke the protocol (malformed or oversized reply, bad PASV...).
     Protocol(String),
     /// A download ended without the server's TLS close_notify, or shorter than announced.
@@ -90,10 +94,22 @@ pub fn reply_errno(code: u16, text: &str) -> i32 {
     if says(&["already exists", "file exists", "directory exists"]) {
         return libc::EEXIST;
     }
-    if says(&["permission denied", "access denied", "not permitted", "read-only", "forbidden"]) {
+    if says(&[
+        "permission denied",
+        "access denied",
+        "not permitted",
+        "read-only",
+        "forbidden",
+    ]) {
         return libc::EACCES;
     }
-    if says(&["no such file", "not found", "does not exist", "doesn't exist", "no such"]) {
+    if says(&[
+        "no such file",
+        "not found",
+        "does not exist",
+        "doesn't exist",
+        "no such",
+    ]) {
         return libc::ENOENT;
     }
     if says(&["not a directory"]) {
@@ -121,7 +137,11 @@ impl fmt::Display for FtpError {
             FtpError::Io { context, source } => write!(f, "{context}: {source}"),
             FtpError::Timeout(m) => write!(f, "{m}"),
             FtpError::Tls(m) => write!(f, "TLS: {m}"),
-            FtpError::Reply { command, code, text } => {
+            FtpError::Reply {
+                command,
+                code,
+                text,
+            } => {
                 write!(f, "server refused {command}: {code} {text}")
             }
             FtpError::Protocol(m) => write!(f, "protocol error: {m}"),
@@ -147,11 +167,17 @@ mod tests {
 
     #[test]
     fn errno_from_replies() {
-        assert_eq!(reply_errno(550, "foo: No such file or directory"), libc::ENOENT);
+        assert_eq!(
+            reply_errno(550, "foo: No such file or directory"),
+            libc::ENOENT
+        );
         assert_eq!(reply_errno(550, "foo: Permission denied"), libc::EACCES);
         assert_eq!(reply_errno(550, "Directory not empty"), libc::ENOTEMPTY);
         assert_eq!(reply_errno(550, "foo: File exists"), libc::EEXIST);
-        assert_eq!(reply_errno(552, "Exceeded storage allocation"), libc::ENOSPC);
+        assert_eq!(
+            reply_errno(552, "Exceeded storage allocation"),
+            libc::ENOSPC
+        );
         assert_eq!(reply_errno(502, "Command not implemented"), libc::ENOTSUP);
         assert_eq!(reply_errno(550, "Failed."), libc::ENOENT);
         assert_eq!(reply_errno(553, "Could not create file."), libc::EACCES);

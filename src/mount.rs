@@ -6,9 +6,9 @@ use crate::config::{OptionList, SiteConfig};
 use crate::error::{FtpError, Result};
 use crate::fs::filesystem::{FsConfig, FtpsFs};
 use crate::fs::fuse_adapter::FuseAdapter;
+use crate::ftp::TlsContext;
 use crate::remote::ftp_store::FtpStore;
 use crate::remote::pool::Pool;
-use crate::ftp::TlsContext;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -17,11 +17,34 @@ use std::time::Duration;
 
 /// Mount options besides the connection's.
 pub const MOUNT_OPTIONS: &[&str] = &[
-    "ro", "allow_other", "default_permissions", "uid", "gid", "umask", "max_conns", "cache_timeout",
-    "spool_dir", "fsname", "debug", "inplace",
+    "ro",
+    "allow_other",
+    "default_permissions",
+    "uid",
+    "gid",
+    "umask",
+    "max_conns",
+    "cache_timeout",
+    "spool_dir",
+    "fsname",
+    "debug",
+    "inplace",
     // passed by mount(8)/fstab/mount.fuse3; nothing to do for them
-    "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto", "users", "nofail",
-    "_netdev", "atime", "noatime", "relatime",
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "auto",
+    "noauto",
+    "users",
+    "nofail",
+    "_netdev",
+    "atime",
+    "noatime",
+    "relatime",
 ];
 
 /// Everything the mount needs, parsed before anything connects.
@@ -49,15 +72,22 @@ impl MountPlan {
         let md = std::fs::metadata(mountpoint)
             .map_err(|e| FtpError::Invalid(format!("mountpoint {}: {e}", mountpoint.display())))?;
         if !md.is_dir() {
-            return Err(FtpError::Invalid(format!("mountpoint {} is not a directory", mountpoint.display())));
+            return Err(FtpError::Invalid(format!(
+                "mountpoint {} is not a directory",
+                mountpoint.display()
+            )));
         }
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let umask = match opts.value("umask")? {
-            Some(v) => u32::from_str_radix(v, 8).map_err(|_| FtpError::Invalid(format!("bad umask {v:?}")))?,
+            Some(v) => u32::from_str_radix(v, 8)
+                .map_err(|_| FtpError::Invalid(format!("bad umask {v:?}")))?,
             None => 0o022,
         };
-        let spool_dir = opts.value("spool_dir")?.map(PathBuf::from).unwrap_or_else(default_spool_dir);
+        let spool_dir = opts
+            .value("spool_dir")?
+            .map(PathBuf::from)
+            .unwrap_or_else(default_spool_dir);
         std::fs::create_dir_all(&spool_dir)
             .map_err(|e| FtpError::Invalid(format!("spool_dir {}: {e}", spool_dir.display())))?;
         let fs = FsConfig {
@@ -66,7 +96,9 @@ impl MountPlan {
             gid: opts.parsed("gid")?.unwrap_or(gid),
             umask,
             read_only: opts.has("ro"),
-            cache_timeout: Duration::from_secs_f64(opts.parsed::<f64>("cache_timeout")?.unwrap_or(5.0).max(0.0)),
+            cache_timeout: Duration::from_secs_f64(
+                opts.parsed::<f64>("cache_timeout")?.unwrap_or(5.0).max(0.0),
+            ),
             cache_entries: 4096,
             spool_dir,
             inplace: opts.has("inplace"),
@@ -84,7 +116,9 @@ impl MountPlan {
             ),
         };
         if fsname.contains([',', ' ', '\n']) {
-            return Err(FtpError::Invalid("fsname must not contain commas or spaces".into()));
+            return Err(FtpError::Invalid(
+                "fsname must not contain commas or spaces".into(),
+            ));
         }
         Ok(MountPlan {
             max_conns: opts.parsed::<usize>("max_conns")?.unwrap_or(4).clamp(1, 64),
@@ -130,27 +164,43 @@ pub struct Mounted {
 /// Connects (one connection, so bad passwords and certificates fail here) and mounts.
 pub fn mount(plan: &MountPlan) -> Result<Mounted> {
     let tls = TlsContext::new(plan.site.tls.clone())?;
-    let pool = Arc::new(Pool::new(Arc::new(plan.site.connect.clone()), tls, plan.max_conns));
+    let pool = Arc::new(Pool::new(
+        Arc::new(plan.site.connect.clone()),
+        tls,
+        plan.max_conns,
+    ));
     pool.warm_up()?;
     let store = Arc::new(FtpStore::new(pool.clone()));
     let fs = Arc::new(FtpsFs::new(store, plan.fs.clone()));
-    let session = fuser::spawn_mount(FuseAdapter::new(fs.clone()), &plan.mountpoint, &plan.fuser_config())
-        .map_err(|e| FtpError::io(format!("mounting on {}", plan.mountpoint.display()), e))?;
+    let session = fuser::spawn_mount(
+        FuseAdapter::new(fs.clone()),
+        &plan.mountpoint,
+        &plan.fuser_config(),
+    )
+    .map_err(|e| FtpError::io(format!("mounting on {}", plan.mountpoint.display()), e))?;
     let keeper_pool = Arc::downgrade(&pool);
-    let _ = std::thread::Builder::new().name("ftpsfs-keeper".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_secs(20));
-        match keeper_pool.upgrade() {
-            Some(p) => p.maintain(),
-            None => return,
-        }
-    });
-    Ok(Mounted { fs, pool, session: Some(session) })
+    let _ = std::thread::Builder::new()
+        .name("ftpsfs-keeper".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(20));
+            match keeper_pool.upgrade() {
+                Some(p) => p.maintain(),
+                None => return,
+            }
+        });
+    Ok(Mounted {
+        fs,
+        pool,
+        session: Some(session),
+    })
 }
 
 impl Mounted {
     /// True while the kernel mount is alive.
     pub fn is_running(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| !s.guard.is_finished())
+        self.session
+            .as_ref()
+            .is_some_and(|s| !s.guard.is_finished())
     }
 
     /// Uploads what is pending, then unmounts and waits for the session to end.
@@ -162,7 +212,9 @@ impl Mounted {
             }
         }
         self.pool.close_all();
-        flushed.map_err(|e| FtpError::Invalid(format!("some uploads failed at unmount (errno {})", e.0)))
+        flushed.map_err(|e| {
+            FtpError::Invalid(format!("some uploads failed at unmount (errno {})", e.0))
+        })
     }
 }
 
@@ -186,7 +238,10 @@ fn serve(mounted: Mounted, set: libc::sigset_t) -> Result<()> {
     loop {
         // SAFETY: sigtimedwait on a valid set with a valid timeout.
         let sig = unsafe {
-            let ts = libc::timespec { tv_sec: 0, tv_nsec: 200_000_000 };
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 200_000_000,
+            };
             libc::sigtimedwait(&set, std::ptr::null_mut(), &ts)
         };
         if sig > 0 {
@@ -229,7 +284,9 @@ pub fn run(plan: MountPlan, foreground: bool) -> Result<()> {
         let _ = std::fs::File::from(rd).read_to_string(&mut msg);
         return match msg.strip_prefix("OK") {
             Some(_) => Ok(()),
-            None if msg.is_empty() => Err(FtpError::Invalid("the mount process died before mounting".into())),
+            None if msg.is_empty() => Err(FtpError::Invalid(
+                "the mount process died before mounting".into(),
+            )),
             None => Err(FtpError::Invalid(msg.trim().to_string())),
         };
     }

@@ -26,7 +26,10 @@ pub struct DirCache {
 impl DirCache {
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
-        DirCache { lru: Mutex::new(LruCache::new(cap)), ttl }
+        DirCache {
+            lru: Mutex::new(LruCache::new(cap)),
+            ttl,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Listing>> {
@@ -49,7 +52,13 @@ impl DirCache {
     pub fn put(&self, dir: &str, entries: Vec<RemoteEntry>) -> Arc<Entries> {
         let map: Entries = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
         let arc = Arc::new(map);
-        self.lock().put(dir.to_string(), Listing { fetched: Instant::now(), entries: arc.clone() });
+        self.lock().put(
+            dir.to_string(),
+            Listing {
+                fetched: Instant::now(),
+                entries: arc.clone(),
+            },
+        );
         arc
     }
 
@@ -93,7 +102,14 @@ mod tests {
     use crate::ftp::EntryKind;
 
     fn entry(name: &str) -> RemoteEntry {
-        RemoteEntry { name: name.into(), kind: EntryKind::File, size: 1, mtime: None, mode: None, unique: None }
+        RemoteEntry {
+            name: name.into(),
+            kind: EntryKind::File,
+            size: 1,
+            mtime: None,
+            mode: None,
+            unique: None,
+        }
     }
 
     #[test]

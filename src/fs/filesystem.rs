@@ -75,6 +75,8 @@ struct FileState {
     spool: Option<Spool>,
     dirty: bool,
     handles: usize,
+    /// Handles open for writing.
+    writers: usize,
     pending_mtime: Option<SystemTime>,
     pending_mode: Option<u32>,
     /// Created through the mount and not uploaded yet.
@@ -167,7 +169,10 @@ impl FtpsFs {
 
     fn entry(&self, path: &str) -> FsResult<RemoteEntry> {
         let (dir, name) = split(path).ok_or(Errno(libc::ENOENT))?;
-        self.listing(dir)?.get(name).cloned().ok_or(Errno(libc::ENOENT))
+        self.listing(dir)?
+            .get(name)
+            .cloned()
+            .ok_or(Errno(libc::ENOENT))
     }
 
     fn make_attr(&self, ino: u64, e: &RemoteEntry) -> Attr {
@@ -219,7 +224,13 @@ impl FtpsFs {
 
     /// Looks `name` up in `parent`; counts a kernel reference on success.
     pub fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
-        name_ok(name).map_err(|e| if e.0 == libc::EINVAL { Errno(libc::ENOENT) } else { e })?;
+        name_ok(name).map_err(|e| {
+            if e.0 == libc::EINVAL {
+                Errno(libc::ENOENT)
+            } else {
+                e
+            }
+        })?;
         let path = join(&self.path_of(parent)?, name);
         let e = self.entry(&path)?;
         let ino = self.inodes.get_or_create(&path, true);
@@ -277,7 +288,10 @@ impl FtpsFs {
             .map(|e| {
                 let child = join(&path, &e.name);
                 let cino = self.inodes.get_or_create(&child, false);
-                DirEntry { name: e.name.clone(), attr: self.make_attr(cino, e) }
+                DirEntry {
+                    name: e.name.clone(),
+                    attr: self.make_attr(cino, e),
+                }
             })
             .collect();
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -377,7 +391,14 @@ impl FtpsFs {
         Ok(())
     }
 
-    pub fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, noreplace: bool) -> FsResult<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        newparent: u64,
+        newname: &str,
+        noreplace: bool,
+    ) -> FsResult<()> {
         self.writable()?;
         name_ok(newname)?;
         let dir = self.path_of(parent)?;
@@ -387,6 +408,10 @@ impl FtpsFs {
         if from == to {
             return Ok(());
         }
+        // Data written but not uploaded goes up first, under the old name, so that
+        // the entry moved below carries its real size.
+        let ino = self.inodes.get_or_create(&from, false);
+        self.upload_if_dirty(ino)?;
         let src = self.entry(&from)?;
         let target = self.listing(&newdir)?.get(newname).cloned();
         if let Some(t) = &target {
@@ -394,11 +419,10 @@ impl FtpsFs {
                 return Err(Errno(libc::EEXIST));
             }
             match (&src.kind, &t.kind) {
-                (EntryKind::Dir, EntryKind::Dir) => {
-                    if !self.store.list(&to)?.is_empty() {
-                        return Err(Errno(libc::ENOTEMPTY));
-                    }
+                (EntryKind::Dir, EntryKind::Dir) if !self.store.list(&to)?.is_empty() => {
+                    return Err(Errno(libc::ENOTEMPTY));
                 }
+                (EntryKind::Dir, EntryKind::Dir) => {}
                 (EntryKind::Dir, _) => return Err(Errno(libc::ENOTDIR)),
                 (_, EntryKind::Dir) => return Err(Errno(libc::EISDIR)),
                 _ => {}
@@ -407,16 +431,18 @@ impl FtpsFs {
         if src.kind == EntryKind::Dir && to.starts_with(&format!("{from}/")) {
             return Err(Errno(libc::EINVAL));
         }
-        // Data written but not uploaded goes up first, under the old name.
-        let ino = self.inodes.get_or_create(&from, false);
-        self.upload_if_dirty(ino)?;
         if let Err(e) = self.store.rename(&from, &to) {
             let replaced = match &target {
                 Some(t) if t.kind != EntryKind::Dir => {
                     // Servers that refuse to rename over a file: replace it.
-                    self.store.delete(&to).and_then(|_| self.store.rename(&from, &to))
+                    self.store
+                        .delete(&to)
+                        .and_then(|_| self.store.rename(&from, &to))
                 }
-                Some(_) => self.store.rmdir(&to).and_then(|_| self.store.rename(&from, &to)),
+                Some(_) => self
+                    .store
+                    .rmdir(&to)
+                    .and_then(|_| self.store.rename(&from, &to)),
                 None => Err(e),
             };
             replaced?;
@@ -445,7 +471,15 @@ impl FtpsFs {
     // ---- attributes ----------------------------------------------------------------
 
     /// chmod / truncate / utimens. `size` with an open handle is applied to its spool.
-    pub fn setattr(&self, ino: u64, mode: Option<u32>, uid: Option<u32>, gid: Option<u32>, size: Option<u64>, mtime: Option<SystemTime>) -> FsResult<Attr> {
+    pub fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        mtime: Option<SystemTime>,
+    ) -> FsResult<Attr> {
         if uid.is_some_and(|u| u != self.cfg.uid) || gid.is_some_and(|g| g != self.cfg.gid) {
             return Err(Errno(libc::EPERM));
         }
@@ -502,7 +536,13 @@ impl FtpsFs {
 
     fn truncate(&self, ino: u64, path: &str, size: u64) -> FsResult<()> {
         let existing = lock(&self.files).get(&ino).cloned();
-        match existing {
+        // Deferred to the next flush only when a writer holds a spool; a file open
+        // just for reading is truncated on the server at once.
+        let deferred = existing.filter(|s| {
+            let st = lock(s);
+            st.writers > 0 || st.spool.is_some() || st.dirty
+        });
+        match deferred {
             Some(state) => {
                 let mut st = lock(&state);
                 self.ensure_spool(&mut st, path, size == 0)?;
@@ -520,9 +560,14 @@ impl FtpsFs {
                     Spool::fetch(&self.cfg.spool_dir, self.store.as_ref(), path)?
                 };
                 spool.set_len(size)?;
-                if let Err(e) = uploader::upload(self.store.as_ref(), &spool, path, self.cfg.inplace) {
+                if let Err(e) =
+                    uploader::upload(self.store.as_ref(), &spool, path, self.cfg.inplace)
+                {
                     let kept = spool.keep();
-                    log::error!("truncate of {path} failed ({e}); data kept in {}", kept.display());
+                    log::error!(
+                        "truncate of {path} failed ({e}); data kept in {}",
+                        kept.display()
+                    );
                     spool.discard();
                     return Err(e.into());
                 }
@@ -568,6 +613,7 @@ impl FtpsFs {
                     spool: None,
                     dirty: false,
                     handles: 0,
+                    writers: 0,
                     pending_mtime: None,
                     pending_mode: None,
                     is_new: false,
@@ -591,12 +637,18 @@ impl FtpsFs {
         {
             let mut st = lock(&state);
             st.handles += 1;
+            if writable {
+                st.writers += 1;
+            }
             if writable && flags & libc::O_TRUNC != 0 {
                 let r = self.ensure_spool(&mut st, &path, true).and_then(|_| {
-                    st.spool.as_mut().map_or(Ok(()), |s| s.set_len(0).map_err(Errno::from))
+                    st.spool
+                        .as_mut()
+                        .map_or(Ok(()), |s| s.set_len(0).map_err(Errno::from))
                 });
                 if let Err(e) = r {
                     st.handles -= 1;
+                    st.writers -= 1;
                     return Err(e);
                 }
                 st.dirty = true;
@@ -618,8 +670,9 @@ impl FtpsFs {
             if existing.kind == EntryKind::Dir {
                 return Err(Errno(libc::EISDIR));
             }
+            // O_CREAT on an existing file keeps its content unless O_TRUNC says otherwise.
             let ino = self.inodes.get_or_create(&path, true);
-            let fh = self.open(ino, flags | libc::O_TRUNC)?;
+            let fh = self.open(ino, flags)?;
             return Ok((self.getattr(ino)?, fh));
         }
         let ino = self.inodes.get_or_create(&path, true);
@@ -627,10 +680,12 @@ impl FtpsFs {
         {
             let mut st = lock(&state);
             st.handles += 1;
+            st.writers += 1;
             st.is_new = true;
             st.dirty = true;
             if let Err(e) = self.ensure_spool(&mut st, &path, true) {
                 st.handles -= 1;
+                st.writers -= 1;
                 return Err(e);
             }
             let default = 0o666 & !self.cfg.umask;
@@ -654,7 +709,10 @@ impl FtpsFs {
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
-        lock(&self.handles).get(&fh).cloned().ok_or(Errno(libc::EBADF))
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno(libc::EBADF))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> FsResult<Vec<u8>> {
@@ -706,14 +764,20 @@ impl FtpsFs {
         if st.spool.is_none() {
             self.ensure_spool(&mut st, &path, false)?;
         }
-        let Some(sp) = st.spool.as_mut() else { return Err(Errno(libc::EIO)) };
+        let Some(sp) = st.spool.as_mut() else {
+            return Err(Errno(libc::EIO));
+        };
         if let Err(e) = uploader::upload(self.store.as_ref(), sp, &path, self.cfg.inplace) {
             let kept = sp.keep();
-            log::error!("upload of {path} failed: {e}; the data is kept in {}", kept.display());
+            log::error!(
+                "upload of {path} failed: {e}; the data is kept in {}",
+                kept.display()
+            );
             return Err(e.into());
         }
         if sp.is_kept() {
-            log::warn!("upload of {path} succeeded on retry; {} can be deleted", sp.path().display());
+            log::info!("upload of {path} succeeded on retry; its spool copy is released");
+            sp.unkeep();
         }
         let len = sp.len();
         st.dirty = false;
@@ -767,12 +831,32 @@ impl FtpsFs {
             return Err(Errno(libc::EBADF));
         };
         drop(lock(&h.reader).take());
-        let result = if h.writable { self.upload_if_dirty(h.ino) } else { Ok(()) };
+        let result = if h.writable {
+            self.upload_if_dirty(h.ino)
+        } else {
+            Ok(())
+        };
         let mut files = lock(&self.files);
         if let Some(state) = files.get(&h.ino).cloned() {
             let mut st = lock(&state);
             st.handles = st.handles.saturating_sub(1);
+            if h.writable {
+                st.writers = st.writers.saturating_sub(1);
+            }
             if st.handles == 0 {
+                if st.dirty && st.is_new {
+                    // Never reached the server: do not keep showing it as an empty file.
+                    if let Some(((dir, name), _)) = self
+                        .inodes
+                        .path(h.ino)
+                        .as_ref()
+                        .map(|(p, d)| (split(p).unwrap_or(("/", "")), d))
+                    {
+                        self.cache.edit(dir, |l| {
+                            l.remove(name);
+                        });
+                    }
+                }
                 if let Some(sp) = st.spool.take() {
                     if st.dirty {
                         let mut sp = sp;

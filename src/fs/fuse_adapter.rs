@@ -3,8 +3,8 @@
 
 use super::filesystem::{Attr, Errno as FsErrno, FileType as FsType, FtpsFs};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     Request, TimeOrNow, WriteFlags,
 };
@@ -74,7 +74,10 @@ impl Filesystem for FuseAdapter {
 
     fn destroy(&mut self) {
         if let Err(e) = self.fs.flush_all() {
-            log::error!("unmount: some uploads failed (errno {}); their spool files are kept", e.0);
+            log::error!(
+                "unmount: some uploads failed (errno {}); their spool files are kept",
+                e.0
+            );
         }
     }
 
@@ -115,7 +118,10 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.fs.setattr(ino.0, mode, uid, gid, size, mtime.map(time_of)) {
+        match self
+            .fs
+            .setattr(ino.0, mode, uid, gid, size, mtime.map(time_of))
+        {
             Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -128,7 +134,15 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         let r = name_str(name).and_then(|n| self.fs.mkdir(parent.0, n).map_err(errno));
         match r {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
@@ -150,7 +164,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn symlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _target: &std::path::Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
         match self.fs.symlink() {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
@@ -173,7 +194,9 @@ impl Filesystem for FuseAdapter {
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let r = name_str(name).and_then(|n| {
             let nn = name_str(newname)?;
-            self.fs.rename(parent.0, n, newparent.0, nn, noreplace).map_err(errno)
+            self.fs
+                .rename(parent.0, n, newparent.0, nn, noreplace)
+                .map_err(errno)
         });
         match r {
             Ok(()) => reply.ok(),
@@ -223,7 +246,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.flush(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -246,7 +276,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.fsync(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -260,7 +297,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let entries = match self.fs.dir_entries(fh.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
@@ -287,7 +331,14 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let entries = match self.fs.dir_entries(fh.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
@@ -320,7 +371,14 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -340,9 +398,16 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = name_str(name).and_then(|n| self.fs.create(parent.0, n, mode, flags).map_err(errno));
+        let r =
+            name_str(name).and_then(|n| self.fs.create(parent.0, n, mode, flags).map_err(errno));
         match r {
-            Ok((a, fh)) => reply.created(&self.ttl, &to_fuse(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((a, fh)) => reply.created(
+                &self.ttl,
+                &to_fuse(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(e),
         }
     }

@@ -38,9 +38,18 @@ fn hash_path(path: &str) -> u64 {
 impl Inodes {
     pub fn new(root: &str) -> Self {
         let mut t = Table::default();
-        t.by_ino.insert(ROOT_INO, Node { path: root.to_string(), lookups: 1, detached: false });
+        t.by_ino.insert(
+            ROOT_INO,
+            Node {
+                path: root.to_string(),
+                lookups: 1,
+                detached: false,
+            },
+        );
         t.by_path.insert(root.to_string(), ROOT_INO);
-        Inodes { table: Mutex::new(t) }
+        Inodes {
+            table: Mutex::new(t),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -57,7 +66,14 @@ impl Inodes {
                 while ino <= ROOT_INO || t.by_ino.contains_key(&ino) {
                     ino = ino.wrapping_add(1);
                 }
-                t.by_ino.insert(ino, Node { path: path.to_string(), lookups: 0, detached: false });
+                t.by_ino.insert(
+                    ino,
+                    Node {
+                        path: path.to_string(),
+                        lookups: 0,
+                        detached: false,
+                    },
+                );
                 t.by_path.insert(path.to_string(), ino);
                 ino
             }
@@ -72,7 +88,10 @@ impl Inodes {
 
     /// The current path of an inode (even if detached), and whether it is detached.
     pub fn path(&self, ino: u64) -> Option<(String, bool)> {
-        self.lock().by_ino.get(&ino).map(|n| (n.path.clone(), n.detached))
+        self.lock()
+            .by_ino
+            .get(&ino)
+            .map(|n| (n.path.clone(), n.detached))
     }
 
     pub fn forget(&self, ino: u64, n: u64) {

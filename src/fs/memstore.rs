@@ -12,8 +12,14 @@ use std::time::SystemTime;
 
 #[derive(Clone, Debug)]
 enum Node {
-    Dir { mtime: SystemTime },
-    File { data: Vec<u8>, mtime: SystemTime, mode: u32 },
+    Dir {
+        mtime: SystemTime,
+    },
+    File {
+        data: Vec<u8>,
+        mtime: SystemTime,
+        mode: u32,
+    },
 }
 
 /// The store's content and counters.
@@ -28,14 +34,23 @@ pub struct MemStore {
 }
 
 fn refused(cmd: &str, code: u16, text: &str) -> FtpError {
-    FtpError::Reply { command: cmd.into(), code, text: text.into() }
+    FtpError::Reply {
+        command: cmd.into(),
+        code,
+        text: text.into(),
+    }
 }
 
 impl MemStore {
     pub fn new() -> Self {
         let s = MemStore::default();
         if let Ok(mut n) = s.nodes.lock() {
-            n.insert("/".into(), Node::Dir { mtime: SystemTime::now() });
+            n.insert(
+                "/".into(),
+                Node::Dir {
+                    mtime: SystemTime::now(),
+                },
+            );
         }
         s
     }
@@ -48,12 +63,21 @@ impl MemStore {
     pub fn put(&self, path: &str, data: &[u8]) {
         self.lock().insert(
             path.into(),
-            Node::File { data: data.to_vec(), mtime: SystemTime::now(), mode: 0o644 },
+            Node::File {
+                data: data.to_vec(),
+                mtime: SystemTime::now(),
+                mode: 0o644,
+            },
         );
     }
 
     pub fn put_dir(&self, path: &str) {
-        self.lock().insert(path.into(), Node::Dir { mtime: SystemTime::now() });
+        self.lock().insert(
+            path.into(),
+            Node::Dir {
+                mtime: SystemTime::now(),
+            },
+        );
     }
 
     /// A file's content, if it exists.
@@ -81,7 +105,11 @@ impl MemStore {
 }
 
 fn is_child(dir: &str, path: &str) -> bool {
-    let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
+    let prefix = if dir == "/" {
+        "/".to_string()
+    } else {
+        format!("{dir}/")
+    };
     path.len() > prefix.len() && path.starts_with(&prefix) && !path[prefix.len()..].contains('/')
 }
 
@@ -119,9 +147,16 @@ impl RemoteStore for MemStore {
             .collect())
     }
 
-    fn read_from(&self, path: &str, offset: u64, sink: &mut dyn FnMut(&[u8]) -> bool) -> Result<()> {
+    fn read_from(
+        &self,
+        path: &str,
+        offset: u64,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let data = self.get(path).ok_or_else(|| refused("RETR", 550, "No such file"))?;
+        let data = self
+            .get(path)
+            .ok_or_else(|| refused("RETR", 550, "No such file"))?;
         let start = (offset as usize).min(data.len());
         for chunk in data[start..].chunks(64 * 1024) {
             if !sink(chunk) {
@@ -133,19 +168,32 @@ impl RemoteStore for MemStore {
 
     fn write_file(&self, path: &str, data: &mut dyn Read) -> Result<u64> {
         self.uploads.fetch_add(1, Ordering::Relaxed);
-        if let Some(pat) = self.fail_uploads_matching.lock().ok().and_then(|p| p.clone()) {
+        if let Some(pat) = self
+            .fail_uploads_matching
+            .lock()
+            .ok()
+            .and_then(|p| p.clone())
+        {
             if path.contains(&pat) {
                 return Err(refused("STOR", 553, "Permission denied"));
             }
         }
         let mut buf = Vec::new();
-        data.read_to_end(&mut buf).map_err(|e| FtpError::io("reading spool", e))?;
+        data.read_to_end(&mut buf)
+            .map_err(|e| FtpError::io("reading spool", e))?;
         let mut nodes = self.lock();
         if !Self::parent_is_dir(&nodes, path) || matches!(nodes.get(path), Some(Node::Dir { .. })) {
             return Err(refused("STOR", 553, "Could not create file"));
         }
         let n = buf.len() as u64;
-        nodes.insert(path.into(), Node::File { data: buf, mtime: SystemTime::now(), mode: 0o644 });
+        nodes.insert(
+            path.into(),
+            Node::File {
+                data: buf,
+                mtime: SystemTime::now(),
+                mode: 0o644,
+            },
+        );
         Ok(n)
     }
 
@@ -169,7 +217,12 @@ impl RemoteStore for MemStore {
         if !Self::parent_is_dir(&nodes, path) {
             return Err(refused("MKD", 550, "No such file or directory"));
         }
-        nodes.insert(path.into(), Node::Dir { mtime: SystemTime::now() });
+        nodes.insert(
+            path.into(),
+            Node::Dir {
+                mtime: SystemTime::now(),
+            },
+        );
         Ok(())
     }
 

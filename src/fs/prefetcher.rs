@@ -69,7 +69,12 @@ pub struct Prefetcher {
 
 impl Prefetcher {
     pub fn new(store: Arc<dyn RemoteStore>, path: String) -> Self {
-        Prefetcher { store, path, stream: None, stats: PrefetchStats::default() }
+        Prefetcher {
+            store,
+            path,
+            stream: None,
+            stats: PrefetchStats::default(),
+        }
     }
 
     fn start(&mut self, offset: u64) {
@@ -80,38 +85,47 @@ impl Prefetcher {
         let flag = cancel.clone();
         self.stats.streams_started += 1;
         log::debug!("read stream {path} from {offset}");
-        let spawned = std::thread::Builder::new().name("ftpsfs-read".into()).spawn(move || {
-            let mut pending: Vec<u8> = Vec::with_capacity(CHUNK);
-            let send = |msg: Msg| -> bool {
-                let mut msg = msg;
-                loop {
-                    if flag.load(Ordering::Relaxed) {
-                        return false;
-                    }
-                    match tx.try_send(msg) {
-                        Ok(()) => return true,
-                        Err(TrySendError::Disconnected(_)) => return false,
-                        Err(TrySendError::Full(m)) => {
-                            msg = m;
-                            std::thread::sleep(Duration::from_millis(1));
+        let spawned = std::thread::Builder::new()
+            .name("ftpsfs-read".into())
+            .spawn(move || {
+                let mut pending: Vec<u8> = Vec::with_capacity(CHUNK);
+                let send = |msg: Msg| -> bool {
+                    let mut msg = msg;
+                    loop {
+                        if flag.load(Ordering::Relaxed) {
+                            return false;
+                        }
+                        match tx.try_send(msg) {
+                            Ok(()) => return true,
+                            Err(TrySendError::Disconnected(_)) => return false,
+                            Err(TrySendError::Full(m)) => {
+                                msg = m;
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
                         }
                     }
+                };
+                let result = store.read_from(&path, offset, &mut |chunk: &[u8]| {
+                    pending.extend_from_slice(chunk);
+                    if pending.len() >= CHUNK {
+                        let full = std::mem::replace(&mut pending, Vec::with_capacity(CHUNK));
+                        return send(Msg::Data(full));
+                    }
+                    true
+                });
+                if !pending.is_empty() && result.is_ok() && !send(Msg::Data(pending)) {
+                    return;
                 }
-            };
-            let result = store.read_from(&path, offset, &mut |chunk: &[u8]| {
-                pending.extend_from_slice(chunk);
-                if pending.len() >= CHUNK {
-                    let full = std::mem::replace(&mut pending, Vec::with_capacity(CHUNK));
-                    return send(Msg::Data(full));
-                }
-                true
+                send(Msg::End(result));
             });
-            if !pending.is_empty() && result.is_ok() && !send(Msg::Data(pending)) {
-                return;
-            }
-            send(Msg::End(result));
-        });
-        let stream = Stream { rx, cancel, buf: Vec::new(), buf_start: offset, eof: false, error: None };
+        let stream = Stream {
+            rx,
+            cancel,
+            buf: Vec::new(),
+            buf_start: offset,
+            eof: false,
+            error: None,
+        };
         self.stream = Some(stream);
         if let Err(e) = spawned {
             if let Some(s) = self.stream.as_mut() {

@@ -13,7 +13,8 @@ pub trait RemoteStore: Send + Sync + 'static {
 
     /// Streams a file from `offset` into `sink` until the end of the file or until
     /// `sink` returns false (the transfer is then aborted).
-    fn read_from(&self, path: &str, offset: u64, sink: &mut dyn FnMut(&[u8]) -> bool) -> Result<()>;
+    fn read_from(&self, path: &str, offset: u64, sink: &mut dyn FnMut(&[u8]) -> bool)
+        -> Result<()>;
 
     /// Stores `data` as the whole content of `path` (replacing it).
     fn write_file(&self, path: &str, data: &mut dyn Read) -> Result<u64>;

@@ -34,7 +34,11 @@ impl Spool {
             .prefix("ftpsfs-spool-")
             .tempfile_in(dir)
             .map_err(|e| FtpError::io(format!("creating a spool file in {}", dir.display()), e))?;
-        Ok(Spool { file, len: 0, kept: false })
+        Ok(Spool {
+            file,
+            len: 0,
+            kept: false,
+        })
     }
 
     /// A spool holding the current remote content of `path`.
@@ -95,7 +99,10 @@ impl Spool {
     }
 
     pub fn set_len(&mut self, len: u64) -> Result<()> {
-        self.file.as_file().set_len(len).map_err(|e| FtpError::io("truncating the spool file", e))?;
+        self.file
+            .as_file()
+            .set_len(len)
+            .map_err(|e| FtpError::io("truncating the spool file", e))?;
         self.len = len;
         Ok(())
     }
@@ -106,13 +113,22 @@ impl Spool {
         self.file.path().to_path_buf()
     }
 
+    /// The data reached the server after all: the spool may be deleted again.
+    pub fn unkeep(&mut self) {
+        self.kept = false;
+    }
+
     pub fn is_kept(&self) -> bool {
         self.kept
     }
 
     fn reader(&self) -> Result<File> {
-        let mut f = self.file.reopen().map_err(|e| FtpError::io("reopening the spool file", e))?;
-        f.seek(SeekFrom::Start(0)).map_err(|e| FtpError::io("seeking the spool file", e))?;
+        let mut f = self
+            .file
+            .reopen()
+            .map_err(|e| FtpError::io("reopening the spool file", e))?;
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| FtpError::io("seeking the spool file", e))?;
         Ok(f)
     }
 
@@ -135,7 +151,10 @@ pub fn temp_name(path: &str) -> String {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let (dir, name) = split(path).unwrap_or(("/", "file"));
     let short: String = name.chars().take(100).collect();
-    join(dir, &format!(".{short}.ftpsfs-{}-{n}.part", std::process::id()))
+    join(
+        dir,
+        &format!(".{short}.ftpsfs-{}-{n}.part", std::process::id()),
+    )
 }
 
 /// Uploads the spool as the content of `path`.
@@ -146,7 +165,9 @@ pub fn upload(store: &dyn RemoteStore, spool: &Spool, path: &str, inplace: bool)
         return check_len(n, spool.len(), path);
     }
     let tmp = temp_name(path);
-    let stored = store.write_file(&tmp, &mut reader).and_then(|n| check_len(n, spool.len(), path));
+    let stored = store
+        .write_file(&tmp, &mut reader)
+        .and_then(|n| check_len(n, spool.len(), path));
     if let Err(e) = stored {
         let _ = store.delete(&tmp);
         return Err(e);
@@ -164,7 +185,9 @@ pub fn upload(store: &dyn RemoteStore, spool: &Spool, path: &str, inplace: bool)
 
 fn check_len(sent: u64, expected: u64, path: &str) -> Result<()> {
     if sent != expected {
-        return Err(FtpError::Truncated(format!("{path}: sent {sent} of {expected} bytes")));
+        return Err(FtpError::Truncated(format!(
+            "{path}: sent {sent} of {expected} bytes"
+        )));
     }
     Ok(())
 }
@@ -183,7 +206,11 @@ mod tests {
         s.write_at(0, b"hello").unwrap();
         upload(&store, &s, "/f", false).unwrap();
         assert_eq!(store.get("/f").unwrap(), b"helloworld");
-        assert_eq!(store.paths(), vec!["/".to_string(), "/f".to_string()], "no temp file left");
+        assert_eq!(
+            store.paths(),
+            vec!["/".to_string(), "/f".to_string()],
+            "no temp file left"
+        );
     }
 
     #[test]

@@ -57,7 +57,13 @@ pub struct Download<'a> {
 
 impl<'a> Download<'a> {
     pub(crate) fn new(conn: &'a mut FtpConnection, data: DataStream, what: String) -> Self {
-        Download { conn, data: Some(data), eof: false, bytes: 0, what }
+        Download {
+            conn,
+            data: Some(data),
+            eof: false,
+            bytes: 0,
+            what,
+        }
     }
 
     /// Bytes received so far.
@@ -127,7 +133,9 @@ impl Read for Download<'_> {
         if self.eof || buf.is_empty() {
             return Ok(0);
         }
-        let Some(data) = self.data.as_mut() else { return Ok(0) };
+        let Some(data) = self.data.as_mut() else {
+            return Ok(0);
+        };
         let n = match data {
             DataStream::Plain(s) => s.read(buf)?,
             DataStream::Tls(s) => match s.ssl_read(buf) {
@@ -182,7 +190,12 @@ pub struct Upload<'a> {
 
 impl<'a> Upload<'a> {
     pub(crate) fn new(conn: &'a mut FtpConnection, data: DataStream, what: String) -> Self {
-        Upload { conn, data: Some(data), bytes: 0, what }
+        Upload {
+            conn,
+            data: Some(data),
+            bytes: 0,
+            what,
+        }
     }
 
     pub fn bytes(&self) -> u64 {

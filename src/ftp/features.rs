@@ -84,8 +84,18 @@ mod tests {
     #[test]
     fn vsftpd_feat() {
         let f = Features::parse(&lines(&[
-            "Features:", " AUTH TLS", " EPRT", " EPSV", " MDTM", " PASV", " PBSZ", " PROT",
-            " REST STREAM", " SIZE", " TVFS", "End",
+            "Features:",
+            " AUTH TLS",
+            " EPRT",
+            " EPSV",
+            " MDTM",
+            " PASV",
+            " PBSZ",
+            " PROT",
+            " REST STREAM",
+            " SIZE",
+            " TVFS",
+            "End",
         ]));
         assert!(!f.mlst && !f.mfmt && !f.utf8);
         assert!(f.epsv && f.mdtm && f.rest_stream && f.size);

@@ -92,7 +92,9 @@ impl LineReader {
                 Err(e) => return Err(FtpError::io("reading server reply", e)),
             };
             if n == 0 {
-                return Err(FtpError::Closed("server closed the control connection".into()));
+                return Err(FtpError::Closed(
+                    "server closed the control connection".into(),
+                ));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -101,8 +103,9 @@ impl LineReader {
     /// Reads one complete (possibly multi-line) reply.
     pub fn read_reply<R: Read>(&mut self, stream: &mut R) -> Result<Reply> {
         let first = self.read_line(stream)?;
-        let (code, sep, rest) = split_code(&first)
-            .ok_or_else(|| FtpError::Protocol(format!("malformed reply line {:?}", clip(&first))))?;
+        let (code, sep, rest) = split_code(&first).ok_or_else(|| {
+            FtpError::Protocol(format!("malformed reply line {:?}", clip(&first)))
+        })?;
         let mut lines = vec![rest.to_string()];
         if sep == b'-' {
             loop {
@@ -154,10 +157,17 @@ mod tests {
     #[test]
     fn single_and_multiline() {
         let r = parse("220 Welcome\r\n").unwrap();
-        assert_eq!((r.code, r.lines.clone()), (220, vec!["Welcome".to_string()]));
-        let r = parse("211-Features:\r\n MLST size*;\r\n UTF8\r\n211-not end\r\n211 End\r\n").unwrap();
+        assert_eq!(
+            (r.code, r.lines.clone()),
+            (220, vec!["Welcome".to_string()])
+        );
+        let r =
+            parse("211-Features:\r\n MLST size*;\r\n UTF8\r\n211-not end\r\n211 End\r\n").unwrap();
         assert_eq!(r.code, 211);
-        assert_eq!(r.lines, vec!["Features:", " MLST size*;", " UTF8", "211-not end", "End"]);
+        assert_eq!(
+            r.lines,
+            vec!["Features:", " MLST size*;", " UTF8", "211-not end", "End"]
+        );
         let r = parse("200\n").unwrap();
         assert_eq!(r.code, 200);
     }
@@ -191,7 +201,10 @@ mod tests {
 
     #[test]
     fn text_is_clipped_and_cleaned() {
-        let r = Reply { code: 550, lines: vec![format!("a\u{1b}b{}", "x".repeat(1000))] };
+        let r = Reply {
+            code: 550,
+            lines: vec![format!("a\u{1b}b{}", "x".repeat(1000))],
+        };
         let t = r.text();
         assert!(t.starts_with("ab"));
         assert!(t.len() < 420);

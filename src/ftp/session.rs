@@ -8,7 +8,8 @@ use super::features::Features;
 use super::listing::{list, mlsd, timeconv};
 use super::reply::{clip, LineReader, Reply};
 use super::tls::{
-    describe_post_handshake_error, summarize_cert, CertSummary, SessionSlot, SessionStore, TlsContext, TlsStream,
+    describe_post_handshake_error, summarize_cert, CertSummary, SessionSlot, SessionStore,
+    TlsContext, TlsStream,
 };
 use crate::error::{FtpError, Result};
 use std::fmt;
@@ -128,7 +129,10 @@ pub struct FtpConnection {
 /// Rejects paths that would smuggle a second command (CR/LF) or a NUL.
 pub fn check_path(path: &str) -> Result<()> {
     if path.is_empty() || path.contains(['\r', '\n', '\0']) {
-        return Err(FtpError::Invalid(format!("invalid remote path {:?}", clip(path))));
+        return Err(FtpError::Invalid(format!(
+            "invalid remote path {:?}",
+            clip(path)
+        )));
     }
     Ok(())
 }
@@ -167,8 +171,20 @@ fn set_keepalive(s: &TcpStream) {
     let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid fd and pointers to c_int of the given length.
     unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &one as *const _ as *const _, len);
-        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &idle as *const _ as *const _, len);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            &one as *const _ as *const _,
+            len,
+        );
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPIDLE,
+            &idle as *const _ as *const _,
+            len,
+        );
     }
 }
 
@@ -178,8 +194,13 @@ impl FtpConnection {
     pub fn connect(opts: Arc<ConnectOptions>, tls: Arc<TlsContext>) -> Result<Self> {
         let tcp = tcp_connect(&opts.host, opts.port, opts.timeout)?;
         prepare_socket(&tcp, opts.timeout)?;
-        let peer = tcp.peer_addr().map_err(|e| FtpError::io("control connection", e))?.ip();
-        let tcp_clone = tcp.try_clone().map_err(|e| FtpError::io("control connection", e))?;
+        let peer = tcp
+            .peer_addr()
+            .map_err(|e| FtpError::io("control connection", e))?
+            .ip();
+        let tcp_clone = tcp
+            .try_clone()
+            .map_err(|e| FtpError::io("control connection", e))?;
         let session: SessionSlot = Arc::new(Mutex::new(SessionStore::default()));
         let mut reader = LineReader::new();
 
@@ -189,7 +210,11 @@ impl FtpConnection {
             let mut plain = tcp;
             let greeting = reader.read_reply(&mut plain)?;
             if greeting.code != 220 {
-                return Err(FtpError::Reply { command: "connect".into(), code: greeting.code, text: greeting.text() });
+                return Err(FtpError::Reply {
+                    command: "connect".into(),
+                    code: greeting.code,
+                    text: greeting.text(),
+                });
             }
             plain
                 .write_all(b"AUTH TLS\r\n")
@@ -203,19 +228,28 @@ impl FtpConnection {
                 )));
             }
             if !reader.is_empty() {
-                return Err(FtpError::Protocol("data after the 234 reply to AUTH TLS".into()));
+                return Err(FtpError::Protocol(
+                    "data after the 234 reply to AUTH TLS".into(),
+                ));
             }
             tls.connect(&opts.host, plain, Some(&session), None)?
         };
         let tls_info = TlsInfo {
             version: stream.ssl().version_str().to_string(),
-            cipher: stream.ssl().current_cipher().map(|c| c.name().to_string()).unwrap_or_default(),
+            cipher: stream
+                .ssl()
+                .current_cipher()
+                .map(|c| c.name().to_string())
+                .unwrap_or_default(),
             server_cert: stream.ssl().peer_certificate().map(|c| summarize_cert(&c)),
         };
         {
-            let mut slot = session.lock().map_err(|_| FtpError::Protocol("session lock".into()))?;
+            let mut slot = session
+                .lock()
+                .map_err(|_| FtpError::Protocol("session lock".into()))?;
             // TLS 1.2: the handshake's session; TLS 1.3 tickets come later, by callback.
-            if slot.is_empty() && stream.ssl().version2() != Some(openssl::ssl::SslVersion::TLS1_3) {
+            if slot.is_empty() && stream.ssl().version2() != Some(openssl::ssl::SslVersion::TLS1_3)
+            {
                 if let Some(s) = stream.ssl().session() {
                     slot.push_session(s.to_owned());
                 }
@@ -240,7 +274,11 @@ impl FtpConnection {
         if opts.implicit {
             let greeting = conn.read_reply().map_err(post_handshake)?;
             if greeting.code != 220 {
-                return Err(FtpError::Reply { command: "connect".into(), code: greeting.code, text: greeting.text() });
+                return Err(FtpError::Reply {
+                    command: "connect".into(),
+                    code: greeting.code,
+                    text: greeting.text(),
+                });
             }
         }
         conn.login().map_err(post_handshake)?;
@@ -271,14 +309,22 @@ impl FtpConnection {
                 code: 530,
                 text: format!("login incorrect for user {user:?} ({})", r.text()),
             }),
-            code => Err(FtpError::Reply { command: "login".into(), code, text: r.text() }),
+            code => Err(FtpError::Reply {
+                command: "login".into(),
+                code,
+                text: r.text(),
+            }),
         }
     }
 
     fn protect(&mut self) -> Result<()> {
         let r = self.command("PBSZ 0")?;
         if !r.is_positive() && !self.opts.implicit {
-            return Err(FtpError::Reply { command: "PBSZ 0".into(), code: r.code, text: r.text() });
+            return Err(FtpError::Reply {
+                command: "PBSZ 0".into(),
+                code: r.code,
+                text: r.text(),
+            });
         }
         let cmd = match self.opts.protection {
             super::session::Protection::Private => "PROT P",
@@ -286,7 +332,11 @@ impl FtpConnection {
         };
         let r = self.command(cmd)?;
         if !r.is_positive() {
-            return Err(FtpError::Reply { command: cmd.into(), code: r.code, text: r.text() });
+            return Err(FtpError::Reply {
+                command: cmd.into(),
+                code: r.code,
+                text: r.text(),
+            });
         }
         Ok(())
     }
@@ -296,20 +346,33 @@ impl FtpConnection {
     fn clear_command_channel(&mut self, tcp: TcpStream) -> Result<()> {
         let r = self.command("CCC")?;
         if r.code != 200 {
-            return Err(FtpError::Reply { command: "CCC".into(), code: r.code, text: r.text() });
+            return Err(FtpError::Reply {
+                command: "CCC".into(),
+                code: r.code,
+                text: r.text(),
+            });
         }
         if !self.reader.is_empty() {
             return Err(FtpError::Protocol("data after the 200 reply to CCC".into()));
         }
         if let Control::Tls(s) = &mut self.ctrl {
-            s.shutdown().map_err(|e| FtpError::Tls(format!("CCC shutdown: {e}")))?;
+            s.shutdown()
+                .map_err(|e| FtpError::Tls(format!("CCC shutdown: {e}")))?;
             let mut tries = 0;
-            while !s.get_shutdown().contains(openssl::ssl::ShutdownState::RECEIVED) && tries < 4 {
+            while !s
+                .get_shutdown()
+                .contains(openssl::ssl::ShutdownState::RECEIVED)
+                && tries < 4
+            {
                 tries += 1;
                 match s.shutdown() {
                     Ok(openssl::ssl::ShutdownResult::Received) => break,
                     Ok(_) => {}
-                    Err(e) => return Err(FtpError::Tls(format!("CCC: no close_notify from the server: {e}"))),
+                    Err(e) => {
+                        return Err(FtpError::Tls(format!(
+                            "CCC: no close_notify from the server: {e}"
+                        )))
+                    }
                 }
             }
         }
@@ -347,11 +410,17 @@ impl FtpConnection {
     }
 
     fn read_reply(&mut self) -> Result<Reply> {
-        let r = self.reader.read_reply(&mut self.ctrl).map_err(|e| self.lost(e))?;
+        let r = self
+            .reader
+            .read_reply(&mut self.ctrl)
+            .map_err(|e| self.lost(e))?;
         log::debug!("< {} {}", r.code, r.text());
         if r.code == 421 {
             self.broken = true;
-            return Err(FtpError::Closed(format!("server closed the session: {}", r.text())));
+            return Err(FtpError::Closed(format!(
+                "server closed the session: {}",
+                r.text()
+            )));
         }
         Ok(r)
     }
@@ -375,7 +444,11 @@ impl FtpConnection {
         if ok(r.code) {
             Ok(r)
         } else {
-            Err(FtpError::Reply { command: first_word(cmd).to_string(), code: r.code, text: r.text() })
+            Err(FtpError::Reply {
+                command: first_word(cmd).to_string(),
+                code: r.code,
+                text: r.text(),
+            })
         }
     }
 
@@ -428,7 +501,11 @@ impl FtpConnection {
                 self.use_epsv = false;
                 None
             } else {
-                return Err(FtpError::Reply { command: "EPSV".into(), code: r.code, text: r.text() });
+                return Err(FtpError::Reply {
+                    command: "EPSV".into(),
+                    code: r.code,
+                    text: r.text(),
+                });
             }
         } else {
             None
@@ -439,7 +516,10 @@ impl FtpConnection {
                 let r = self.expect("PASV", |c| c == 227)?;
                 let (ip, port) = parse_pasv(&r.text())?;
                 if ip != self.peer {
-                    log::debug!("PASV address {ip} differs from the control peer {}: using the peer", self.peer);
+                    log::debug!(
+                        "PASV address {ip} differs from the control peer {}: using the peer",
+                        self.peer
+                    );
                 }
                 port
             }
@@ -459,7 +539,11 @@ impl FtpConnection {
         }
         let r = self.command(cmd)?;
         if !r.is_preliminary() {
-            return Err(FtpError::Reply { command: first_word(cmd).to_string(), code: r.code, text: r.text() });
+            return Err(FtpError::Reply {
+                command: first_word(cmd).to_string(),
+                code: r.code,
+                text: r.text(),
+            });
         }
         match self.opts.protection {
             Protection::Clear => {
@@ -470,29 +554,37 @@ impl FtpConnection {
                 let sess = self.session.lock().ok().and_then(|mut s| s.take());
                 // The data connection's own new tickets go to this control connection's
                 // slot: TLS 1.3 tickets are single-use on proftpd.
-                let s = match self.tls.connect(&self.opts.host, tcp, Some(&self.session), sess.as_ref()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // The server's reply (e.g. 425/522 reuse required) says more.
-                        return Err(match self.read_reply() {
-                            Ok(r) if !r.is_positive() => FtpError::Reply {
-                                command: first_word(cmd).to_string(),
-                                code: r.code,
-                                text: format!("{} (data connection TLS: {e})", r.text()),
-                            },
-                            _ => {
-                                self.broken = true;
-                                e
-                            }
-                        });
-                    }
-                };
+                let s =
+                    match self
+                        .tls
+                        .connect(&self.opts.host, tcp, Some(&self.session), sess.as_ref())
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            // The server's reply (e.g. 425/522 reuse required) says more.
+                            return Err(match self.read_reply() {
+                                Ok(r) if !r.is_positive() => FtpError::Reply {
+                                    command: first_word(cmd).to_string(),
+                                    code: r.code,
+                                    text: format!("{} (data connection TLS: {e})", r.text()),
+                                },
+                                _ => {
+                                    self.broken = true;
+                                    e
+                                }
+                            });
+                        }
+                    };
                 self.last_data_resumed = Some(s.ssl().session_reused());
                 log::debug!(
                     "data connection {}: {}, session {}",
                     first_word(cmd),
                     s.ssl().version_str(),
-                    if s.ssl().session_reused() { "resumed" } else { "NOT resumed" }
+                    if s.ssl().session_reused() {
+                        "resumed"
+                    } else {
+                        "NOT resumed"
+                    }
                 );
                 Ok(DataStream::Tls(Box::new(s)))
             }
@@ -505,7 +597,11 @@ impl FtpConnection {
         if r.is_positive() {
             Ok(())
         } else {
-            Err(FtpError::Reply { command: what.to_string(), code: r.code, text: r.text() })
+            Err(FtpError::Reply {
+                command: what.to_string(),
+                code: r.code,
+                text: r.text(),
+            })
         }
     }
 
@@ -544,7 +640,11 @@ impl FtpConnection {
     pub fn list_dir(&mut self, path: &str) -> Result<Vec<RemoteEntry>> {
         check_path(path)?;
         let use_mlsd = self.features.mlst;
-        let cmd = if use_mlsd { format!("MLSD {path}") } else { format!("LIST -a {path}") };
+        let cmd = if use_mlsd {
+            format!("MLSD {path}")
+        } else {
+            format!("LIST -a {path}")
+        };
         let data = self.start_transfer(&cmd, 0)?;
         let now = SystemTime::now();
         let mut entries = Vec::new();
@@ -628,7 +728,13 @@ impl FtpConnection {
         match r.code {
             250 => {}
             550 => return Ok(None),
-            code => return Err(FtpError::Reply { command: "MLST".into(), code, text: r.text() }),
+            code => {
+                return Err(FtpError::Reply {
+                    command: "MLST".into(),
+                    code,
+                    text: r.text(),
+                })
+            }
         }
         for line in r.lines.iter().skip(1) {
             if line.starts_with(' ') {
@@ -642,30 +748,36 @@ impl FtpConnection {
 
     pub fn delete(&mut self, path: &str) -> Result<()> {
         check_path(path)?;
-        self.expect(&format!("DELE {path}"), |c| c == 250 || c == 200).map(drop)
+        self.expect(&format!("DELE {path}"), |c| c == 250 || c == 200)
+            .map(drop)
     }
 
     pub fn mkdir(&mut self, path: &str) -> Result<()> {
         check_path(path)?;
-        self.expect(&format!("MKD {path}"), |c| c == 257 || c == 250).map(drop)
+        self.expect(&format!("MKD {path}"), |c| c == 257 || c == 250)
+            .map(drop)
     }
 
     pub fn rmdir(&mut self, path: &str) -> Result<()> {
         check_path(path)?;
-        self.expect(&format!("RMD {path}"), |c| c == 250 || c == 200).map(drop)
+        self.expect(&format!("RMD {path}"), |c| c == 250 || c == 200)
+            .map(drop)
     }
 
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         check_path(from)?;
         check_path(to)?;
         self.expect(&format!("RNFR {from}"), |c| c == 350)?;
-        self.expect(&format!("RNTO {to}"), |c| c == 250 || c == 200).map(drop)
+        self.expect(&format!("RNTO {to}"), |c| c == 250 || c == 200)
+            .map(drop)
     }
 
     pub fn chmod(&mut self, path: &str, mode: u32) -> Result<()> {
         check_path(path)?;
-        self.expect(&format!("SITE CHMOD {:o} {path}", mode & 0o7777), |c| c == 200 || c == 250)
-            .map(drop)
+        self.expect(&format!("SITE CHMOD {:o} {path}", mode & 0o7777), |c| {
+            c == 200 || c == 250
+        })
+        .map(drop)
     }
 
     /// Sets the modification time with whatever the server offers: MFMT, then
@@ -698,7 +810,11 @@ impl FtpConnection {
                 self.mtime_method = Some(m);
                 return Ok(());
             }
-            let err = FtpError::Reply { command: first_word(&cmd).to_string(), code: r.code, text: r.text() };
+            let err = FtpError::Reply {
+                command: first_word(&cmd).to_string(),
+                code: r.code,
+                text: r.text(),
+            };
             if !(err.is_not_implemented() || r.code == 501 || self.mtime_method.is_none()) {
                 return Err(err);
             }
@@ -788,9 +904,19 @@ mod tests {
 
     #[test]
     fn epsv_replies() {
-        assert_eq!(parse_epsv("Entering Extended Passive Mode (|||6446|)").unwrap(), 6446);
+        assert_eq!(
+            parse_epsv("Entering Extended Passive Mode (|||6446|)").unwrap(),
+            6446
+        );
         assert_eq!(parse_epsv("ok (!!!21!)").unwrap(), 21);
-        for bad in ["(|||0|)", "(|||70000|)", "no parens", "(|||x|)", "(||)", "(|||5"] {
+        for bad in [
+            "(|||0|)",
+            "(|||70000|)",
+            "no parens",
+            "(|||x|)",
+            "(||)",
+            "(|||5",
+        ] {
             assert!(parse_epsv(bad).is_err(), "{bad}");
         }
     }

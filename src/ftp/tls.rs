@@ -20,10 +20,10 @@ use openssl::ssl::{
     HandshakeError, Ssl, SslConnector, SslMethod, SslSession, SslSessionCacheMode, SslStream,
     SslVerifyMode, SslVersion,
 };
-use openssl::x509::{X509, X509Ref, X509StoreContextRef, X509VerifyResult};
+use openssl::x509::{X509Ref, X509StoreContextRef, X509VerifyResult, X509};
+use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Minimum (or maximum) TLS protocol version.
@@ -130,18 +130,27 @@ pub type TlsStream = SslStream<TcpStream>;
 
 /// Parses `sha256:AB:CD...` / `abcd...` into 32 bytes.
 pub fn parse_fingerprint(s: &str) -> Option<Vec<u8>> {
-    let s = s.strip_prefix("sha256:").or_else(|| s.strip_prefix("SHA256:")).unwrap_or(s);
+    let s = s
+        .strip_prefix("sha256:")
+        .or_else(|| s.strip_prefix("SHA256:"))
+        .unwrap_or(s);
     let hex: String = s.chars().filter(|c| *c != ':').collect();
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()
+    (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }
 
 /// Hex SHA-256 fingerprint with colons, as `openssl x509 -fingerprint` prints it.
 pub fn fingerprint_hex(cert: &X509Ref) -> String {
     match cert.digest(MessageDigest::sha256()) {
-        Ok(d) => d.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"),
+        Ok(d) => d
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":"),
         Err(_) => "?".into(),
     }
 }
@@ -156,20 +165,28 @@ impl TlsContext {
         b.set_min_proto_version(Some(config.min_version.to_openssl()))
             .map_err(ossl("minimum TLS version"))?;
         if let Some(max) = config.max_version {
-            b.set_max_proto_version(Some(max.to_openssl())).map_err(ossl("maximum TLS version"))?;
+            b.set_max_proto_version(Some(max.to_openssl()))
+                .map_err(ossl("maximum TLS version"))?;
         }
         if let Some(ca) = &config.cafile {
             if !ca.is_file() {
-                return Err(FtpError::Invalid(format!("CA file {} not found", ca.display())));
+                return Err(FtpError::Invalid(format!(
+                    "CA file {} not found",
+                    ca.display()
+                )));
             }
-            b.set_ca_file(ca)
-                .map_err(|e| FtpError::Invalid(format!("cannot load CA file {}: {e}", ca.display())))?;
+            b.set_ca_file(ca).map_err(|e| {
+                FtpError::Invalid(format!("cannot load CA file {}: {e}", ca.display()))
+            })?;
         }
         match (&config.client_cert, &config.client_key) {
             (Some(cert), key) => {
                 let key = key.as_ref().unwrap_or(cert);
                 b.set_certificate_chain_file(cert).map_err(|e| {
-                    FtpError::Invalid(format!("cannot load client certificate {}: {e}", cert.display()))
+                    FtpError::Invalid(format!(
+                        "cannot load client certificate {}: {e}",
+                        cert.display()
+                    ))
                 })?;
                 let pem = std::fs::read(key).map_err(|e| {
                     FtpError::Invalid(format!("cannot read client key {}: {e}", key.display()))
@@ -210,7 +227,10 @@ impl TlsContext {
                 }
             }
         });
-        Ok(Arc::new(TlsContext { connector: b.build(), config }))
+        Ok(Arc::new(TlsContext {
+            connector: b.build(),
+            config,
+        }))
     }
 
     pub fn config(&self) -> &TlsConfig {
@@ -250,7 +270,9 @@ impl TlsContext {
                 };
                 Err(FtpError::Tls(msg))
             }
-            Err(HandshakeError::SetupFailure(e)) => Err(FtpError::Tls(format!("setup failed: {e}"))),
+            Err(HandshakeError::SetupFailure(e)) => {
+                Err(FtpError::Tls(format!("setup failed: {e}")))
+            }
             Err(HandshakeError::WouldBlock(_)) => {
                 Err(FtpError::Timeout("TLS handshake timed out".into()))
             }
@@ -305,7 +327,9 @@ fn describe_handshake_error(e: &openssl::ssl::Error) -> String {
     {
         return format!("client certificate rejected or required by the server ({s})");
     }
-    if l.contains("unknown ca") || l.contains("bad certificate") || l.contains("certificate unknown")
+    if l.contains("unknown ca")
+        || l.contains("bad certificate")
+        || l.contains("certificate unknown")
     {
         return format!("client certificate rejected by the server ({s})");
     }
@@ -325,7 +349,9 @@ pub fn describe_post_handshake_error(e: &FtpError) -> Option<String> {
         || s.contains("certificate unknown")
         || s.contains("alert")
     {
-        Some(format!("client certificate rejected or required by the server ({e})"))
+        Some(format!(
+            "client certificate rejected or required by the server ({e})"
+        ))
     } else {
         None
     }
@@ -371,7 +397,12 @@ mod tests {
     fn fingerprints_parse_in_every_spelling() {
         let hex = "ab".repeat(32);
         let colons = vec!["AB"; 32].join(":");
-        for s in [hex.clone(), format!("sha256:{hex}"), format!("sha256:{colons}"), colons] {
+        for s in [
+            hex.clone(),
+            format!("sha256:{hex}"),
+            format!("sha256:{colons}"),
+            colons,
+        ] {
             assert_eq!(parse_fingerprint(&s), Some(vec![0xab; 32]), "{s}");
         }
         assert_eq!(parse_fingerprint("sha256:abcd"), None);

@@ -30,7 +30,12 @@ impl RemoteStore for FtpStore {
         self.pool.run(|c| c.list_dir(dir))
     }
 
-    fn read_from(&self, path: &str, offset: u64, sink: &mut dyn FnMut(&[u8]) -> bool) -> Result<()> {
+    fn read_from(
+        &self,
+        path: &str,
+        offset: u64,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
         let mut sent_any = false;
         self.pool.run(|c| {
             if sent_any {
@@ -44,7 +49,8 @@ impl RemoteStore for FtpStore {
                     Ok(0) => return dl.finish().map(drop),
                     Ok(n) => n,
                     Err(e) => {
-                        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<FtpError>()) {
+                        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<FtpError>())
+                        {
                             let msg = inner.to_string();
                             drop(dl);
                             return Err(FtpError::Truncated(msg));
@@ -66,17 +72,27 @@ impl RemoteStore for FtpStore {
         let mut up = c.stor(path, false)?;
         let mut buf = vec![0u8; IO_BUF];
         loop {
-            let n = data.read(&mut buf).map_err(|e| FtpError::io("reading the spool file", e))?;
+            let n = data
+                .read(&mut buf)
+                .map_err(|e| FtpError::io("reading the spool file", e))?;
             if n == 0 {
                 break;
             }
             if let Err(e) = up.write_all(&buf[..n]) {
-                return Err(match e.get_ref().and_then(|i| i.downcast_ref::<FtpError>()) {
-                    Some(FtpError::Reply { command, code, text }) => {
-                        FtpError::Reply { command: command.clone(), code: *code, text: text.clone() }
-                    }
-                    _ => FtpError::io(format!("uploading {path}"), e),
-                });
+                return Err(
+                    match e.get_ref().and_then(|i| i.downcast_ref::<FtpError>()) {
+                        Some(FtpError::Reply {
+                            command,
+                            code,
+                            text,
+                        }) => FtpError::Reply {
+                            command: command.clone(),
+                            code: *code,
+                            text: text.clone(),
+                        },
+                        _ => FtpError::io(format!("uploading {path}"), e),
+                    },
+                );
             }
         }
         up.finish()

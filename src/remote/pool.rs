@@ -65,7 +65,11 @@ impl Pool {
             opts,
             tls,
             max: max.max(1),
-            state: Mutex::new(PoolState { idle: Vec::new(), total: 0, waiters: 0 }),
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                total: 0,
+                waiters: 0,
+            }),
             freed: Condvar::new(),
         }
     }
@@ -86,13 +90,21 @@ impl Pool {
         let mut st = self.lock();
         loop {
             if let Some(c) = st.idle.pop() {
-                return Ok(PooledConn { pool: self, conn: Some(c), reused: true });
+                return Ok(PooledConn {
+                    pool: self,
+                    conn: Some(c),
+                    reused: true,
+                });
             }
             if st.total < self.max {
                 st.total += 1;
                 drop(st);
                 return match FtpConnection::connect(self.opts.clone(), self.tls.clone()) {
-                    Ok(c) => Ok(PooledConn { pool: self, conn: Some(c), reused: false }),
+                    Ok(c) => Ok(PooledConn {
+                        pool: self,
+                        conn: Some(c),
+                        reused: false,
+                    }),
                     Err(e) => {
                         let mut st = self.lock();
                         st.total -= 1;
