@@ -452,6 +452,20 @@ impl FtpConnection {
         }
     }
 
+    /// True when the next data connection has no unused TLS 1.3 ticket to resume.
+    /// Servers with single-use tickets (proftpd) then refuse it: a download brings
+    /// new tickets, but an upload does not (the server sends none on a connection
+    /// it only reads from), so a run of uploads needs a fresh control connection.
+    pub fn out_of_tickets(&self) -> bool {
+        self.opts.protection == Protection::Private
+            && self.tls_info.version == "TLSv1.3"
+            && self
+                .session
+                .lock()
+                .map(|s| s.fresh_count() == 0)
+                .unwrap_or(true)
+    }
+
     /// Marks the connection unusable so that the pool drops it.
     pub fn mark_broken(&mut self) {
         self.broken = true;

@@ -89,6 +89,8 @@ const MAX_TICKETS: usize = 8;
 pub struct SessionStore {
     fresh: VecDeque<SslSession>,
     last: Option<SslSession>,
+    /// How many sessions were ever received.
+    received: u64,
 }
 
 impl SessionStore {
@@ -98,6 +100,11 @@ impl SessionStore {
         }
         self.last = Some(s.clone());
         self.fresh.push_back(s);
+        self.received += 1;
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// An unused session if there is one, else the most recent (TLS 1.2 sessions
@@ -108,6 +115,11 @@ impl SessionStore {
 
     pub fn is_empty(&self) -> bool {
         self.last.is_none()
+    }
+
+    /// Unused sessions left.
+    pub fn fresh_count(&self) -> usize {
+        self.fresh.len()
     }
 }
 

@@ -57,6 +57,17 @@
 //!   of dead processes are removed when a new process starts using the harness.
 //! * proftpd and vsftpd sessions run as `ftpsfs-test`, and pyftpdlib runs as that user
 //!   too, so files uploaded through FTP are owned by it and permission checks apply.
+//!   The system user's home is `/` (vsftpd changes into it before `local_root`).
+//!
+//! # Known limitations
+//! * Needs root (useradd, chown, chroot in proftpd/vsftpd) and the binaries installed
+//!   by `.ci/install-deps`.
+//! * A server kept in a `static` is never dropped: at process exit PDEATHSIG kills its
+//!   main process, but proftpd/vsftpd session processes live on until their client
+//!   disconnects, and its directories stay until the next harness process cleans them.
+//! * curl 7.88's TLS 1.3 uploads to vsftpd often end in `426` (curl closes the data
+//!   connection without close_notify); the self-test pins curl to TLS 1.2 for vsftpd.
+//! * pyftpdlib: no implicit mode, no CCC, never requires data-session reuse.
 #![allow(dead_code)]
 
 pub mod pki;
