@@ -6,7 +6,7 @@ use crate::error::{FtpError, Result};
 use crate::ftp::{EntryKind, RemoteEntry};
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -31,6 +31,8 @@ pub struct MemStore {
     pub lists: AtomicUsize,
     pub reads: AtomicUsize,
     pub uploads: AtomicUsize,
+    /// What `is_contended` answers.
+    pub contended: AtomicBool,
 }
 
 fn refused(cmd: &str, code: u16, text: &str) -> FtpError {
@@ -273,6 +275,10 @@ impl RemoteStore for MemStore {
             Some(Node::Dir { .. }) => Ok(()),
             None => Err(refused("SITE CHMOD", 550, "No such file")),
         }
+    }
+
+    fn is_contended(&self) -> bool {
+        self.contended.load(Ordering::Relaxed)
     }
 
     fn set_mtime(&self, path: &str, t: SystemTime) -> Result<()> {

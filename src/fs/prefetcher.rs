@@ -26,6 +26,8 @@ pub const CHUNK: usize = 256 * 1024;
 pub const KEEP_BEHIND: u64 = 1024 * 1024;
 /// A forward jump up to this far is read through instead of restarting.
 pub const SKIP_AHEAD: u64 = 2 * 1024 * 1024;
+/// A stream whose reader left it idle this long gives its connection to a waiter.
+pub const YIELD_AFTER: Duration = Duration::from_millis(500);
 
 enum Msg {
     Data(Vec<u8>),
@@ -35,6 +37,8 @@ enum Msg {
 struct Stream {
     rx: Receiver<Msg>,
     cancel: Arc<AtomicBool>,
+    /// Set by the thread when it gave its connection back to a waiting operation.
+    yielded: Arc<AtomicBool>,
     /// Bytes [buf_start, buf_start + buf.len()) of the file.
     buf: Vec<u8>,
     buf_start: u64,
@@ -80,9 +84,11 @@ impl Prefetcher {
     fn start(&mut self, offset: u64) {
         let (tx, rx) = sync_channel::<Msg>(READAHEAD / CHUNK);
         let cancel = Arc::new(AtomicBool::new(false));
+        let yielded = Arc::new(AtomicBool::new(false));
         let store = self.store.clone();
         let path = self.path.clone();
         let flag = cancel.clone();
+        let gave_up = yielded.clone();
         self.stats.streams_started += 1;
         log::debug!("read stream {path} from {offset}");
         let spawned = std::thread::Builder::new()
@@ -91,6 +97,7 @@ impl Prefetcher {
                 let mut pending: Vec<u8> = Vec::with_capacity(CHUNK);
                 let send = |msg: Msg| -> bool {
                     let mut msg = msg;
+                    let mut waited = Duration::ZERO;
                     loop {
                         if flag.load(Ordering::Relaxed) {
                             return false;
@@ -101,6 +108,12 @@ impl Prefetcher {
                             Err(TrySendError::Full(m)) => {
                                 msg = m;
                                 std::thread::sleep(Duration::from_millis(1));
+                                waited += Duration::from_millis(1);
+                                // The reader is idle and someone needs a connection.
+                                if waited > YIELD_AFTER && store.is_contended() {
+                                    gave_up.store(true, Ordering::Relaxed);
+                                    return false;
+                                }
                             }
                         }
                     }
@@ -113,7 +126,9 @@ impl Prefetcher {
                     }
                     true
                 });
-                if !pending.is_empty() && result.is_ok() && !send(Msg::Data(pending)) {
+                if gave_up.load(Ordering::Relaxed)
+                    || (!pending.is_empty() && result.is_ok() && !send(Msg::Data(pending)))
+                {
                     return;
                 }
                 send(Msg::End(result));
@@ -121,6 +136,7 @@ impl Prefetcher {
         let stream = Stream {
             rx,
             cancel,
+            yielded,
             buf: Vec::new(),
             buf_start: offset,
             eof: false,
@@ -151,18 +167,36 @@ impl Prefetcher {
             self.stream = None;
             self.start(offset);
         }
-        let Some(s) = self.stream.as_mut() else {
-            return Err(FtpError::Protocol("no read stream".into()));
-        };
         let want_end = offset + size as u64;
-        while s.end() < want_end && !s.eof && s.error.is_none() {
+        loop {
+            let Some(s) = self.stream.as_mut() else {
+                return Err(FtpError::Protocol("no read stream".into()));
+            };
+            if s.end() >= want_end || s.eof || s.error.is_some() {
+                break;
+            }
             match s.rx.recv() {
                 Ok(Msg::Data(d)) => s.buf.extend_from_slice(&d),
                 Ok(Msg::End(Ok(()))) => s.eof = true,
                 Ok(Msg::End(Err(e))) => s.error = Some(e),
+                Err(_) if s.yielded.load(Ordering::Relaxed) => {
+                    // It gave its connection away while we were idle: go on from
+                    // where it stopped, keeping the window.
+                    let (start, end) = (s.buf_start, s.end());
+                    let buf = std::mem::take(&mut s.buf);
+                    self.stream = None;
+                    self.start(end);
+                    if let Some(n) = self.stream.as_mut() {
+                        n.buf = buf;
+                        n.buf_start = start;
+                    }
+                }
                 Err(_) => s.error = Some(FtpError::Closed("read thread ended".into())),
             }
         }
+        let Some(s) = self.stream.as_mut() else {
+            return Err(FtpError::Protocol("no read stream".into()));
+        };
         if offset >= s.end() {
             if let Some(e) = s.error.take() {
                 self.stream = None;
@@ -233,6 +267,26 @@ mod tests {
             assert_eq!(r, d[off as usize..end]);
         }
         assert_eq!(p.stats.streams_started, 4);
+    }
+
+    #[test]
+    fn an_idle_stream_yields_its_connection_and_resumes() {
+        let store = Arc::new(MemStore::new());
+        let d = data(READAHEAD * 3);
+        store.put("/f", &d);
+        let mut p = Prefetcher::new(store.clone(), "/f".into());
+        assert_eq!(p.read(0, 4096).unwrap(), d[..4096]);
+        store.contended.store(true, Ordering::Relaxed);
+        std::thread::sleep(YIELD_AFTER * 3);
+        store.contended.store(false, Ordering::Relaxed);
+        let mut off = 4096u64;
+        while (off as usize) < d.len() {
+            let r = p.read(off, 131072).unwrap();
+            let end = (off as usize + 131072).min(d.len());
+            assert_eq!(r, d[off as usize..end], "at {off}");
+            off += r.len() as u64;
+        }
+        assert_eq!(p.stats.streams_started, 2, "one restart after yielding");
     }
 
     #[test]

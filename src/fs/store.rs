@@ -26,6 +26,12 @@ pub trait RemoteStore: Send + Sync + 'static {
     fn rename(&self, from: &str, to: &str) -> Result<()>;
     fn chmod(&self, path: &str, mode: u32) -> Result<()>;
     fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()>;
+
+    /// True when an operation waits for a connection: a stalled read stream should
+    /// give its connection back (it restarts with REST when read again).
+    fn is_contended(&self) -> bool {
+        false
+    }
 }
 
 /// Joins a directory path and a name.

@@ -456,7 +456,7 @@ impl FtpConnection {
     /// Servers with single-use tickets (proftpd) then refuse it: a download brings
     /// new tickets, but an upload does not (the server sends none on a connection
     /// it only reads from), so a run of uploads needs a fresh control connection.
-    pub fn out_of_tickets(&self) -> bool {
+    fn out_of_tickets(&self) -> bool {
         self.opts.protection == Protection::Private
             && self.tls_info.version == "TLSv1.3"
             && self
@@ -464,6 +464,15 @@ impl FtpConnection {
                 .lock()
                 .map(|s| s.fresh_count() == 0)
                 .unwrap_or(true)
+    }
+
+    /// Replaces this control connection by a new one (same site, new TLS session).
+    fn renew(&mut self) -> Result<()> {
+        log::debug!("no unused TLS session ticket left: opening a new control connection");
+        let fresh = FtpConnection::connect(self.opts.clone(), self.tls.clone())?;
+        let old = std::mem::replace(self, fresh);
+        old.quit();
+        Ok(())
     }
 
     /// Marks the connection unusable so that the pool drops it.
@@ -547,6 +556,9 @@ impl FtpConnection {
 
     /// Opens a data connection and starts `cmd` on it (after `REST offset` if > 0).
     fn start_transfer(&mut self, cmd: &str, offset: u64) -> Result<DataStream> {
+        if self.out_of_tickets() {
+            self.renew()?;
+        }
         let tcp = self.open_data_socket()?;
         if offset > 0 {
             self.expect(&format!("REST {offset}"), |c| c == 350)?;

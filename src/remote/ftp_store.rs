@@ -27,7 +27,7 @@ impl FtpStore {
 
 impl RemoteStore for FtpStore {
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
-        self.pool.run(true, |c| c.list_dir(dir))
+        self.pool.run(|c| c.list_dir(dir))
     }
 
     fn read_from(
@@ -37,7 +37,7 @@ impl RemoteStore for FtpStore {
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<()> {
         let mut sent_any = false;
-        self.pool.run(true, |c| {
+        self.pool.run(|c| {
             if sent_any {
                 // Data already went out: a retry would repeat it.
                 return Err(FtpError::Closed("connection lost during a download".into()));
@@ -68,7 +68,7 @@ impl RemoteStore for FtpStore {
     }
 
     fn write_file(&self, path: &str, data: &mut dyn Read) -> Result<u64> {
-        let mut c = self.pool.get_for_transfer()?;
+        let mut c = self.pool.get()?;
         let mut up = c.stor(path, false)?;
         let mut buf = vec![0u8; IO_BUF];
         loop {
@@ -99,26 +99,30 @@ impl RemoteStore for FtpStore {
     }
 
     fn delete(&self, path: &str) -> Result<()> {
-        self.pool.run(false, |c| c.delete(path))
+        self.pool.run(|c| c.delete(path))
     }
 
     fn mkdir(&self, path: &str) -> Result<()> {
-        self.pool.run(false, |c| c.mkdir(path))
+        self.pool.run(|c| c.mkdir(path))
     }
 
     fn rmdir(&self, path: &str) -> Result<()> {
-        self.pool.run(false, |c| c.rmdir(path))
+        self.pool.run(|c| c.rmdir(path))
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.pool.run(false, |c| c.rename(from, to))
+        self.pool.run(|c| c.rename(from, to))
     }
 
     fn chmod(&self, path: &str, mode: u32) -> Result<()> {
-        self.pool.run(false, |c| c.chmod(path, mode))
+        self.pool.run(|c| c.chmod(path, mode))
+    }
+
+    fn is_contended(&self) -> bool {
+        self.pool.is_contended()
     }
 
     fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()> {
-        self.pool.run(false, |c| c.set_mtime(path, mtime))
+        self.pool.run(|c| c.set_mtime(path, mtime))
     }
 }

@@ -136,32 +136,10 @@ impl Pool {
         self.lock().waiters > 0
     }
 
-    /// Borrows a connection able to open a data connection: one with no unused
-    /// TLS 1.3 ticket left is replaced (see [`FtpConnection::out_of_tickets`]).
-    pub fn get_for_transfer(&self) -> Result<PooledConn<'_>> {
-        let mut c = self.get()?;
-        let mut tries = 0;
-        while c.out_of_tickets() && tries <= self.max {
-            tries += 1;
-            c.mark_broken();
-            drop(c);
-            c = self.get()?;
-        }
-        Ok(c)
-    }
-
     /// Runs `op` on a connection; retries once on a fresh connection when a reused
-    /// one turns out to be dead. `transfer`: `op` opens a data connection.
-    pub fn run<T>(
-        &self,
-        transfer: bool,
-        mut op: impl FnMut(&mut FtpConnection) -> Result<T>,
-    ) -> Result<T> {
-        let mut c = if transfer {
-            self.get_for_transfer()?
-        } else {
-            self.get()?
-        };
+    /// one turns out to be dead.
+    pub fn run<T>(&self, mut op: impl FnMut(&mut FtpConnection) -> Result<T>) -> Result<T> {
+        let mut c = self.get()?;
         match op(&mut c) {
             Err(e) if c.reused && (c.is_broken() || e.is_connection_lost()) => {
                 log::debug!("retrying on a fresh connection after: {e}");
