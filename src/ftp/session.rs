@@ -272,7 +272,8 @@ impl FtpConnection {
             last_used: Instant::now(),
         };
         if opts.implicit {
-            let greeting = conn.read_reply().map_err(post_handshake)?;
+            let version = conn.tls_info.version.clone();
+            let greeting = conn.read_reply().map_err(|e| post_handshake(e, &version))?;
             if greeting.code != 220 {
                 return Err(FtpError::Reply {
                     command: "connect".into(),
@@ -281,7 +282,8 @@ impl FtpConnection {
                 });
             }
         }
-        conn.login().map_err(post_handshake)?;
+        let version = conn.tls_info.version.clone();
+        conn.login().map_err(|e| post_handshake(e, &version))?;
         conn.protect()?;
         if opts.ccc {
             conn.clear_command_channel(tcp_clone)?;
@@ -866,11 +868,22 @@ impl FtpConnection {
     }
 }
 
-fn post_handshake(e: FtpError) -> FtpError {
-    match describe_post_handshake_error(&e) {
-        Some(msg) if !matches!(e, FtpError::Reply { .. }) => FtpError::Tls(msg),
-        _ => e,
+/// Explains a failure of the first exchange after the handshake. Under TLS 1.3 a
+/// server refuses a missing or bad client certificate only then: with an alert, or
+/// (proftpd, at times) by resetting the connection.
+fn post_handshake(e: FtpError, tls_version: &str) -> FtpError {
+    if matches!(e, FtpError::Reply { .. }) {
+        return e;
     }
+    if let Some(msg) = describe_post_handshake_error(&e) {
+        return FtpError::Tls(msg);
+    }
+    if tls_version == "TLSv1.3" && matches!(e, FtpError::Closed(_) | FtpError::Io { .. }) {
+        return FtpError::Tls(format!(
+            "the server closed the connection right after the TLS handshake ({e}): it may require a client certificate (cert=, key=) or have refused the one given"
+        ));
+    }
+    e
 }
 
 fn first_word(s: &str) -> &str {

@@ -203,9 +203,10 @@ impl TlsContext {
                 let pem = std::fs::read(key).map_err(|e| {
                     FtpError::Invalid(format!("cannot read client key {}: {e}", key.display()))
                 })?;
+                // Without a passphrase, never let OpenSSL prompt on the terminal.
                 let pkey = match &config.client_key_password {
                     Some(pw) => PKey::private_key_from_pem_passphrase(&pem, pw),
-                    None => PKey::private_key_from_pem(&pem),
+                    None => PKey::private_key_from_pem_callback(&pem, |_| Ok(0)),
                 }
                 .map_err(|_| {
                     FtpError::Invalid(format!(
@@ -223,14 +224,12 @@ impl TlsContext {
             }
             (None, None) => {}
         }
-        if config.insecure {
-            b.set_verify(SslVerifyMode::NONE);
-        } else if let Some(pin) = config.fingerprint.clone() {
-            // Accept that one certificate, whatever its chain says.
-            b.set_verify_callback(SslVerifyMode::PEER, move |_ok, ctx| pin_check(&pin, ctx));
+        // The verification callback itself is set per connection (see `connect`).
+        b.set_verify(if config.insecure {
+            SslVerifyMode::NONE
         } else {
-            b.set_verify(SslVerifyMode::PEER);
-        }
+            SslVerifyMode::PEER
+        });
         b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
         b.set_new_session_callback(|ssl, session| {
             if let Some(slot) = ssl.ex_data(session_index()) {
@@ -270,13 +269,33 @@ impl TlsContext {
             // SAFETY: the session was created by a connection of this same SslContext.
             unsafe { cfg.set_session(sess) }.map_err(ossl("TLS session"))?;
         }
+        // Keep the server's certificate even when verification fails (OpenSSL then
+        // drops it), so that a refusal can name its fingerprint; pin where asked.
+        let presented: Arc<Mutex<Option<X509>>> = Arc::new(Mutex::new(None));
+        if !self.config.insecure {
+            let seen = presented.clone();
+            let pin = self.config.fingerprint.clone();
+            cfg.set_verify_callback(SslVerifyMode::PEER, move |ok, ctx| {
+                if ctx.error_depth() == 0 {
+                    if let (Some(c), Ok(mut s)) = (ctx.current_cert(), seen.lock()) {
+                        *s = Some(c.to_owned());
+                    }
+                }
+                match &pin {
+                    // Accept that one certificate, whatever its chain says.
+                    Some(pin) => pin_check(pin, ctx),
+                    None => ok,
+                }
+            });
+        }
         match cfg.connect(host, tcp) {
             Ok(s) => Ok(s),
             Err(HandshakeError::Failure(mid)) => {
                 let ssl = mid.ssl();
                 let verify = ssl.verify_result();
                 let msg = if verify != X509VerifyResult::OK {
-                    describe_verify_error(verify, ssl.peer_certificate().as_deref(), &self.config)
+                    let peer = presented.lock().ok().and_then(|p| p.clone());
+                    describe_verify_error(verify, peer.as_deref(), &self.config)
                 } else {
                     describe_handshake_error(mid.error())
                 };
@@ -311,7 +330,7 @@ fn describe_verify_error(v: X509VerifyResult, peer: Option<&X509Ref>, cfg: &TlsC
     let what = match code {
         10 => "the server's certificate has expired".to_string(),
         9 => "the server's certificate is not yet valid".to_string(),
-        62 => "hostname mismatch: the server's certificate is not valid for this host name/address"
+        62 | 64 => "hostname mismatch: the server's certificate is not valid for this host name/address"
             .to_string(),
         18 => "untrusted issuer: the server's certificate is self-signed and not trusted".to_string(),
         2 | 19 | 20 | 21 => format!(
