@@ -204,17 +204,56 @@ impl Mounted {
     }
 
     /// Uploads what is pending, then unmounts and waits for the session to end.
-    pub fn unmount(mut self) -> Result<()> {
+    /// Programs may still be inside an operation (a close() uploading its file), so
+    /// the mount is detached lazily: it leaves the namespace at once, and the
+    /// session keeps serving what is in flight until the kernel lets go.
+    pub fn unmount(mut self, mountpoint: &Path) -> Result<()> {
         let flushed = self.fs.flush_all();
+        detach(mountpoint);
+        let deadline = std::time::Instant::now() + UNMOUNT_GRACE;
+        while self.is_running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.is_running() {
+            log::warn!("files are still open after {UNMOUNT_GRACE:?}; stopping anyway");
+        }
+        let flushed = flushed.and(self.fs.flush_all());
         if let Some(s) = self.session.take() {
-            if let Err(e) = s.umount_and_join() {
-                log::warn!("unmount: {e}");
+            if s.guard.is_finished() {
+                let _ = s.join();
+            } else {
+                drop(s);
             }
         }
         self.pool.close_all();
         flushed.map_err(|e| {
-            FtpError::Invalid(format!("some uploads failed at unmount (errno {})", e.0))
+            FtpError::Invalid(format!(
+                "some uploads failed at unmount (errno {}); their spool files are kept",
+                e.0
+            ))
         })
+    }
+}
+
+/// How long an unmount waits for operations in flight.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(30);
+
+/// Lazy unmount: umount2(MNT_DETACH) as root, else `fusermount3 -u -z`.
+fn detach(mountpoint: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return;
+    }
+    let status = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(mountpoint)
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        log::warn!("could not unmount {}", mountpoint.display());
     }
 }
 
@@ -234,7 +273,7 @@ fn block_signals() -> libc::sigset_t {
 }
 
 /// Serves until the mount goes away or a signal asks to stop.
-fn serve(mounted: Mounted, set: libc::sigset_t) -> Result<()> {
+fn serve(mounted: Mounted, mountpoint: &Path, set: libc::sigset_t) -> Result<()> {
     loop {
         // SAFETY: sigtimedwait on a valid set with a valid timeout.
         let sig = unsafe {
@@ -246,7 +285,7 @@ fn serve(mounted: Mounted, set: libc::sigset_t) -> Result<()> {
         };
         if sig > 0 {
             log::info!("signal {sig}: unmounting after pending uploads");
-            return mounted.unmount();
+            return mounted.unmount(mountpoint);
         }
         if !mounted.is_running() {
             log::info!("unmounted");
@@ -263,7 +302,7 @@ pub fn run(plan: MountPlan, foreground: bool) -> Result<()> {
     if foreground {
         let m = mount(&plan)?;
         log::info!("mounted {} on {}", plan.fsname, plan.mountpoint.display());
-        return serve(m, set);
+        return serve(m, &plan.mountpoint, set);
     }
     // Fork before any thread exists; the parent waits for the child's verdict.
     let mut fds = [0; 2];
@@ -299,7 +338,7 @@ pub fn run(plan: MountPlan, foreground: bool) -> Result<()> {
             let _ = report.write_all(b"OK");
             drop(report);
             redirect_stdio();
-            let r = serve(m, set);
+            let r = serve(m, &plan.mountpoint, set);
             if let Err(e) = &r {
                 log::error!("{e}");
             }

@@ -112,6 +112,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// chmod/utimens of an object that exists: a server's refusal (not implemented,
+/// or vsftpd's "550 Could not set file modification time" on a directory) means
+/// "not permitted", not "no such file".
+fn refused_as_eperm(e: FtpError) -> Errno {
+    if e.reply_code().is_some() {
+        log::debug!("refused: {e}");
+        Errno(libc::EPERM)
+    } else {
+        Errno::from(e)
+    }
+}
+
 fn name_ok(name: &str) -> FsResult<()> {
     if name.contains(['\r', '\n']) {
         return Err(Errno(libc::EINVAL));
@@ -495,13 +507,7 @@ impl FtpsFs {
             match &state {
                 Some(s) if lock(s).dirty => lock(s).pending_mode = Some(mode),
                 _ => {
-                    self.store.chmod(&path, mode).map_err(|e| {
-                        if e.is_not_implemented() {
-                            Errno(libc::EPERM)
-                        } else {
-                            Errno::from(e)
-                        }
-                    })?;
+                    self.store.chmod(&path, mode).map_err(refused_as_eperm)?;
                     self.update_entry(&path, |e| e.mode = Some(mode & 0o7777));
                 }
             }
@@ -510,13 +516,7 @@ impl FtpsFs {
             match &state {
                 Some(s) if lock(s).dirty => lock(s).pending_mtime = Some(t),
                 _ => {
-                    self.store.set_mtime(&path, t).map_err(|e| {
-                        if e.is_not_implemented() {
-                            Errno(libc::EPERM)
-                        } else {
-                            Errno::from(e)
-                        }
-                    })?;
+                    self.store.set_mtime(&path, t).map_err(refused_as_eperm)?;
                     self.update_entry(&path, |e| e.mtime = Some(t));
                 }
             }

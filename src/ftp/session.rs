@@ -728,7 +728,49 @@ impl FtpConnection {
             }
         }
         dl.finish()?;
+        if !use_mlsd && self.features.mdtm {
+            self.exact_mtimes(path, &mut entries)?;
+        }
         Ok(entries)
+    }
+
+    /// LIST gives minutes at best (days for older files): ask MDTM for the exact
+    /// time of every file, pipelined, so that the directory costs one more round
+    /// trip, not one per file. Keeps the LIST time where MDTM fails.
+    fn exact_mtimes(&mut self, dir: &str, entries: &mut [RemoteEntry]) -> Result<()> {
+        const BATCH: usize = 64;
+        let files: Vec<usize> = (0..entries.len())
+            .filter(|&i| entries[i].kind == super::entry::EntryKind::File)
+            .collect();
+        for chunk in files.chunks(BATCH) {
+            let mut batch = String::new();
+            for &i in chunk {
+                let p = if dir.ends_with('/') {
+                    format!("{dir}{}", entries[i].name)
+                } else {
+                    format!("{dir}/{}", entries[i].name)
+                };
+                check_path(&p)?;
+                batch.push_str(&format!("MDTM {p}\r\n"));
+            }
+            log::debug!("> MDTM x{} (pipelined)", chunk.len());
+            let sent = self
+                .ctrl
+                .write_all(batch.as_bytes())
+                .and_then(|_| self.ctrl.flush());
+            if let Err(e) = sent {
+                return Err(self.lost(FtpError::io("sending MDTM", e)));
+            }
+            for &i in chunk {
+                let r = self.read_reply()?;
+                if r.code == 213 {
+                    if let Some(t) = timeconv::parse_mdtm_time(r.text().trim()) {
+                        entries[i].mtime = Some(t);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     // ---- simple commands -------------------------------------------------------
@@ -826,6 +868,9 @@ impl FtpConnection {
             }
         }
         let mut last = None;
+        // Only "not implemented" answers from every method prove there is no way;
+        // a 550 may just mean "not for this path" (vsftpd refuses directories).
+        let mut none_implemented = true;
         for m in order {
             let cmd = match m {
                 MtimeMethod::Mfmt => format!("MFMT {t} {path}"),
@@ -843,12 +888,14 @@ impl FtpConnection {
                 code: r.code,
                 text: r.text(),
             };
-            if !(err.is_not_implemented() || r.code == 501 || self.mtime_method.is_none()) {
+            let unimplemented = err.is_not_implemented() || r.code == 501;
+            none_implemented &= unimplemented;
+            if self.mtime_method.is_some() {
                 return Err(err);
             }
             last = Some(err);
         }
-        if self.mtime_method.is_none() {
+        if self.mtime_method.is_none() && none_implemented {
             self.mtime_method = Some(MtimeMethod::Unsupported);
         }
         Err(last.unwrap_or(FtpError::Reply {
