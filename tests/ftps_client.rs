@@ -348,7 +348,10 @@ fn session_reuse_proftpd_tls13_renews_at_most_once_per_two_uploads() {
     }
     quit(conn);
     let n = control_connections(&srv);
-    assert!((1..=3).contains(&n), "{n} control connections for 3 uploads");
+    assert!(
+        (1..=3).contains(&n),
+        "{n} control connections for 3 uploads"
+    );
 }
 
 #[test]

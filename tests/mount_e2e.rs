@@ -1,0 +1,971 @@
+//! End-to-end tests of the `ftpsfs` mount: the real binary mounts real proftpd and
+//! vsftpd servers (tests/support) with FUSE, and ordinary shell tools (cp, rsync, tar,
+//! find, mv, rm, dd, truncate, touch, cat, sha256sum) work on the mount. Results are
+//! compared with the server's own directory on disk.
+//!
+//! Needs root, /dev/fuse and fusermount3 (and rsync, else that test is skipped).
+
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Server, ServerSpec};
+
+/// Default `cache_timeout=` of the mounts (seconds).
+const CACHE_TIMEOUT: u64 = 2;
+
+fn scratch(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(support::process_dir())
+        .expect("create scratch dir")
+}
+
+/// Whether `path` is a mountpoint in /proc/mounts.
+fn is_mounted(path: &Path) -> bool {
+    let p = path.to_string_lossy();
+    fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&*p))
+}
+
+/// Pids of processes whose command line contains `pattern` (pgrep -f).
+fn pids_matching(pattern: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(pattern)
+        .output()
+        .expect("run pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// A running `ftpsfs` mount of a server. Dropping it always unmounts (lazily if
+/// needed) and waits for the daemon to exit, so a failing test leaves no mount.
+struct Mount {
+    mnt: PathBuf,
+    spool: PathBuf,
+    daemon: Vec<u32>,
+    unmounted: bool,
+    /// Holds the mountpoint, spool and password file; removed after the unmount.
+    _dir: tempfile::TempDir,
+}
+
+/// What a failed mount attempt said.
+#[derive(Debug)]
+struct MountFailure {
+    code: Option<i32>,
+    stderr: String,
+}
+
+fn ftpsfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ftpsfs")
+}
+
+impl Mount {
+    /// Mounts with the default options (and `extra`, comma-separated, if not empty).
+    fn new(srv: &Server) -> Mount {
+        Mount::with(srv, "")
+    }
+
+    fn with(srv: &Server, extra: &str) -> Mount {
+        Mount::try_mount(srv, extra, support::TEST_PASSWORD, None).unwrap_or_else(|f| {
+            panic!(
+                "mount failed ({:?}): {}\n--- server log (tail) ---\n{}",
+                f.code,
+                f.stderr,
+                tail(&srv.log_contents(), 4000)
+            )
+        })
+    }
+
+    /// Runs `ftpsfs URL MNT -o ...` (without -f) and waits for it to exit. On success
+    /// the mount is up and the daemon runs detached. `mountpoint` overrides the
+    /// mountpoint (e.g. a missing one).
+    fn try_mount(
+        srv: &Server,
+        extra: &str,
+        password: &str,
+        mountpoint: Option<&Path>,
+    ) -> Result<Mount, MountFailure> {
+        let dir = scratch("mount-");
+        let mnt = mountpoint
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("mnt"));
+        if mountpoint.is_none() {
+            fs::create_dir(&mnt).unwrap();
+        }
+        let spool = dir.path().join("spool");
+        fs::create_dir(&spool).unwrap();
+        let pw = dir.path().join("password");
+        fs::write(&pw, format!("{password}\n")).unwrap();
+        fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+        let mut opts = format!(
+            "cafile={},password_file={},spool_dir={},cache_timeout={CACHE_TIMEOUT}",
+            srv.ca_file().display(),
+            pw.display(),
+            spool.display()
+        );
+        if !extra.is_empty() {
+            opts.push(',');
+            opts.push_str(extra);
+        }
+        // Files, not pipes: the daemon must never hold a pipe we read to EOF.
+        let out_path = dir.path().join("ftpsfs.out");
+        let err_path = dir.path().join("ftpsfs.err");
+        let mut child = Command::new(ftpsfs_bin())
+            .arg(srv.url())
+            .arg(&mnt)
+            .arg("-o")
+            .arg(&opts)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out_path).unwrap())
+            .stderr(fs::File::create(&err_path).unwrap())
+            .spawn()
+            .expect("run ftpsfs");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ftpsfs did not detach within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = fs::read_to_string(&err_path).unwrap_or_default()
+            + &fs::read_to_string(&out_path).unwrap_or_default();
+        let mut m = Mount {
+            daemon: pids_matching(&mnt.to_string_lossy()),
+            mnt,
+            spool,
+            unmounted: false,
+            _dir: dir,
+        };
+        if !status.success() {
+            m.unmounted = true; // nothing to undo; but check nothing was left behind
+            assert!(
+                !is_mounted(&m.mnt),
+                "failed mount left a mount behind: {stderr}"
+            );
+            return Err(MountFailure {
+                code: status.code(),
+                stderr,
+            });
+        }
+        assert!(
+            is_mounted(&m.mnt),
+            "ftpsfs exited 0 but {} is not in /proc/mounts; stderr: {stderr}",
+            m.mnt.display()
+        );
+        Ok(m)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// `fusermount3 -u` (then `-uz`), then waits ≤10 s for the daemon to exit.
+    fn unmount(&mut self) {
+        if self.unmounted {
+            return;
+        }
+        self.unmounted = true;
+        if is_mounted(&self.mnt) {
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                // Busy (or already gone): detach lazily so nothing stays behind.
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.mnt)
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && (self.daemon.iter().any(|p| alive(*p)) || is_mounted(&self.mnt))
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for p in self.daemon.iter().filter(|p| alive(**p)) {
+            eprintln!("ftpsfs daemon {p} still running 10 s after unmount: killing it");
+            unsafe {
+                libc::kill(*p as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+        if is_mounted(&self.mnt) {
+            // Keep the directory rather than recursing into a live mount.
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mnt)
+                .status();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shell helpers
+
+/// A work directory for local copies, with `sh` helpers that export $MNT, $ROOT, $W.
+struct Env<'a> {
+    srv: &'a Server,
+    m: &'a Mount,
+    w: tempfile::TempDir,
+}
+
+impl<'a> Env<'a> {
+    fn new(srv: &'a Server, m: &'a Mount) -> Self {
+        Env {
+            srv,
+            m,
+            w: scratch("work-"),
+        }
+    }
+
+    fn w(&self) -> &Path {
+        self.w.path()
+    }
+
+    fn root(&self) -> &Path {
+        &self.srv.root
+    }
+
+    fn sh(&self, script: &str) -> Output {
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("MNT", &self.m.mnt)
+            .env("ROOT", &self.srv.root)
+            .env("W", self.w.path())
+            .env("TZ", "UTC")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sh")
+    }
+
+    /// Runs `script` and asserts exit status 0; returns stdout.
+    #[track_caller]
+    fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        if !out.status.success() {
+            panic!(
+                "[{}] `{script}` failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- server log (tail) ---\n{}",
+                self.srv.spec.kind.name(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                tail(&self.srv.log_contents(), 3000)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A small tree: nested dirs, names with spaces, an empty file, a 1 MiB file.
+fn make_tree(dir: &Path) {
+    fs::create_dir_all(dir.join("a/b c/deep er")).unwrap();
+    fs::create_dir_all(dir.join("empty dir")).unwrap();
+    fs::write(dir.join("top.txt"), b"top level\n").unwrap();
+    fs::write(dir.join("a/with space.txt"), b"hello with spaces\n").unwrap();
+    fs::write(dir.join("a/empty"), b"").unwrap();
+    fs::write(dir.join("a/b c/x.txt"), pattern(3000, 1)).unwrap();
+    fs::write(dir.join("a/b c/deep er/one mib.bin"), pattern(1 << 20, 2)).unwrap();
+}
+
+/// Starts the server and mounts it; runs `f`.
+fn with_mount(spec: ServerSpec, f: impl FnOnce(&Server, &Mount)) {
+    let srv = support::start(spec);
+    let m = Mount::new(&srv);
+    f(&srv, &m);
+    drop(m);
+    drop(srv);
+}
+
+fn mtime_of(p: &Path) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(p)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+        .mtime()
+}
+
+/// Every regular file under `src` has the same whole-second mtime under `dst`.
+fn assert_same_file_mtimes(src: &Path, dst: &Path, what: &str) {
+    let out = Command::new("find")
+        .arg(".")
+        .arg("-type")
+        .arg("f")
+        .current_dir(src)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!list.is_empty());
+    for rel in list.lines() {
+        let (a, b) = (mtime_of(&src.join(rel)), mtime_of(&dst.join(rel)));
+        assert_eq!(a, b, "{what}: mtime of {rel}: source {a}, copy {b}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// cp -r
+
+fn cp_tree(spec: ServerSpec) {
+    with_mount(spec, |srv, m| {
+        let e = Env::new(srv, m);
+        make_tree(&e.w().join("src"));
+        e.ok(r#"cp -r "$W/src" "$MNT/tree""#);
+        e.ok(r#"diff -r "$W/src" "$ROOT/tree""#);
+        e.ok(r#"diff -r "$W/src" "$MNT/tree""#);
+        e.ok(r#"cp -r "$MNT/tree" "$W/out" && diff -r "$W/src" "$W/out""#);
+        // No temporary upload names left behind.
+        let leftovers = e.ok(r#"find "$ROOT" -name '*.part'"#);
+        assert_eq!(leftovers, "", "temporary upload files left on the server");
+    });
+}
+
+#[test]
+fn cp_r_tree_in_and_out_proftpd() {
+    cp_tree(ServerSpec::proftpd());
+}
+
+#[test]
+fn cp_r_tree_in_and_out_vsftpd() {
+    cp_tree(ServerSpec::vsftpd());
+}
+
+// ---------------------------------------------------------------------------
+// rsync
+
+fn rsync_twice(spec: ServerSpec, flags: &str) {
+    if Command::new("rsync").arg("--version").output().is_err() {
+        println!("SKIPPED: rsync is not installed");
+        return;
+    }
+    with_mount(spec, |srv, m| {
+        let e = Env::new(srv, m);
+        let src = e.w().join("src");
+        make_tree(&src);
+        // Whole-second mtimes in the past: what any FTP server can store exactly.
+        e.ok(r#"find "$W/src" -exec touch -h -d '2023-05-06 07:08:09' {} +"#);
+        e.ok(&format!(r#"rsync -a {flags} "$W/src/" "$MNT/rs/""#));
+        e.ok(r#"diff -r "$W/src" "$ROOT/rs""#);
+        assert_same_file_mtimes(&src, &srv.root.join("rs"), "server after rsync");
+        // Let the listing cache expire so the second run sees the server's own view.
+        std::thread::sleep(Duration::from_secs(CACHE_TIMEOUT + 1));
+        let out = e.ok(&format!(
+            r#"rsync -a {flags} --itemize-changes --stats "$W/src/" "$MNT/rs/""#
+        ));
+        assert!(
+            out.contains("Number of regular files transferred: 0"),
+            "[{}] second rsync transferred files:\n{out}",
+            srv.spec.kind.name()
+        );
+        assert!(
+            !out.lines().any(|l| l.starts_with(">f")),
+            "second rsync itemized file transfers:\n{out}"
+        );
+        assert_same_file_mtimes(&src, &srv.root.join("rs"), "server after 2nd rsync");
+    });
+}
+
+#[test]
+fn rsync_twice_second_run_transfers_nothing_proftpd() {
+    rsync_twice(ServerSpec::proftpd(), "");
+}
+
+/// Without directory times (vsftpd cannot set them), so only file mtimes matter.
+#[test]
+fn rsync_twice_omit_dir_times_vsftpd() {
+    rsync_twice(ServerSpec::vsftpd(), "--omit-dir-times");
+}
+
+// ---------------------------------------------------------------------------
+// tar
+
+/// `xflags`: extra `tar xf` flags; `-m` (don't restore mtimes) skips the mtime check.
+fn tar_round_trip(spec: ServerSpec, xflags: &str) {
+    with_mount(spec, |srv, m| {
+        let e = Env::new(srv, m);
+        let src = e.w().join("src");
+        make_tree(&src);
+        e.ok(r#"find "$W/src" -exec touch -h -d '2022-01-02 03:04:05' {} +"#);
+        e.ok(r#"tar cf "$W/a.tar" -C "$W/src" ."#);
+        e.ok(&format!(
+            r#"mkdir "$MNT/t" && tar xf "$W/a.tar" {xflags} -C "$MNT/t""#
+        ));
+        e.ok(r#"diff -r "$W/src" "$ROOT/t""#);
+        if !xflags.contains("-m") {
+            assert_same_file_mtimes(&src, &srv.root.join("t"), "server after tar xf");
+        }
+        e.ok(r#"tar cf "$W/b.tar" -C "$MNT/t" ."#);
+        let a = e.ok(r#"tar tf "$W/a.tar" | sort"#);
+        let b = e.ok(r#"tar tf "$W/b.tar" | sort"#);
+        assert_eq!(a, b, "tar listings differ");
+        e.ok(r#"mkdir "$W/c" && tar xf "$W/b.tar" -C "$W/c" && diff -r "$W/src" "$W/c""#);
+    });
+}
+
+#[test]
+fn tar_into_and_out_of_mount_proftpd() {
+    tar_round_trip(ServerSpec::proftpd(), "");
+}
+
+/// SEMANTICS.md: a server that cannot set a time (vsftpd, for directories) gives
+/// EPERM, never a false success; file times still work.
+#[test]
+fn directory_mtime_refused_is_eperm_vsftpd() {
+    with_mount(ServerSpec::vsftpd(), |srv, m| {
+        let e = Env::new(srv, m);
+        e.ok("mkdir \"$MNT/d\" && echo x > \"$MNT/d/f\"");
+        let out = e.sh("touch -d '2001-02-03 04:05:06' \"$MNT/d\"");
+        assert!(
+            !out.status.success(),
+            "utime on a vsftpd directory must fail"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Operation not permitted"), "{err}");
+        e.ok("touch -d '2001-02-03 04:05:06' \"$MNT/d/f\"");
+        assert_eq!(mtime_of(&srv.root.join("d/f")), 981173106);
+    });
+}
+
+/// Same round trip without restoring mtimes (vsftpd cannot set directory mtimes).
+#[test]
+fn tar_into_and_out_of_mount_touch_vsftpd() {
+    tar_round_trip(ServerSpec::vsftpd(), "-m");
+}
+
+// ---------------------------------------------------------------------------
+// find
+
+fn find_same(spec: ServerSpec) {
+    with_mount(spec, |srv, m| {
+        let e = Env::new(srv, m);
+        // Made on the server's disk directly, then listed through the mount.
+        make_tree(&srv.root.join("f"));
+        let on_mount = e.ok(r#"cd "$MNT/f" && find . -printf '%y %p %s\n' | grep -v '^d' | sort; cd "$MNT/f" && find . -type d | sort"#);
+        let on_root = e.ok(r#"cd "$ROOT/f" && find . -printf '%y %p %s\n' | grep -v '^d' | sort; cd "$ROOT/f" && find . -type d | sort"#);
+        assert_eq!(on_mount, on_root);
+        assert!(on_mount.contains("./a/b c/deep er/one mib.bin 1048576"));
+    });
+}
+
+#[test]
+fn find_lists_same_paths_proftpd() {
+    find_same(ServerSpec::proftpd());
+}
+
+#[test]
+fn find_lists_same_paths_vsftpd() {
+    find_same(ServerSpec::vsftpd());
+}
+
+// ---------------------------------------------------------------------------
+// mv, rm -r, mkdir -p
+
+fn mv_rm_mkdir(spec: ServerSpec) {
+    with_mount(spec, |srv, m| {
+        let e = Env::new(srv, m);
+        make_tree(&e.w().join("src"));
+        e.ok(r#"cp -r "$W/src" "$MNT/d""#);
+        e.ok(r#"mv "$MNT/d/top.txt" "$MNT/d/moved top.txt""#);
+        e.ok(r#"mv "$MNT/d/a" "$MNT/d/a moved""#);
+        let root = e.root().join("d");
+        assert!(!root.join("top.txt").exists());
+        assert_eq!(
+            fs::read(root.join("moved top.txt")).unwrap(),
+            b"top level\n"
+        );
+        assert!(!root.join("a").exists());
+        e.ok(r#"diff -r "$W/src/a" "$ROOT/d/a moved""#);
+        e.ok(r#"diff -r "$W/src/a" "$MNT/d/a moved""#);
+        // Into another directory.
+        e.ok(r#"mv "$MNT/d/moved top.txt" "$MNT/d/empty dir/""#);
+        assert_eq!(
+            fs::read(root.join("empty dir/moved top.txt")).unwrap(),
+            b"top level\n"
+        );
+        e.ok(r#"rm -r "$MNT/d/a moved""#);
+        assert!(!root.join("a moved").exists());
+        e.ok(r#"test ! -e "$MNT/d/a moved""#);
+        e.ok(r#"mkdir -p "$MNT/x/y/z" && test -d "$MNT/x/y/z""#);
+        assert!(e.root().join("x/y/z").is_dir());
+        e.ok(r#"rm -r "$MNT/d" "$MNT/x""#);
+        assert_eq!(
+            fs::read_dir(e.root()).unwrap().count(),
+            0,
+            "server root not empty"
+        );
+    });
+}
+
+#[test]
+fn mv_rm_r_mkdir_p_proftpd() {
+    mv_rm_mkdir(ServerSpec::proftpd());
+}
+
+#[test]
+fn mv_rm_r_mkdir_p_vsftpd() {
+    mv_rm_mkdir(ServerSpec::vsftpd());
+}
+
+// ---------------------------------------------------------------------------
+// append, write in the middle, truncate, touch
+
+fn small_writes(spec: ServerSpec) {
+    with_mount(spec, |srv, m| {
+        let e = Env::new(srv, m);
+        let root = e.root().to_path_buf();
+        e.ok(r#"echo one >> "$MNT/log.txt" && echo two >> "$MNT/log.txt""#);
+        assert_eq!(
+            fs::read_to_string(root.join("log.txt")).unwrap(),
+            "one\ntwo\n"
+        );
+        assert_eq!(fs::read_to_string(m.path("log.txt")).unwrap(), "one\ntwo\n");
+
+        // dd conv=notrunc in the middle of a 100 KiB file: only those bytes change.
+        let mut expected = pattern(100_000, 7);
+        fs::write(e.w().join("mid"), &expected).unwrap();
+        e.ok(r#"cp "$W/mid" "$MNT/mid""#);
+        e.ok(r#"printf XXXXXXXX | dd of="$MNT/mid" bs=1 seek=50000 conv=notrunc status=none"#);
+        expected[50_000..50_008].copy_from_slice(b"XXXXXXXX");
+        assert!(
+            fs::read(root.join("mid")).unwrap() == expected,
+            "dd result on server"
+        );
+        assert!(
+            fs::read(m.path("mid")).unwrap() == expected,
+            "dd result on mount"
+        );
+
+        // truncate: shrink, then grow (zero-filled).
+        e.ok(r#"truncate -s 1000 "$MNT/mid""#);
+        expected.truncate(1000);
+        assert!(
+            fs::read(root.join("mid")).unwrap() == expected,
+            "shrunk on server"
+        );
+        e.ok(r#"truncate -s 5000 "$MNT/mid""#);
+        expected.resize(5000, 0);
+        assert!(
+            fs::read(root.join("mid")).unwrap() == expected,
+            "grown on server"
+        );
+        assert_eq!(e.ok(r#"stat -c %s "$MNT/mid""#).trim(), "5000");
+
+        // touch -d: both views show the time.
+        e.ok(r#"touch -d "2001-02-03 04:05:06" "$MNT/log.txt""#);
+        let want = "981173106";
+        assert_eq!(
+            e.ok(r#"stat -c %Y "$MNT/log.txt""#).trim(),
+            want,
+            "on mount"
+        );
+        assert_eq!(
+            e.ok(r#"stat -c %Y "$ROOT/log.txt""#).trim(),
+            want,
+            "on server"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("log.txt")).unwrap(),
+            "one\ntwo\n"
+        );
+    });
+}
+
+#[test]
+fn append_dd_truncate_touch_proftpd() {
+    small_writes(ServerSpec::proftpd());
+}
+
+#[test]
+fn append_dd_truncate_touch_vsftpd() {
+    small_writes(ServerSpec::vsftpd());
+}
+
+// ---------------------------------------------------------------------------
+// 200 MiB round trip (proftpd only)
+
+#[test]
+fn big_file_round_trip_sha256_proftpd() {
+    let srv = support::start(ServerSpec::proftpd());
+    let w = scratch("big-");
+    let local = w.path().join("big.bin");
+    let st = Command::new("dd")
+        .arg("if=/dev/urandom")
+        .arg(format!("of={}", local.display()))
+        .args(["bs=1M", "count=200", "status=none"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sha = |p: &Path| -> String {
+        let out = Command::new("sha256sum").arg(p).output().unwrap();
+        assert!(out.status.success(), "sha256sum {}", p.display());
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let want = sha(&local);
+    let t0 = Instant::now();
+    {
+        let m = Mount::new(&srv);
+        let st = Command::new("cp")
+            .arg(&local)
+            .arg(m.path("big.bin"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "cp into the mount");
+    }
+    fs::remove_file(&local).unwrap();
+    println!("200 MiB upload: {:?}", t0.elapsed());
+    assert_eq!(sha(&srv.root.join("big.bin")), want, "server copy");
+    // A fresh mount, so the read back cannot come from the page cache.
+    let t0 = Instant::now();
+    let m = Mount::new(&srv);
+    assert_eq!(sha(&m.path("big.bin")), want, "read back through the mount");
+    println!("200 MiB download: {:?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// Two readers at once
+
+fn parallel_readers(spec: ServerSpec) {
+    let srv = support::start(spec);
+    let a = pattern(20 << 20, 11);
+    let b = pattern(20 << 20, 12);
+    fs::write(srv.root.join("r1.bin"), &a).unwrap();
+    fs::write(srv.root.join("r2.bin"), &b).unwrap();
+    let m = Mount::new(&srv);
+    let w = scratch("par-");
+    let cat = |name: &str, out: &str| {
+        Command::new("cat")
+            .arg(m.path(name))
+            .stdout(fs::File::create(w.path().join(out)).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let (mut c1, mut c2) = (cat("r1.bin", "o1"), cat("r2.bin", "o2"));
+    assert!(c1.wait().unwrap().success(), "cat r1");
+    assert!(c2.wait().unwrap().success(), "cat r2");
+    assert!(fs::read(w.path().join("o1")).unwrap() == a, "r1 content");
+    assert!(fs::read(w.path().join("o2")).unwrap() == b, "r2 content");
+    drop(m);
+}
+
+#[test]
+fn two_parallel_readers_proftpd() {
+    parallel_readers(ServerSpec::proftpd());
+}
+
+#[test]
+fn two_parallel_readers_vsftpd() {
+    parallel_readers(ServerSpec::vsftpd());
+}
+
+// ---------------------------------------------------------------------------
+// A failed upload reports an error and keeps the data
+
+fn failed_upload(spec: ServerSpec) {
+    let srv = support::start(spec);
+    let ro = srv.root.join("ro");
+    fs::create_dir(&ro).unwrap();
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap(); // owned by root
+    let mut m = Mount::new(&srv);
+    let data = pattern(200_000, 33);
+    let mut f = fs::File::create(m.path("ro/f.bin")).expect("create is lazy: no error yet");
+    f.write_all(&data).expect("writes go to the spool");
+    let e = f
+        .sync_all()
+        .expect_err("fsync must report the failed upload");
+    println!("fsync error: {e}");
+    let fd = f.into_raw_fd();
+    // SAFETY: fd is owned and closed exactly once.
+    let r = unsafe { libc::close(fd) };
+    let close_err = std::io::Error::last_os_error();
+    assert_eq!(r, -1, "close must report the failed upload");
+    println!("close error: {close_err}");
+    assert!(!ro.join("f.bin").exists());
+    // The spool copy must survive the last close and the unmount.
+    m.unmount();
+    let kept: Vec<PathBuf> = fs::read_dir(&m.spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| fs::read(p).is_ok_and(|d| d == data))
+        .collect();
+    assert!(
+        !kept.is_empty(),
+        "no spool file with the written data in {}: {:?}",
+        m.spool.display(),
+        fs::read_dir(&m.spool)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn failed_upload_errors_and_keeps_spool_proftpd() {
+    failed_upload(ServerSpec::proftpd());
+}
+
+#[test]
+fn failed_upload_errors_and_keeps_spool_vsftpd() {
+    failed_upload(ServerSpec::vsftpd());
+}
+
+// ---------------------------------------------------------------------------
+// rmdir of a non-empty directory
+
+fn rmdir_not_empty(spec: ServerSpec) {
+    with_mount(spec, |srv, m| {
+        // Made on the server, not through the mount (before the mount lists "/").
+        fs::create_dir_all(srv.root.join("outside/sub")).unwrap();
+        fs::create_dir(m.path("full")).unwrap();
+        fs::write(m.path("full/f"), b"x").unwrap();
+        let e = fs::remove_dir(m.path("full")).expect_err("rmdir of a non-empty dir");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{e}");
+        assert!(srv.root.join("full/f").exists());
+        let e = fs::remove_dir(m.path("outside")).expect_err("rmdir of a non-empty dir");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{e}");
+        fs::remove_file(m.path("full/f")).unwrap();
+        fs::remove_dir(m.path("full")).unwrap();
+        assert!(!srv.root.join("full").exists());
+    });
+}
+
+#[test]
+fn rmdir_non_empty_is_enotempty_proftpd() {
+    rmdir_not_empty(ServerSpec::proftpd());
+}
+
+#[test]
+fn rmdir_non_empty_is_enotempty_vsftpd() {
+    rmdir_not_empty(ServerSpec::vsftpd());
+}
+
+// ---------------------------------------------------------------------------
+// Changes made on the server show up after cache_timeout
+
+fn external_change(spec: ServerSpec) {
+    with_mount(spec, |srv, m| {
+        fs::create_dir(m.path("dir")).unwrap();
+        assert_eq!(fs::read_dir(m.path("dir")).unwrap().count(), 0);
+        fs::write(srv.root.join("dir/new.txt"), b"from outside\n").unwrap();
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(CACHE_TIMEOUT + 3);
+        loop {
+            let names: Vec<String> = fs::read_dir(m.path("dir"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if names.iter().any(|n| n == "new.txt") {
+                break;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "new.txt not visible in the mount after {limit:?}: {names:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        println!("visible after {:?}", t0.elapsed());
+        assert_eq!(
+            fs::read_to_string(m.path("dir/new.txt")).unwrap(),
+            "from outside\n"
+        );
+    });
+}
+
+#[test]
+fn server_side_file_appears_after_cache_timeout_proftpd() {
+    external_change(ServerSpec::proftpd());
+}
+
+#[test]
+fn server_side_file_appears_after_cache_timeout_vsftpd() {
+    external_change(ServerSpec::vsftpd());
+}
+
+// ---------------------------------------------------------------------------
+// Mount failures
+
+#[test]
+fn mount_failures_exit_non_zero_and_leave_nothing() {
+    let srv = support::start(ServerSpec::proftpd());
+    let f = match Mount::try_mount(&srv, "", "wrong-password", None) {
+        Ok(_) => panic!("mount with a wrong password succeeded"),
+        Err(f) => f,
+    };
+    assert_ne!(f.code, Some(0));
+    assert!(
+        f.stderr.to_lowercase().contains("login"),
+        "message does not mention login: {}",
+        f.stderr
+    );
+    let dir = scratch("missing-");
+    let missing = dir.path().join("no such dir");
+    let f = match Mount::try_mount(&srv, "", support::TEST_PASSWORD, Some(&missing)) {
+        Ok(_) => panic!("mount on a missing mountpoint succeeded"),
+        Err(f) => f,
+    };
+    assert_ne!(f.code, Some(0));
+    assert!(f.stderr.contains("mountpoint"), "{}", f.stderr);
+    assert!(!missing.exists());
+    // No daemon left for either attempt.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pids_matching(&dir.path().to_string_lossy()).is_empty());
+    assert!(!is_mounted(&missing));
+}
+
+// ---------------------------------------------------------------------------
+// SIGTERM
+
+fn sigterm(spec: ServerSpec) {
+    let srv = support::start(spec);
+    let w = scratch("term-");
+    let data = pattern(30 << 20, 44);
+    let local = w.path().join("src.bin");
+    fs::write(&local, &data).unwrap();
+    let mut m = Mount::new(&srv);
+    assert!(!m.daemon.is_empty(), "daemon pid not found");
+    let mut cp = Command::new("cp")
+        .arg(&local)
+        .arg(m.path("up.bin"))
+        .spawn()
+        .unwrap();
+    // Wait until every byte is in the spool: cp is closing (uploading) or about to.
+    let t0 = Instant::now();
+    loop {
+        let full = fs::read_dir(&m.spool)
+            .unwrap()
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|md| md.len() == data.len() as u64));
+        if full {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "spool never filled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for p in &m.daemon {
+        // SAFETY: signalling the daemon this test started.
+        unsafe {
+            libc::kill(*p as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    assert!(cp.wait().unwrap().success(), "cp failed");
+    let t0 = Instant::now();
+    while is_mounted(&m.mnt) || m.daemon.iter().any(|p| alive(*p)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still mounted/running 10 s after SIGTERM (mounted: {})",
+            is_mounted(&m.mnt)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("unmounted {:?} after SIGTERM", t0.elapsed());
+    assert!(
+        fs::read(srv.root.join("up.bin")).unwrap() == data,
+        "upload incomplete after SIGTERM"
+    );
+    m.unmount();
+}
+
+#[test]
+fn sigterm_unmounts_after_pending_upload_proftpd() {
+    sigterm(ServerSpec::proftpd());
+}
+
+#[test]
+fn sigterm_unmounts_after_pending_upload_vsftpd() {
+    sigterm(ServerSpec::vsftpd());
+}
+
+/// SIGTERM with nothing open: the daemon unmounts and exits; what was written is there.
+fn sigterm_idle(spec: ServerSpec) {
+    let srv = support::start(spec);
+    let mut m = Mount::new(&srv);
+    assert!(!m.daemon.is_empty(), "daemon pid not found");
+    fs::write(m.path("done.txt"), b"written before SIGTERM\n").unwrap();
+    for p in &m.daemon {
+        // SAFETY: signalling the daemon this test started.
+        unsafe {
+            libc::kill(*p as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    let t0 = Instant::now();
+    while is_mounted(&m.mnt) || m.daemon.iter().any(|p| alive(*p)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still mounted/running 10 s after SIGTERM (mounted: {})",
+            is_mounted(&m.mnt)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        fs::read(srv.root.join("done.txt")).unwrap(),
+        b"written before SIGTERM\n"
+    );
+    m.unmount();
+}
+
+#[test]
+fn sigterm_idle_unmounts_cleanly_proftpd() {
+    sigterm_idle(ServerSpec::proftpd());
+}
+
+#[test]
+fn sigterm_idle_unmounts_cleanly_vsftpd() {
+    sigterm_idle(ServerSpec::vsftpd());
+}
