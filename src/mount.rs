@@ -47,6 +47,9 @@ pub const MOUNT_OPTIONS: &[&str] = &[
     "relatime",
 ];
 
+/// Control connections per mount unless `max_conns=` says otherwise.
+pub const DEFAULT_MAX_CONNS: usize = 4;
+
 /// Everything the mount needs, parsed before anything connects.
 pub struct MountPlan {
     pub site: SiteConfig,
@@ -102,6 +105,7 @@ impl MountPlan {
             cache_entries: 4096,
             spool_dir,
             inplace: opts.has("inplace"),
+            prefetch_workers: 0,
         };
         let u = &site.url;
         let fsname = match opts.value("fsname")? {
@@ -120,8 +124,17 @@ impl MountPlan {
                 "fsname must not contain commas or spaces".into(),
             ));
         }
+        let max_conns = opts
+            .parsed::<usize>("max_conns")?
+            .unwrap_or(DEFAULT_MAX_CONNS)
+            .clamp(1, 64);
+        // Leave a connection for interactive operations.
+        let fs = FsConfig {
+            prefetch_workers: max_conns.saturating_sub(1),
+            ..fs
+        };
         Ok(MountPlan {
-            max_conns: opts.parsed::<usize>("max_conns")?.unwrap_or(4).clamp(1, 64),
+            max_conns,
             allow_other: opts.has("allow_other"),
             default_permissions: opts.has("default_permissions"),
             mountpoint: mountpoint.to_path_buf(),

@@ -7,9 +7,10 @@
 
 use super::dircache::{DirCache, Entries};
 use super::inodes::{Inodes, ROOT_INO};
+use super::listing_prefetcher::ListingPrefetcher;
 use super::prefetcher::Prefetcher;
 use super::store::{join, split, RemoteStore};
-use super::uploader::{self, Spool};
+use super::uploader::{self, Spool, StreamUpload};
 use crate::error::FtpError;
 use crate::ftp::entry::is_valid_name;
 use crate::ftp::{EntryKind, RemoteEntry};
@@ -68,6 +69,8 @@ pub struct FsConfig {
     pub spool_dir: PathBuf,
     /// Upload straight to the final name instead of a temporary name + rename.
     pub inplace: bool,
+    /// Threads listing subdirectories ahead of a tree walker (0: none).
+    pub prefetch_workers: usize,
 }
 
 /// What a write-opened file holds while open: its spool and pending metadata.
@@ -81,6 +84,10 @@ struct FileState {
     pending_mode: Option<u32>,
     /// Created through the mount and not uploaded yet.
     is_new: bool,
+    /// Upload running while the file is written sequentially from offset 0.
+    stream: Option<StreamUpload>,
+    /// A stream was tried since the last upload (not restarted after a seek).
+    stream_tried: bool,
 }
 
 struct FileHandle {
@@ -101,7 +108,8 @@ pub struct FtpsFs {
     store: Arc<dyn RemoteStore>,
     cfg: FsConfig,
     inodes: Inodes,
-    cache: DirCache,
+    cache: Arc<DirCache>,
+    prefetch: Option<ListingPrefetcher>,
     files: Mutex<HashMap<u64, Arc<Mutex<FileState>>>>,
     handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
@@ -139,9 +147,13 @@ fn name_ok(name: &str) -> FsResult<()> {
 
 impl FtpsFs {
     pub fn new(store: Arc<dyn RemoteStore>, cfg: FsConfig) -> Self {
+        let cache = Arc::new(DirCache::new(cfg.cache_entries, cfg.cache_timeout));
+        let prefetch = (cfg.prefetch_workers > 0)
+            .then(|| ListingPrefetcher::new(store.clone(), cache.clone(), cfg.prefetch_workers));
         FtpsFs {
             inodes: Inodes::new(&cfg.root),
-            cache: DirCache::new(cfg.cache_entries, cfg.cache_timeout),
+            cache,
+            prefetch,
             store,
             cfg,
             files: Mutex::new(HashMap::new()),
@@ -174,6 +186,17 @@ impl FtpsFs {
     fn listing(&self, dir: &str) -> FsResult<Arc<Entries>> {
         if let Some(l) = self.cache.get(dir) {
             return Ok(l);
+        }
+        if let Some(p) = &self.prefetch {
+            // Being listed by a prefetch worker right now: wait for it (bounded).
+            let mut waited = 0;
+            while p.is_pending(dir) && waited < 2000 {
+                std::thread::sleep(Duration::from_millis(1));
+                waited += 1;
+            }
+            if let Some(l) = self.cache.get(dir) {
+                return Ok(l);
+            }
         }
         let entries = self.store.list(dir)?;
         Ok(self.cache.put(dir, entries))
@@ -295,6 +318,14 @@ impl FtpsFs {
             return Err(Errno(libc::ENOTDIR));
         }
         let listing = self.listing(&path)?;
+        if let Some(p) = &self.prefetch {
+            p.queue(
+                listing
+                    .values()
+                    .filter(|e| e.kind == EntryKind::Dir)
+                    .map(|e| join(&path, &e.name)),
+            );
+        }
         let entries: Vec<DirEntry> = listing
             .values()
             .map(|e| {
@@ -371,6 +402,7 @@ impl FtpsFs {
         }
         if let Some(s) = state {
             let mut st = lock(&s);
+            self.abandon_stream(&mut st);
             st.dirty = false; // unlinked: nothing to upload any more
             st.is_new = false;
         }
@@ -545,6 +577,9 @@ impl FtpsFs {
         match deferred {
             Some(state) => {
                 let mut st = lock(&state);
+                if st.stream.as_ref().is_some_and(|s| s.pos() != size) {
+                    self.abandon_stream(&mut st);
+                }
                 self.ensure_spool(&mut st, path, size == 0)?;
                 if let Some(sp) = st.spool.as_mut() {
                     sp.set_len(size)?;
@@ -617,6 +652,8 @@ impl FtpsFs {
                     pending_mtime: None,
                     pending_mode: None,
                     is_new: false,
+                    stream: None,
+                    stream_tried: false,
                 }))
             })
             .clone()
@@ -741,9 +778,47 @@ impl FtpsFs {
         self.ensure_spool(&mut st, &path, false)?;
         let sp = st.spool.as_mut().ok_or(Errno(libc::EIO))?;
         let off = if h.append { sp.len() } else { offset };
+        let was_empty = sp.is_empty();
         sp.write_at(off, data)?;
         st.dirty = true;
+        self.stream_write(&mut st, &path, off, was_empty, data);
         Ok(data.len())
+    }
+
+    /// Feeds the streaming upload of a sequential writer (see `StreamUpload`); any
+    /// other write pattern abandons it and the spool is uploaded at flush instead.
+    fn stream_write(&self, st: &mut FileState, path: &str, off: u64, was_empty: bool, data: &[u8]) {
+        if self.cfg.inplace {
+            return;
+        }
+        let sequential = st.stream.as_ref().map(|s| s.pos() == off);
+        match sequential {
+            Some(true) => {
+                if let Some(s) = st.stream.as_mut() {
+                    if s.push(data) {
+                        return;
+                    }
+                }
+                self.abandon_stream(st);
+            }
+            Some(false) => self.abandon_stream(st),
+            None if off == 0 && was_empty && !st.stream_tried => {
+                st.stream_tried = true;
+                st.stream = StreamUpload::start(self.store.clone(), path);
+                if let Some(s) = st.stream.as_mut() {
+                    if !s.push(data) {
+                        self.abandon_stream(st);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn abandon_stream(&self, st: &mut FileState) {
+        if let Some(s) = st.stream.take() {
+            s.abort(self.store.as_ref());
+        }
     }
 
     /// Uploads the file's spool if it holds unsent data. Errors go back to the
@@ -758,16 +833,34 @@ impl FtpsFs {
         }
         let (path, detached) = self.inodes.path(ino).ok_or(Errno(libc::ENOENT))?;
         if detached {
+            self.abandon_stream(&mut st);
             st.dirty = false;
             return Ok(());
         }
         if st.spool.is_none() {
             self.ensure_spool(&mut st, &path, false)?;
         }
+        let len = st.spool.as_ref().map_or(0, Spool::len);
+        let mut streamed = false;
+        if let Some(stream) = st.stream.take() {
+            let store = self.store.as_ref();
+            match stream
+                .finish(store, len)
+                .and_then(|tmp| uploader::commit(store, &tmp, &path))
+            {
+                Ok(()) => streamed = true,
+                Err(e) => log::warn!("streamed upload of {path} failed ({e}); uploading the spool"),
+            }
+        }
         let Some(sp) = st.spool.as_mut() else {
             return Err(Errno(libc::EIO));
         };
-        if let Err(e) = uploader::upload(self.store.as_ref(), sp, &path, self.cfg.inplace) {
+        let uploaded = if streamed {
+            Ok(())
+        } else {
+            uploader::upload(self.store.as_ref(), sp, &path, self.cfg.inplace)
+        };
+        if let Err(e) = uploaded {
             let kept = sp.keep();
             log::error!(
                 "upload of {path} failed: {e}; the data is kept in {}",
@@ -779,9 +872,9 @@ impl FtpsFs {
             log::info!("upload of {path} succeeded on retry; its spool copy is released");
             sp.unkeep();
         }
-        let len = sp.len();
         st.dirty = false;
         st.is_new = false;
+        st.stream_tried = false;
         let mut mtime = SystemTime::now();
         let mut result = Ok(());
         let mode = st.pending_mode.take();
@@ -844,6 +937,7 @@ impl FtpsFs {
                 st.writers = st.writers.saturating_sub(1);
             }
             if st.handles == 0 {
+                self.abandon_stream(&mut st);
                 if st.dirty && st.is_new {
                     // Never reached the server: do not keep showing it as an empty file.
                     if let Some(((dir, name), _)) = self

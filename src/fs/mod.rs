@@ -4,6 +4,7 @@ pub mod dircache;
 pub mod filesystem;
 pub mod fuse_adapter;
 pub mod inodes;
+pub mod listing_prefetcher;
 pub mod memstore;
 pub mod prefetcher;
 pub mod store;

@@ -7,7 +7,11 @@
 //! On flush/fsync/release the spool is uploaded to a temporary name in the same
 //! directory and renamed over the real name (RNFR/RNTO), so an interrupted upload
 //! never leaves a half file under the real name; `inplace` uploads straight to the
-//! name for servers that forbid rename. If the upload fails, the error goes back to
+//! name for servers that forbid rename. A file written sequentially from offset 0
+//! (cp, dd, tar, rsync's temporary files) is also streamed to the server while it is
+//! written ([`StreamUpload`]), so close() waits only for the tail; the spool is still
+//! written and is uploaded instead if the stream fails or the writer seeks.
+//! If the upload fails, the error goes back to
 //! close()/fsync() and the spool file is kept on disk, its path logged: nothing a
 //! program was told was written is lost.
 
@@ -18,6 +22,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use tempfile::NamedTempFile;
 
 /// A file's local copy while it is being written.
@@ -172,15 +178,135 @@ pub fn upload(store: &dyn RemoteStore, spool: &Spool, path: &str, inplace: bool)
         let _ = store.delete(&tmp);
         return Err(e);
     }
-    if let Err(e) = store.rename(&tmp, path) {
+    commit(store, &tmp, path)
+}
+
+/// Renames an uploaded temporary file over `path`; removes it if that fails.
+pub fn commit(store: &dyn RemoteStore, tmp: &str, path: &str) -> Result<()> {
+    if let Err(e) = store.rename(tmp, path) {
         // Some servers refuse to rename over an existing file: replace it explicitly.
-        let retried = store.delete(path).and_then(|_| store.rename(&tmp, path));
+        let retried = store.delete(path).and_then(|_| store.rename(tmp, path));
         if retried.is_err() {
-            let _ = store.delete(&tmp);
+            let _ = store.delete(tmp);
             return Err(e);
         }
     }
     Ok(())
+}
+
+enum Feed {
+    Data(Vec<u8>),
+    Abort,
+}
+
+/// Feeds a streaming upload from a channel; `Abort` fails the read so that the
+/// transfer is cut off rather than completed.
+struct FeedReader {
+    rx: Receiver<Feed>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl Read for FeedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.rx.recv() {
+                Ok(Feed::Data(d)) => {
+                    self.current = d;
+                    self.at = 0;
+                }
+                Ok(Feed::Abort) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "upload abandoned",
+                    ));
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Chunks a streaming upload may have in flight (memory bound: `STREAM_DEPTH` writes).
+const STREAM_DEPTH: usize = 16;
+
+/// An upload that runs while a program writes a file sequentially from offset 0,
+/// so that close() only waits for the tail instead of the whole file. The spool
+/// still gets every byte: if the stream fails or the writer seeks, it is
+/// abandoned and the spool is uploaded as usual.
+pub struct StreamUpload {
+    tx: SyncSender<Feed>,
+    pos: u64,
+    tmp: String,
+    worker: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl StreamUpload {
+    /// Starts uploading to a temporary name beside `path`.
+    pub fn start(store: Arc<dyn RemoteStore>, path: &str) -> Option<Self> {
+        let (tx, rx) = sync_channel(STREAM_DEPTH);
+        let tmp = temp_name(path);
+        let name = tmp.clone();
+        let worker = std::thread::Builder::new()
+            .name("ftpsfs-upload".into())
+            .spawn(move || {
+                let mut feed = FeedReader {
+                    rx,
+                    current: Vec::new(),
+                    at: 0,
+                };
+                store.write_file(&name, &mut feed)
+            })
+            .ok()?;
+        Some(StreamUpload {
+            tx,
+            pos: 0,
+            tmp,
+            worker,
+        })
+    }
+
+    /// Bytes streamed so far (the next sequential offset).
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Sends the next bytes; false when the stream is broken (abandon it).
+    pub fn push(&mut self, data: &[u8]) -> bool {
+        if self.tx.send(Feed::Data(data.to_vec())).is_err() {
+            return false;
+        }
+        self.pos += data.len() as u64;
+        true
+    }
+
+    /// Abandons the stream and removes what it stored.
+    pub fn abort(self, store: &dyn RemoteStore) {
+        let _ = self.tx.send(Feed::Abort);
+        drop(self.tx);
+        let _ = self.worker.join();
+        let _ = store.delete(&self.tmp);
+    }
+
+    /// Ends the stream; Ok(temporary name) when the server has all `expected` bytes.
+    pub fn finish(self, store: &dyn RemoteStore, expected: u64) -> Result<String> {
+        drop(self.tx);
+        let stored = match self.worker.join() {
+            Ok(r) => r,
+            Err(_) => Err(FtpError::Protocol("upload thread panicked".into())),
+        };
+        match stored.and_then(|n| check_len(n, expected, &self.tmp)) {
+            Ok(()) => Ok(self.tmp),
+            Err(e) => {
+                let _ = store.delete(&self.tmp);
+                Err(e)
+            }
+        }
+    }
 }
 
 fn check_len(sent: u64, expected: u64, path: &str) -> Result<()> {

@@ -434,6 +434,23 @@ impl FtpConnection {
         e
     }
 
+    /// Sends several commands in one write (pipelining); the caller reads one reply
+    /// per command, in order.
+    fn send_batch(&mut self, lines: &[String]) -> Result<()> {
+        let mut buf = Vec::new();
+        for line in lines {
+            if line.contains(['\r', '\n', '\0']) {
+                return Err(FtpError::Invalid("command contains a line break".into()));
+            }
+            log::debug!("> {line} (pipelined)");
+            buf.extend_from_slice(line.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+        let r = self.ctrl.write_all(&buf).and_then(|_| self.ctrl.flush());
+        self.last_used = Instant::now();
+        r.map_err(|e| self.lost(FtpError::io("sending commands", e)))
+    }
+
     /// Sends one command and reads its reply, whatever the code.
     pub fn command(&mut self, cmd: &str) -> Result<Reply> {
         self.send_line(cmd, cmd)?;
@@ -743,24 +760,16 @@ impl FtpConnection {
             .filter(|&i| entries[i].kind == super::entry::EntryKind::File)
             .collect();
         for chunk in files.chunks(BATCH) {
-            let mut batch = String::new();
+            let mut batch = Vec::with_capacity(chunk.len());
             for &i in chunk {
                 let p = if dir.ends_with('/') {
                     format!("{dir}{}", entries[i].name)
                 } else {
                     format!("{dir}/{}", entries[i].name)
                 };
-                check_path(&p)?;
-                batch.push_str(&format!("MDTM {p}\r\n"));
+                batch.push(format!("MDTM {p}"));
             }
-            log::debug!("> MDTM x{} (pipelined)", chunk.len());
-            let sent = self
-                .ctrl
-                .write_all(batch.as_bytes())
-                .and_then(|_| self.ctrl.flush());
-            if let Err(e) = sent {
-                return Err(self.lost(FtpError::io("sending MDTM", e)));
-            }
+            self.send_batch(&batch)?;
             for &i in chunk {
                 let r = self.read_reply()?;
                 if r.code == 213 {
@@ -834,12 +843,29 @@ impl FtpConnection {
             .map(drop)
     }
 
+    /// RNFR and RNTO sent together (one round trip); if RNFR is refused, the
+    /// server answers RNTO with 503 and RNFR's error is returned.
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         check_path(from)?;
         check_path(to)?;
-        self.expect(&format!("RNFR {from}"), |c| c == 350)?;
-        self.expect(&format!("RNTO {to}"), |c| c == 250 || c == 200)
-            .map(drop)
+        self.send_batch(&[format!("RNFR {from}"), format!("RNTO {to}")])?;
+        let rnfr = self.read_reply()?;
+        let rnto = self.read_reply()?;
+        if rnfr.code != 350 {
+            return Err(FtpError::Reply {
+                command: "RNFR".into(),
+                code: rnfr.code,
+                text: rnfr.text(),
+            });
+        }
+        if !matches!(rnto.code, 250 | 200) {
+            return Err(FtpError::Reply {
+                command: "RNTO".into(),
+                code: rnto.code,
+                text: rnto.text(),
+            });
+        }
+        Ok(())
     }
 
     pub fn chmod(&mut self, path: &str, mode: u32) -> Result<()> {

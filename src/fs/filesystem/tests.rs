@@ -16,6 +16,7 @@ pub(crate) fn setup() -> (Arc<MemStore>, FtpsFs, tempfile::TempDir) {
         cache_entries: 100,
         spool_dir: spool.path().to_path_buf(),
         inplace: false,
+        prefetch_workers: 0,
     };
     let fs = FtpsFs::new(store.clone(), cfg);
     (store, fs, spool)
@@ -1295,4 +1296,89 @@ fn new_file_whose_upload_failed_is_not_shown_as_an_empty_file() {
     assert_eq!(err(fs.release(fh)), libc::EACCES);
     assert_eq!(store.paths(), vec!["/"]);
     assert_eq!(err(fs.lookup(ROOT_INO, "x")), libc::ENOENT);
+}
+
+fn setup_with(f: impl FnOnce(&mut FsConfig)) -> (Arc<MemStore>, FtpsFs, tempfile::TempDir) {
+    let (store, fs, dir) = setup();
+    let mut cfg = fs.config().clone();
+    f(&mut cfg);
+    (store.clone(), FtpsFs::new(store, cfg), dir)
+}
+
+#[test]
+fn subdirectories_are_listed_ahead_of_the_walker() {
+    let (store, fs, _d) = setup_with(|c| c.prefetch_workers = 3);
+    for i in 0..20 {
+        store.put_dir(&format!("/d{i}"));
+        store.put(&format!("/d{i}/f"), b"x");
+    }
+    let fh = fs.opendir(ROOT_INO).unwrap();
+    fs.releasedir(fh);
+    let t0 = std::time::Instant::now();
+    while store.lists.load(std::sync::atomic::Ordering::Relaxed) < 21 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "subdirectories not prefetched"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..20 {
+        let d = fs.lookup(ROOT_INO, &format!("d{i}")).unwrap();
+        assert_eq!(fs.lookup(d.ino, "f").unwrap().size, 1);
+    }
+    assert_eq!(
+        store.lists.load(std::sync::atomic::Ordering::Relaxed),
+        21,
+        "each directory listed once"
+    );
+}
+
+#[test]
+fn sequential_writes_are_streamed_and_seeks_fall_back_to_the_spool() {
+    let (store, fs, _d) = setup();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (_, fh) = fs.create(ROOT_INO, "s", 0o644, libc::O_WRONLY).unwrap();
+    for (i, chunk) in data.chunks(131072).enumerate() {
+        fs.write(fh, (i * 131072) as u64, chunk).unwrap();
+    }
+    fs.flush(fh).unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.get("/s").unwrap(), data);
+    assert_eq!(
+        store.uploads.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one streamed upload"
+    );
+    assert_eq!(store.paths(), vec!["/", "/s"], "no temporary file left");
+
+    // A writer that seeks: the stream is abandoned, the spool goes up at close.
+    let (_, fh) = fs.create(ROOT_INO, "t", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh, 0, b"hello").unwrap();
+    fs.write(fh, 100, b"world").unwrap();
+    fs.release(fh).unwrap();
+    let mut want = b"hello".to_vec();
+    want.resize(100, 0);
+    want.extend_from_slice(b"world");
+    assert_eq!(store.get("/t").unwrap(), want);
+    assert_eq!(
+        store.paths(),
+        vec!["/", "/s", "/t"],
+        "abandoned stream cleaned up"
+    );
+}
+
+#[test]
+fn a_failed_stream_is_retried_from_the_spool_and_reported() {
+    let (store, fs, spool) = setup();
+    *store.fail_uploads_matching.lock().unwrap() = Some(".part".into());
+    let (_, fh) = fs.create(ROOT_INO, "u", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh, 0, b"data").unwrap();
+    assert_eq!(fs.flush(fh), Err(Errno(libc::EACCES)));
+    assert!(store.get("/u").is_none());
+    let kept: Vec<_> = std::fs::read_dir(spool.path()).unwrap().collect();
+    assert_eq!(kept.len(), 1, "spool kept");
+    *store.fail_uploads_matching.lock().unwrap() = None;
+    fs.release(fh).unwrap();
+    assert_eq!(store.get("/u").unwrap(), b"data");
 }
