@@ -578,11 +578,67 @@ impl FtpConnection {
         if self.out_of_tickets() {
             self.renew()?;
         }
-        let tcp = self.open_data_socket()?;
-        if offset > 0 {
-            self.expect(&format!("REST {offset}"), |c| c == 350)?;
+        let pipelined = if self.use_epsv && offset == 0 {
+            self.start_pipelined(cmd)?
+        } else {
+            None
+        };
+        let tcp = match pipelined {
+            Some(tcp) => tcp,
+            None => {
+                let tcp = self.open_data_socket()?;
+                if offset > 0 {
+                    self.expect(&format!("REST {offset}"), |c| c == 350)?;
+                }
+                let r = self.command(cmd)?;
+                if !r.is_preliminary() {
+                    return Err(FtpError::Reply {
+                        command: first_word(cmd).to_string(),
+                        code: r.code,
+                        text: r.text(),
+                    });
+                }
+                tcp
+            }
+        };
+        self.secure_data(tcp, cmd)
+    }
+
+    /// EPSV and the transfer command in one write: saves a round trip per transfer.
+    /// `None` when the server refused EPSV (then PASV is used from now on).
+    fn start_pipelined(&mut self, cmd: &str) -> Result<Option<TcpStream>> {
+        self.send_batch(&["EPSV".to_string(), cmd.to_string()])?;
+        let epsv = self.read_reply()?;
+        if epsv.code != 229 {
+            // The command fails for want of a data connection: consume its reply.
+            let _ = self.read_reply()?;
+            if matches!(epsv.code, 500 | 501 | 502 | 504) {
+                self.use_epsv = false;
+                return Ok(None);
+            }
+            return Err(FtpError::Reply {
+                command: "EPSV".into(),
+                code: epsv.code,
+                text: epsv.text(),
+            });
         }
-        let r = self.command(cmd)?;
+        // From here the command's reply is pending: any failure desynchronises the
+        // control connection, which is then dropped.
+        let connected = parse_epsv(&epsv.text()).and_then(|port| {
+            let addr = SocketAddr::new(self.peer, port);
+            let s = TcpStream::connect_timeout(&addr, self.opts.timeout)
+                .map_err(|e| FtpError::io(format!("opening data connection to {addr}"), e))?;
+            prepare_socket(&s, self.opts.timeout)?;
+            Ok(s)
+        });
+        let tcp = match connected {
+            Ok(t) => t,
+            Err(e) => {
+                self.broken = true;
+                return Err(e);
+            }
+        };
+        let r = self.read_reply()?;
         if !r.is_preliminary() {
             return Err(FtpError::Reply {
                 command: first_word(cmd).to_string(),
@@ -590,6 +646,11 @@ impl FtpConnection {
                 text: r.text(),
             });
         }
+        Ok(Some(tcp))
+    }
+
+    /// Wraps a data connection in TLS (PROT P), resuming the control session.
+    fn secure_data(&mut self, tcp: TcpStream, cmd: &str) -> Result<DataStream> {
         match self.opts.protection {
             Protection::Clear => {
                 self.last_data_resumed = None;
