@@ -488,6 +488,7 @@ impl FtpConnection {
     /// Replaces this control connection by a new one (same site, new TLS session).
     fn renew(&mut self) -> Result<()> {
         log::debug!("no unused TLS session ticket left: opening a new control connection");
+        self.tls.note_tickets_used_up();
         let fresh = FtpConnection::connect(self.opts.clone(), self.tls.clone())?;
         let old = std::mem::replace(self, fresh);
         old.quit();

@@ -24,6 +24,7 @@ use openssl::x509::{X509Ref, X509StoreContextRef, X509VerifyResult, X509};
 use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Minimum (or maximum) TLS protocol version.
@@ -135,6 +136,11 @@ fn session_index() -> Index<Ssl, SessionSlot> {
 pub struct TlsContext {
     connector: SslConnector,
     config: TlsConfig,
+    /// A control connection used up its TLS 1.3 tickets (see
+    /// `FtpConnection::out_of_tickets`): new control connections then use TLS 1.2
+    /// where the configuration allows it, since data connections can resume a
+    /// TLS 1.2 session any number of times.
+    prefer_tls12: AtomicBool,
 }
 
 /// A TLS stream over TCP.
@@ -241,11 +247,28 @@ impl TlsContext {
         Ok(Arc::new(TlsContext {
             connector: b.build(),
             config,
+            prefer_tls12: AtomicBool::new(false),
         }))
     }
 
     pub fn config(&self) -> &TlsConfig {
         &self.config
+    }
+
+    /// Called when a control connection has used up its TLS 1.3 tickets.
+    pub fn note_tickets_used_up(&self) {
+        if self.tls12_allowed() && !self.prefer_tls12.swap(true, Ordering::Relaxed) {
+            log::info!(
+                "TLS 1.3 session tickets used up (servers such as proftpd accept each once and \
+                 issue none on uploads): new connections use TLS 1.2, whose sessions every data \
+                 connection can resume; min_tls=1.3 keeps TLS 1.3 and reconnects instead"
+            );
+        }
+    }
+
+    fn tls12_allowed(&self) -> bool {
+        self.config.min_version == TlsVersion::Tls12
+            && self.config.max_version != Some(TlsVersion::Tls13)
     }
 
     /// TLS handshake as a client over `tcp`. `slot` receives the sessions (tickets) the
@@ -264,6 +287,10 @@ impl TlsContext {
         }
         if let Some(slot) = slot {
             cfg.set_ex_data(session_index(), slot.clone());
+        }
+        if resume.is_none() && self.prefer_tls12.load(Ordering::Relaxed) {
+            cfg.set_max_proto_version(Some(SslVersion::TLS1_2))
+                .map_err(ossl("TLS version"))?;
         }
         if let Some(sess) = resume {
             // SAFETY: the session was created by a connection of this same SslContext.
