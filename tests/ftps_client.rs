@@ -1243,3 +1243,27 @@ fn check_encrypted_key_without_password_never_prompts() {
     assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
     assert!(stderr.contains("key_password_file"), "{stderr}");
 }
+
+/// With the default min_tls=1.2, a control connection that used up its single-use
+/// TLS 1.3 tickets on uploads (proftpd) is replaced once by a TLS 1.2 one, whose
+/// session every later data connection resumes: many uploads, two logins.
+#[test]
+fn proftpd_upload_run_switches_to_tls12_once() {
+    let srv = start(ServerSpec::proftpd());
+    let mut conn = connect(&srv);
+    let a = payload(10_000, 3);
+    for i in 0..12 {
+        upload(&mut conn, &format!("/u{i}.bin"), &a);
+        assert_eq!(conn.data_session_resumed(), Some(true), "upload {i}");
+        if i % 4 == 3 {
+            assert_eq!(list(&mut conn, "/").len(), i + 1);
+        }
+    }
+    assert_eq!(conn.tls_info().version, "TLSv1.2");
+    quit(conn);
+    assert_eq!(
+        control_connections(&srv),
+        2,
+        "one switch, then no more logins"
+    );
+}

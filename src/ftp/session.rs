@@ -490,6 +490,7 @@ impl FtpConnection {
         log::debug!("no unused TLS session ticket left: opening a new control connection");
         self.tls.note_tickets_used_up();
         let fresh = FtpConnection::connect(self.opts.clone(), self.tls.clone())?;
+        log::debug!("new control connection: {}", fresh.tls_info.version);
         let old = std::mem::replace(self, fresh);
         old.quit();
         Ok(())

@@ -295,6 +295,10 @@ impl TlsContext {
         if let Some(sess) = resume {
             // SAFETY: the session was created by a connection of this same SslContext.
             unsafe { cfg.set_session(sess) }.map_err(ossl("TLS session"))?;
+            // A data connection must use its control connection's TLS version, or the
+            // server negotiates a newer one and cannot resume the session.
+            cfg.set_max_proto_version(Some(sess.protocol_version()))
+                .map_err(ossl("TLS version"))?;
         }
         // Keep the server's certificate even when verification fails (OpenSSL then
         // drops it), so that a refusal can name its fingerprint; pin where asked.
