@@ -43,11 +43,32 @@ struct MountArgs {
     debug: bool,
 }
 
-pub fn init_logging(debug: bool) {
-    let level = if debug { "debug" } else { "info" };
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .try_init();
+/// Logs to stderr in the foreground, to syslog once detached. `RUST_LOG` overrides
+/// the level (debug with `-d`, else `quiet_level`).
+pub fn init_logging(debug: bool, quiet_level: &str, to_syslog: bool) {
+    let level = if debug { "debug" } else { quiet_level };
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
+    b.format_timestamp_millis();
+    if to_syslog {
+        if std::path::Path::new("/dev/log").exists() {
+            let w = crate::syslog::SyslogWriter::open();
+            b.target(env_logger::Target::Pipe(Box::new(w)));
+        } else if let Some(file) = fallback_log_file() {
+            // No syslog daemon (containers): a log file beside the default spool.
+            b.target(env_logger::Target::Pipe(Box::new(file)));
+        }
+    }
+    let _ = b.try_init();
+}
+
+fn fallback_log_file() -> Option<std::fs::File> {
+    let dir = crate::mount::default_spool_dir().parent()?.to_path_buf();
+    std::fs::create_dir_all(&dir).ok()?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("ftpsfs.log"))
+        .ok()
 }
 
 /// `ftpsfs URL MOUNTPOINT [-o opts]`.
@@ -61,7 +82,8 @@ pub fn run_mount(args: Vec<String>) -> ExitCode {
     };
     let opts = OptionList::parse(&a.options);
     let debug = a.debug || opts.has("debug");
-    init_logging(debug);
+    let foreground = a.foreground || debug;
+    init_logging(debug, "info", !foreground);
     if let Err(e) = reject_unknown(&opts, MOUNT_OPTIONS) {
         eprintln!("ftpsfs: {e}");
         return ExitCode::from(2);
@@ -74,9 +96,10 @@ pub fn run_mount(args: Vec<String>) -> ExitCode {
         }
     };
     if plan.site.tls.insecure {
+        eprintln!("ftpsfs: WARNING: insecure: the server's certificate is NOT verified");
         log::warn!("insecure: the server's certificate is NOT verified; anyone on the path can read and change your data");
     }
-    match crate::mount::run(plan, a.foreground || debug) {
+    match crate::mount::run(plan, foreground) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ftpsfs: {e}");

@@ -11,3 +11,4 @@ pub mod fs;
 pub mod ftp;
 pub mod mount;
 pub mod remote;
+pub mod syslog;

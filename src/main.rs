@@ -18,13 +18,6 @@ struct CheckArgs {
     debug: bool,
 }
 
-fn init_logging(debug: bool) {
-    let level = if debug { "debug" } else { "warn" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .init();
-}
-
 fn run_check(args: Vec<String>) -> ExitCode {
     let a = match CheckArgs::try_parse_from(args) {
         Ok(a) => a,
@@ -33,7 +26,7 @@ fn run_check(args: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(a.debug);
+    ftpsfs::cli::init_logging(a.debug, "warn", false);
     let opts = OptionList::parse(&a.options);
     if let Err(e) = ftpsfs::cli::reject_unknown(&opts, &[]) {
         eprintln!("ftpsfs: {e}");

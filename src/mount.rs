@@ -61,7 +61,8 @@ pub struct MountPlan {
     pub fsname: String,
 }
 
-fn default_spool_dir() -> PathBuf {
+/// `$XDG_CACHE_HOME/ftpsfs/spool`, else `~/.cache/ftpsfs/spool`.
+pub fn default_spool_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
