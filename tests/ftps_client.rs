@@ -1267,3 +1267,44 @@ fn proftpd_upload_run_switches_to_tls12_once() {
         "one switch, then no more logins"
     );
 }
+
+/// Stopping a download early (a seek in the mount) uses ABOR and keeps the control
+/// connection: closing the data connection alone makes proftpd end the session.
+fn abort_keeps_the_session(spec: ServerSpec) {
+    use std::io::Read;
+    let srv = start(spec);
+    let mut conn = connect_with(&srv, tls12(), Protection::Private, false);
+    let big = payload(8 << 20, 9);
+    upload(&mut conn, "/big.bin", &big);
+    for round in 0..3 {
+        let mut dl = conn.retr("/big.bin", 1000 * round).expect("retr");
+        let mut head = vec![0u8; 65536];
+        dl.read_exact(&mut head).expect("read head");
+        assert_eq!(
+            head,
+            big[1000 * round as usize..1000 * round as usize + 65536]
+        );
+        dl.abort().expect("abort");
+        assert_eq!(
+            list(&mut conn, "/").len(),
+            1,
+            "session usable after abort {round}"
+        );
+    }
+    quit(conn);
+    assert_eq!(
+        control_connections(&srv),
+        1,
+        "one control connection throughout"
+    );
+}
+
+#[test]
+fn abort_keeps_the_session_proftpd() {
+    abort_keeps_the_session(ServerSpec::proftpd());
+}
+
+#[test]
+fn abort_keeps_the_session_vsftpd() {
+    abort_keeps_the_session(ServerSpec::vsftpd());
+}

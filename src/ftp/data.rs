@@ -97,15 +97,24 @@ impl<'a> Download<'a> {
         self.abort_inner()
     }
 
+    /// Stops a download early with ABOR (RFC 959), keeping the control connection:
+    /// ABOR and a NOOP go out together, the data connection is drained until the
+    /// server closes it (a server blocked writing to a full socket would not see
+    /// ABOR otherwise), then replies are read up to the NOOP's, whatever the
+    /// server answered for the transfer (426 and 226, or 226 and 225). Closing the
+    /// data connection alone makes proftpd end the whole session.
     fn abort_inner(&mut self) -> Result<()> {
-        if let Some(d) = self.data.take() {
-            d.close(false);
-            if self.eof {
-                return self.conn.finish_transfer(&self.what);
-            }
-            return self.conn.abort_transfer();
+        let Some(mut d) = self.data.take() else {
+            return Ok(());
+        };
+        if self.eof {
+            d.close(true);
+            return self.conn.finish_transfer(&self.what);
         }
-        Ok(())
+        self.conn.send_abort()?;
+        drain(&mut d);
+        d.close(false);
+        self.conn.read_until_noop()
     }
 
     /// Turns a data-channel read error into the most useful error: the server's
@@ -175,6 +184,29 @@ impl Drop for Download<'_> {
     fn drop(&mut self) {
         if self.data.is_some() && self.abort_inner().is_err() {
             self.conn.mark_broken();
+        }
+    }
+}
+
+/// Reads and discards what is left on a data connection, for a bounded time.
+fn drain(d: &mut DataStream) {
+    const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + DRAIN_LIMIT;
+    let mut buf = vec![0u8; 64 * 1024];
+    let tcp_of = |d: &DataStream| match d {
+        DataStream::Tls(s) => s.get_ref().try_clone(),
+        DataStream::Plain(s) => s.try_clone(),
+    };
+    if let Ok(t) = tcp_of(d) {
+        let _ = t.set_read_timeout(Some(DRAIN_LIMIT));
+    }
+    while std::time::Instant::now() < deadline {
+        let n = match d {
+            DataStream::Tls(s) => s.ssl_read(&mut buf).unwrap_or(0),
+            DataStream::Plain(s) => s.read(&mut buf).unwrap_or(0),
+        };
+        if n == 0 {
+            break;
         }
     }
 }

@@ -580,8 +580,8 @@ impl FtpConnection {
         if self.out_of_tickets() {
             self.renew()?;
         }
-        let pipelined = if self.use_epsv && offset == 0 {
-            self.start_pipelined(cmd)?
+        let pipelined = if self.use_epsv {
+            self.start_pipelined(cmd, offset)?
         } else {
             None
         };
@@ -608,12 +608,19 @@ impl FtpConnection {
 
     /// EPSV and the transfer command in one write: saves a round trip per transfer.
     /// `None` when the server refused EPSV (then PASV is used from now on).
-    fn start_pipelined(&mut self, cmd: &str) -> Result<Option<TcpStream>> {
-        self.send_batch(&["EPSV".to_string(), cmd.to_string()])?;
+    fn start_pipelined(&mut self, cmd: &str, offset: u64) -> Result<Option<TcpStream>> {
+        let mut batch = vec!["EPSV".to_string()];
+        if offset > 0 {
+            batch.push(format!("REST {offset}"));
+        }
+        batch.push(cmd.to_string());
+        self.send_batch(&batch)?;
         let epsv = self.read_reply()?;
         if epsv.code != 229 {
-            // The command fails for want of a data connection: consume its reply.
-            let _ = self.read_reply()?;
+            // The command fails for want of a data connection: consume its replies.
+            for _ in 1..batch.len() {
+                let _ = self.read_reply()?;
+            }
             if matches!(epsv.code, 500 | 501 | 502 | 504) {
                 self.use_epsv = false;
                 return Ok(None);
@@ -640,6 +647,19 @@ impl FtpConnection {
                 return Err(e);
             }
         };
+        if offset > 0 {
+            let rest = self.read_reply()?;
+            if rest.code != 350 {
+                // The command would now send the file from its start: give this
+                // connection up rather than read the wrong bytes.
+                self.broken = true;
+                return Err(FtpError::Reply {
+                    command: "REST".into(),
+                    code: rest.code,
+                    text: rest.text(),
+                });
+            }
+        }
         let r = self.read_reply()?;
         if !r.is_preliminary() {
             return Err(FtpError::Reply {
@@ -719,6 +739,26 @@ impl FtpConnection {
         let r = self.read_reply()?;
         log::debug!("transfer aborted: {} {}", r.code, r.text());
         Ok(())
+    }
+
+    /// ABOR followed by a NOOP that marks the end of the replies to come.
+    pub(crate) fn send_abort(&mut self) -> Result<()> {
+        self.send_batch(&["ABOR".to_string(), "NOOP".to_string()])
+    }
+
+    /// Reads the replies to an aborted transfer and its ABOR, up to the NOOP's 200.
+    pub(crate) fn read_until_noop(&mut self) -> Result<()> {
+        for _ in 0..4 {
+            let r = self.read_reply()?;
+            log::debug!("abort: {} {}", r.code, r.text());
+            if r.code == 200 {
+                return Ok(());
+            }
+        }
+        self.broken = true;
+        Err(FtpError::Protocol(
+            "no end to the replies after ABOR".into(),
+        ))
     }
 
     /// Downloads `path` from byte `offset` (REST; needs REST STREAM).
