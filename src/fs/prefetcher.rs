@@ -8,8 +8,9 @@
 //! slightly out of order from several FUSE threads, so a read a little behind the
 //! stream (up to `KEEP_BEHIND`) or a little ahead (up to `SKIP_AHEAD`, discarded
 //! from the stream) does not restart the transfer. Any other seek drops the stream
-//! (closing the data connection aborts the RETR) and starts a new one at the new
-//! offset: a random read costs one round trip plus its bytes, never the whole file.
+//! (its RETR is stopped with ABOR, which keeps the control connection) and starts a
+//! new one at the new offset (EPSV, REST and RETR sent together): a random read
+//! costs about one round trip plus its bytes, never the whole file.
 
 use super::store::RemoteStore;
 use crate::error::{FtpError, Result};
