@@ -48,7 +48,7 @@ pub const MOUNT_OPTIONS: &[&str] = &[
 ];
 
 /// Control connections per mount unless `max_conns=` says otherwise.
-pub const DEFAULT_MAX_CONNS: usize = 4;
+pub const DEFAULT_MAX_CONNS: usize = 8;
 
 /// Everything the mount needs, parsed before anything connects.
 pub struct MountPlan {

@@ -20,6 +20,8 @@ struct PoolState {
     idle: Vec<FtpConnection>,
     total: usize,
     waiters: usize,
+    /// Lowered when the server refuses more connections from us.
+    limit: usize,
 }
 
 pub struct Pool {
@@ -69,6 +71,7 @@ impl Pool {
                 idle: Vec::new(),
                 total: 0,
                 waiters: 0,
+                limit: max.max(1),
             }),
             freed: Condvar::new(),
         }
@@ -96,22 +99,34 @@ impl Pool {
                     reused: true,
                 });
             }
-            if st.total < self.max {
+            if st.total < st.limit {
                 st.total += 1;
                 drop(st);
-                return match FtpConnection::connect(self.opts.clone(), self.tls.clone()) {
-                    Ok(c) => Ok(PooledConn {
-                        pool: self,
-                        conn: Some(c),
-                        reused: false,
-                    }),
+                match FtpConnection::connect(self.opts.clone(), self.tls.clone()) {
+                    Ok(c) => {
+                        return Ok(PooledConn {
+                            pool: self,
+                            conn: Some(c),
+                            reused: false,
+                        })
+                    }
                     Err(e) => {
-                        let mut st = self.lock();
+                        st = self.lock();
                         st.total -= 1;
                         self.freed.notify_one();
-                        Err(e)
+                        if st.total == 0 || !too_many_connections(&e) {
+                            return Err(e);
+                        }
+                        // The server caps connections per user or address: live with
+                        // the ones we have.
+                        st.limit = st.total;
+                        log::warn!(
+                            "the server refused another connection ({e}); using at most {}",
+                            st.limit
+                        );
+                        continue;
                     }
-                };
+                }
             }
             st.waiters += 1;
             st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -188,5 +203,45 @@ impl Pool {
 
     pub fn max(&self) -> usize {
         self.max
+    }
+}
+
+/// "421 Too many connections", "530 Sorry, the maximum number of clients...".
+fn too_many_connections(e: &crate::error::FtpError) -> bool {
+    let t = e.to_string().to_ascii_lowercase();
+    e.reply_code() == Some(421)
+        || t.contains("too many")
+        || t.contains("maximum number")
+        || t.contains("max clients")
+        || t.contains("connection limit")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::FtpError;
+
+    #[test]
+    fn refusals_for_too_many_connections_are_recognised() {
+        let reply = |code, text: &str| FtpError::Reply {
+            command: "connect".into(),
+            code,
+            text: text.into(),
+        };
+        assert!(too_many_connections(&reply(
+            421,
+            "Too many users, try later"
+        )));
+        assert!(too_many_connections(&reply(
+            530,
+            "Sorry, the maximum number of clients (3) from your host are already connected."
+        )));
+        assert!(too_many_connections(&FtpError::Closed(
+            "server closed: 421 Too many connections (5) from this IP".into()
+        )));
+        assert!(!too_many_connections(&reply(530, "Login incorrect.")));
+        assert!(!too_many_connections(&FtpError::Tls(
+            "certificate has expired".into()
+        )));
     }
 }
