@@ -53,6 +53,14 @@ fn run_check(args: Vec<String>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Transfer buffers (up to 1 MiB) come and go on many threads: a fixed mmap
+    // threshold returns them to the system at once instead of letting glibc's
+    // per-thread arenas keep them, which bounds the resident size.
+    // SAFETY: mallopt before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("check") {
         let mut rest = vec!["ftpsfs check".to_string()];

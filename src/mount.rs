@@ -163,7 +163,7 @@ impl MountPlan {
         if self.allow_other {
             c.acl = fuser::SessionACL::All;
         }
-        c.n_threads = Some(self.max_conns * 2 + 2);
+        c.n_threads = Some(self.max_conns + 2);
         c
     }
 }

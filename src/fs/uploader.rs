@@ -232,7 +232,7 @@ impl Read for FeedReader {
 }
 
 /// Chunks a streaming upload may have in flight (memory bound: `STREAM_DEPTH` writes).
-const STREAM_DEPTH: usize = 16;
+const STREAM_DEPTH: usize = 8;
 
 /// An upload that runs while a program writes a file sequentially from offset 0,
 /// so that close() only waits for the tail instead of the whole file. The spool
