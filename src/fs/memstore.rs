@@ -26,7 +26,8 @@ enum Node {
 #[derive(Default)]
 pub struct MemStore {
     nodes: Mutex<BTreeMap<String, Node>>,
-    /// While set, uploads whose path contains this text fail with 553.
+    /// While set (when an upload ends), uploads whose path contains this text fail
+    /// with 553.
     pub fail_uploads_matching: Mutex<Option<String>>,
     pub lists: AtomicUsize,
     pub reads: AtomicUsize,
@@ -170,6 +171,11 @@ impl RemoteStore for MemStore {
 
     fn write_file(&self, path: &str, data: &mut dyn Read) -> Result<u64> {
         self.uploads.fetch_add(1, Ordering::Relaxed);
+        let mut buf = Vec::new();
+        data.read_to_end(&mut buf)
+            .map_err(|e| FtpError::io("reading spool", e))?;
+        // Refused at the end of the transfer, as a server does for quota or
+        // permission, whenever the upload started.
         if let Some(pat) = self
             .fail_uploads_matching
             .lock()
@@ -180,9 +186,6 @@ impl RemoteStore for MemStore {
                 return Err(refused("STOR", 553, "Permission denied"));
             }
         }
-        let mut buf = Vec::new();
-        data.read_to_end(&mut buf)
-            .map_err(|e| FtpError::io("reading spool", e))?;
         let mut nodes = self.lock();
         if !Self::parent_is_dir(&nodes, path) || matches!(nodes.get(path), Some(Node::Dir { .. })) {
             return Err(refused("STOR", 553, "Could not create file"));

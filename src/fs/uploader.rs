@@ -216,10 +216,7 @@ impl Read for FeedReader {
                     self.at = 0;
                 }
                 Ok(Feed::Abort) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::Interrupted,
-                        "upload abandoned",
-                    ));
+                    return Err(std::io::Error::other("upload abandoned"));
                 }
                 Err(_) => return Ok(0),
             }
