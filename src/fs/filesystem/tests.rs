@@ -1382,3 +1382,20 @@ fn a_failed_stream_is_retried_from_the_spool_and_reported() {
     fs.release(fh).unwrap();
     assert_eq!(store.get("/u").unwrap(), b"data");
 }
+
+#[test]
+fn inplace_uploads_straight_to_the_name() {
+    let (store, fs, _d) = setup_with(|c| c.inplace = true);
+    store.put("/f", b"old content");
+    let (ino, fh) = open_name(&fs, "f", O_WRONLY | libc::O_TRUNC);
+    fs.write(fh, 0, b"new").unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.get("/f").unwrap(), b"new");
+    assert_eq!(store.paths(), vec!["/", "/f"]);
+    assert_eq!(fs.getattr(ino).unwrap().size, 3);
+    // No rename happened: a refused upload leaves the name as the server left it.
+    *store.fail_uploads_matching.lock().unwrap() = Some("/f".into());
+    let (_, fh) = open_name(&fs, "f", O_WRONLY | libc::O_TRUNC);
+    fs.write(fh, 0, b"x").unwrap();
+    assert_eq!(err(fs.release(fh)), libc::EACCES);
+}
