@@ -71,6 +71,13 @@ fn fallback_log_file() -> Option<std::fs::File> {
         .ok()
 }
 
+/// The password has been read: keep it out of the environment that the mount's
+/// processes (and /proc/PID/environ) would otherwise carry for their whole life.
+pub fn forget_password_env() {
+    // Single-threaded here: before the mount starts any thread.
+    std::env::remove_var("FTPSFS_PASSWORD");
+}
+
 /// `ftpsfs URL MOUNTPOINT [-o opts]`.
 pub fn run_mount(args: Vec<String>) -> ExitCode {
     let a = match MountArgs::try_parse_from(args) {
@@ -95,6 +102,7 @@ pub fn run_mount(args: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    forget_password_env();
     if plan.site.tls.insecure {
         eprintln!("ftpsfs: WARNING: insecure: the server's certificate is NOT verified");
         log::warn!("insecure: the server's certificate is NOT verified; anyone on the path can read and change your data");
