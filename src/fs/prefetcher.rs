@@ -15,7 +15,7 @@
 use super::store::RemoteStore;
 use crate::error::{FtpError, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ enum Msg {
 
 struct Stream {
     rx: Receiver<Msg>,
+    /// Emptied chunks go back to the thread: no allocation per chunk.
+    recycle: Sender<Vec<u8>>,
     cancel: Arc<AtomicBool>,
     /// Set by the thread when it gave its connection back to a waiting operation.
     yielded: Arc<AtomicBool>,
@@ -84,6 +86,7 @@ impl Prefetcher {
 
     fn start(&mut self, offset: u64) {
         let (tx, rx) = sync_channel::<Msg>(READAHEAD / CHUNK);
+        let (recycle, recycled) = channel::<Vec<u8>>();
         let cancel = Arc::new(AtomicBool::new(false));
         let yielded = Arc::new(AtomicBool::new(false));
         let store = self.store.clone();
@@ -122,7 +125,14 @@ impl Prefetcher {
                 let result = store.read_from(&path, offset, &mut |chunk: &[u8]| {
                     pending.extend_from_slice(chunk);
                     if pending.len() >= CHUNK {
-                        let full = std::mem::replace(&mut pending, Vec::with_capacity(CHUNK));
+                        let next = match recycled.try_recv() {
+                            Ok(mut b) => {
+                                b.clear();
+                                b
+                            }
+                            Err(_) => Vec::with_capacity(CHUNK),
+                        };
+                        let full = std::mem::replace(&mut pending, next);
                         return send(Msg::Data(full));
                     }
                     true
@@ -136,6 +146,7 @@ impl Prefetcher {
             });
         let stream = Stream {
             rx,
+            recycle,
             cancel,
             yielded,
             buf: Vec::new(),
@@ -177,7 +188,10 @@ impl Prefetcher {
                 break;
             }
             match s.rx.recv() {
-                Ok(Msg::Data(d)) => s.buf.extend_from_slice(&d),
+                Ok(Msg::Data(d)) => {
+                    s.buf.extend_from_slice(&d);
+                    let _ = s.recycle.send(d);
+                }
                 Ok(Msg::End(Ok(()))) => s.eof = true,
                 Ok(Msg::End(Err(e))) => s.error = Some(e),
                 Err(_) if s.yielded.load(Ordering::Relaxed) => {

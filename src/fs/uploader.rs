@@ -22,7 +22,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use tempfile::NamedTempFile;
 
@@ -205,6 +205,8 @@ struct FeedReader {
     rx: Receiver<Feed>,
     current: Vec<u8>,
     at: usize,
+    /// Consumed buffers go back to the writer: no allocation per write.
+    recycle: Sender<Vec<u8>>,
 }
 
 impl Read for FeedReader {
@@ -212,7 +214,8 @@ impl Read for FeedReader {
         while self.at == self.current.len() {
             match self.rx.recv() {
                 Ok(Feed::Data(d)) => {
-                    self.current = d;
+                    let done = std::mem::replace(&mut self.current, d);
+                    let _ = self.recycle.send(done);
                     self.at = 0;
                 }
                 Ok(Feed::Abort) => {
@@ -237,6 +240,7 @@ const STREAM_DEPTH: usize = 8;
 /// abandoned and the spool is uploaded as usual.
 pub struct StreamUpload {
     tx: SyncSender<Feed>,
+    recycled: Receiver<Vec<u8>>,
     pos: u64,
     tmp: String,
     worker: std::thread::JoinHandle<Result<u64>>,
@@ -246,6 +250,7 @@ impl StreamUpload {
     /// Starts uploading to a temporary name beside `path`.
     pub fn start(store: Arc<dyn RemoteStore>, path: &str) -> Option<Self> {
         let (tx, rx) = sync_channel(STREAM_DEPTH);
+        let (recycle, recycled) = channel();
         let tmp = temp_name(path);
         let name = tmp.clone();
         let worker = std::thread::Builder::new()
@@ -255,12 +260,14 @@ impl StreamUpload {
                     rx,
                     current: Vec::new(),
                     at: 0,
+                    recycle,
                 };
                 store.write_file(&name, &mut feed)
             })
             .ok()?;
         Some(StreamUpload {
             tx,
+            recycled,
             pos: 0,
             tmp,
             worker,
@@ -274,7 +281,10 @@ impl StreamUpload {
 
     /// Sends the next bytes; false when the stream is broken (abandon it).
     pub fn push(&mut self, data: &[u8]) -> bool {
-        if self.tx.send(Feed::Data(data.to_vec())).is_err() {
+        let mut buf = self.recycled.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        if self.tx.send(Feed::Data(buf)).is_err() {
             return false;
         }
         self.pos += data.len() as u64;
