@@ -73,7 +73,7 @@ impl<'a> Download<'a> {
 
     /// Whether the data connection's TLS session resumed the control session.
     pub fn resumed(&self) -> Option<bool> {
-        self.conn.last_data_resumed()
+        self.conn.data_session_resumed()
     }
 
     /// After the last byte: closes the data connection and reads the final reply.
@@ -235,7 +235,7 @@ impl<'a> Upload<'a> {
     }
 
     pub fn resumed(&self) -> Option<bool> {
-        self.conn.last_data_resumed()
+        self.conn.data_session_resumed()
     }
 
     /// Closes the data connection cleanly and waits for the server's verdict.

@@ -523,10 +523,6 @@ impl FtpConnection {
         self.ccc_done
     }
 
-    pub(crate) fn last_data_resumed(&self) -> Option<bool> {
-        self.last_data_resumed
-    }
-
     /// Whether the most recent data connection resumed the control TLS session.
     pub fn data_session_resumed(&self) -> Option<bool> {
         self.last_data_resumed
@@ -568,6 +564,11 @@ impl FtpConnection {
                 port
             }
         };
+        self.connect_data(port)
+    }
+
+    /// TCP connection to a passive data port, always at the control peer's address.
+    fn connect_data(&self, port: u16) -> Result<TcpStream> {
         let addr = SocketAddr::new(self.peer, port);
         let s = TcpStream::connect_timeout(&addr, self.opts.timeout)
             .map_err(|e| FtpError::io(format!("opening data connection to {addr}"), e))?;
@@ -633,13 +634,7 @@ impl FtpConnection {
         }
         // From here the command's reply is pending: any failure desynchronises the
         // control connection, which is then dropped.
-        let connected = parse_epsv(&epsv.text()).and_then(|port| {
-            let addr = SocketAddr::new(self.peer, port);
-            let s = TcpStream::connect_timeout(&addr, self.opts.timeout)
-                .map_err(|e| FtpError::io(format!("opening data connection to {addr}"), e))?;
-            prepare_socket(&s, self.opts.timeout)?;
-            Ok(s)
-        });
+        let connected = parse_epsv(&epsv.text()).and_then(|port| self.connect_data(port));
         let tcp = match connected {
             Ok(t) => t,
             Err(e) => {
