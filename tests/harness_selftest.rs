@@ -171,9 +171,10 @@ fn proftpd_implicit_curl_round_trip() {
     round_trip(&srv, &CurlOpts::default());
 }
 
-#[test]
-fn proftpd_client_cert_required() {
-    let srv = started(ServerSpec::proftpd().client_cert_required(true));
+/// With a client certificate required, curl gets through with one and not without.
+fn client_cert_required(spec: ServerSpec) {
+    let kind = spec.kind.name();
+    let srv = started(spec.client_cert_required(true));
     round_trip(
         &srv,
         &CurlOpts {
@@ -184,8 +185,13 @@ fn proftpd_client_cert_required() {
     let out = curl(&srv, &CurlOpts::default(), &[&base_url(&srv)]);
     assert!(
         !out.status.success(),
-        "proftpd accepted a client without certificate"
+        "{kind} accepted a client without certificate"
     );
+}
+
+#[test]
+fn proftpd_client_cert_required() {
+    client_cert_required(ServerSpec::proftpd());
 }
 
 #[test]
@@ -202,19 +208,7 @@ fn vsftpd_implicit_curl_round_trip() {
 
 #[test]
 fn vsftpd_client_cert_required() {
-    let srv = started(ServerSpec::vsftpd().client_cert_required(true));
-    round_trip(
-        &srv,
-        &CurlOpts {
-            client_cert: true,
-            ..Default::default()
-        },
-    );
-    let out = curl(&srv, &CurlOpts::default(), &[&base_url(&srv)]);
-    assert!(
-        !out.status.success(),
-        "vsftpd accepted a client without certificate"
-    );
+    client_cert_required(ServerSpec::vsftpd());
 }
 
 #[test]
@@ -225,19 +219,7 @@ fn pyftpdlib_explicit_curl_round_trip() {
 
 #[test]
 fn pyftpdlib_client_cert_required() {
-    let srv = started(ServerSpec::pyftpdlib().client_cert_required(true));
-    round_trip(
-        &srv,
-        &CurlOpts {
-            client_cert: true,
-            ..Default::default()
-        },
-    );
-    let out = curl(&srv, &CurlOpts::default(), &[&base_url(&srv)]);
-    assert!(
-        !out.status.success(),
-        "pyftpdlib accepted a client without certificate"
-    );
+    client_cert_required(ServerSpec::pyftpdlib());
 }
 
 #[test]
