@@ -19,10 +19,6 @@ impl FtpStore {
     pub fn new(pool: Arc<Pool>) -> Self {
         FtpStore { pool }
     }
-
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
-    }
 }
 
 impl RemoteStore for FtpStore {

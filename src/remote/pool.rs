@@ -27,7 +27,6 @@ struct PoolState {
 pub struct Pool {
     opts: Arc<ConnectOptions>,
     tls: Arc<TlsContext>,
-    max: usize,
     state: Mutex<PoolState>,
     freed: Condvar,
 }
@@ -66,7 +65,6 @@ impl Pool {
         Pool {
             opts,
             tls,
-            max: max.max(1),
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 total: 0,
@@ -199,10 +197,6 @@ impl Pool {
             c.quit();
         }
         self.lock().total -= n;
-    }
-
-    pub fn max(&self) -> usize {
-        self.max
     }
 }
 
