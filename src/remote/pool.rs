@@ -3,7 +3,8 @@
 //! Idle connections are kept alive with NOOP and closed after a while; a connection
 //! that broke is dropped and replaced on the next operation. A stale idle connection
 //! (closed by the server's idle timeout) is detected by the first command and the
-//! operation is retried once on a fresh connection.
+//! operation is retried once on a fresh connection. When the server refuses another
+//! connection ("too many connections"), the pool keeps to the ones it has.
 
 use crate::error::Result;
 use crate::ftp::{ConnectOptions, FtpConnection, TlsContext};
