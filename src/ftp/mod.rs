@@ -4,6 +4,7 @@ pub mod data;
 pub mod entry;
 pub mod features;
 pub mod listing;
+pub mod netio;
 pub mod reply;
 pub mod session;
 pub mod tls;

@@ -2,7 +2,9 @@
 //! AUTH TLS, implicit TLS, PROT P/C, CCC), commands, and the data connections they
 //! open. Knows nothing of FUSE.
 
-use super::data::{DataStream, Download, Upload};
+mod passive;
+
+use super::data::{Download, Upload};
 use super::entry::RemoteEntry;
 use super::features::Features;
 use super::listing::{list, mlsd, timeconv};
@@ -12,6 +14,7 @@ use super::tls::{
     TlsContext, TlsStream,
 };
 use crate::error::{FtpError, Result};
+use passive::PreparedData;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
@@ -124,6 +127,8 @@ pub struct FtpConnection {
     ccc_done: bool,
     broken: bool,
     last_used: Instant,
+    /// The next transfer's data connection, opened ahead (see `passive`).
+    prepared: Option<PreparedData>,
 }
 
 /// Rejects paths that would smuggle a second command (CR/LF) or a NUL.
@@ -270,6 +275,7 @@ impl FtpConnection {
             ccc_done: false,
             broken: false,
             last_used: Instant::now(),
+            prepared: None,
         };
         if opts.implicit {
             let version = conn.tls_info.version.clone();
@@ -526,192 +532,6 @@ impl FtpConnection {
     /// Whether the most recent data connection resumed the control TLS session.
     pub fn data_session_resumed(&self) -> Option<bool> {
         self.last_data_resumed
-    }
-
-    // ---- data connections ------------------------------------------------------
-
-    /// Opens the TCP side of a passive data connection: EPSV, else PASV, always to
-    /// the control connection's peer address.
-    fn open_data_socket(&mut self) -> Result<TcpStream> {
-        let port = if self.use_epsv {
-            let r = self.command("EPSV")?;
-            if r.code == 229 {
-                Some(parse_epsv(&r.text())?)
-            } else if matches!(r.code, 500 | 501 | 502 | 504) {
-                self.use_epsv = false;
-                None
-            } else {
-                return Err(FtpError::Reply {
-                    command: "EPSV".into(),
-                    code: r.code,
-                    text: r.text(),
-                });
-            }
-        } else {
-            None
-        };
-        let port = match port {
-            Some(p) => p,
-            None => {
-                let r = self.expect("PASV", |c| c == 227)?;
-                let (ip, port) = parse_pasv(&r.text())?;
-                if ip != self.peer {
-                    log::debug!(
-                        "PASV address {ip} differs from the control peer {}: using the peer",
-                        self.peer
-                    );
-                }
-                port
-            }
-        };
-        self.connect_data(port)
-    }
-
-    /// TCP connection to a passive data port, always at the control peer's address.
-    fn connect_data(&self, port: u16) -> Result<TcpStream> {
-        let addr = SocketAddr::new(self.peer, port);
-        let s = TcpStream::connect_timeout(&addr, self.opts.timeout)
-            .map_err(|e| FtpError::io(format!("opening data connection to {addr}"), e))?;
-        prepare_socket(&s, self.opts.timeout)?;
-        Ok(s)
-    }
-
-    /// Opens a data connection and starts `cmd` on it (after `REST offset` if > 0).
-    fn start_transfer(&mut self, cmd: &str, offset: u64) -> Result<DataStream> {
-        if self.out_of_tickets() {
-            self.renew()?;
-        }
-        let pipelined = if self.use_epsv {
-            self.start_pipelined(cmd, offset)?
-        } else {
-            None
-        };
-        let tcp = match pipelined {
-            Some(tcp) => tcp,
-            None => {
-                let tcp = self.open_data_socket()?;
-                if offset > 0 {
-                    self.expect(&format!("REST {offset}"), |c| c == 350)?;
-                }
-                let r = self.command(cmd)?;
-                if !r.is_preliminary() {
-                    return Err(FtpError::Reply {
-                        command: first_word(cmd).to_string(),
-                        code: r.code,
-                        text: r.text(),
-                    });
-                }
-                tcp
-            }
-        };
-        self.secure_data(tcp, cmd)
-    }
-
-    /// EPSV and the transfer command in one write: saves a round trip per transfer.
-    /// `None` when the server refused EPSV (then PASV is used from now on).
-    fn start_pipelined(&mut self, cmd: &str, offset: u64) -> Result<Option<TcpStream>> {
-        let mut batch = vec!["EPSV".to_string()];
-        if offset > 0 {
-            batch.push(format!("REST {offset}"));
-        }
-        batch.push(cmd.to_string());
-        self.send_batch(&batch)?;
-        let epsv = self.read_reply()?;
-        if epsv.code != 229 {
-            // The command fails for want of a data connection: consume its replies.
-            for _ in 1..batch.len() {
-                let _ = self.read_reply()?;
-            }
-            if matches!(epsv.code, 500 | 501 | 502 | 504) {
-                self.use_epsv = false;
-                return Ok(None);
-            }
-            return Err(FtpError::Reply {
-                command: "EPSV".into(),
-                code: epsv.code,
-                text: epsv.text(),
-            });
-        }
-        // From here the command's reply is pending: any failure desynchronises the
-        // control connection, which is then dropped.
-        let connected = parse_epsv(&epsv.text()).and_then(|port| self.connect_data(port));
-        let tcp = match connected {
-            Ok(t) => t,
-            Err(e) => {
-                self.broken = true;
-                return Err(e);
-            }
-        };
-        if offset > 0 {
-            let rest = self.read_reply()?;
-            if rest.code != 350 {
-                // The command would now send the file from its start: give this
-                // connection up rather than read the wrong bytes.
-                self.broken = true;
-                return Err(FtpError::Reply {
-                    command: "REST".into(),
-                    code: rest.code,
-                    text: rest.text(),
-                });
-            }
-        }
-        let r = self.read_reply()?;
-        if !r.is_preliminary() {
-            return Err(FtpError::Reply {
-                command: first_word(cmd).to_string(),
-                code: r.code,
-                text: r.text(),
-            });
-        }
-        Ok(Some(tcp))
-    }
-
-    /// Wraps a data connection in TLS (PROT P), resuming the control session.
-    fn secure_data(&mut self, tcp: TcpStream, cmd: &str) -> Result<DataStream> {
-        match self.opts.protection {
-            Protection::Clear => {
-                self.last_data_resumed = None;
-                Ok(DataStream::Plain(tcp))
-            }
-            Protection::Private => {
-                let sess = self.session.lock().ok().and_then(|mut s| s.take());
-                // The data connection's own new tickets go to this control connection's
-                // slot: TLS 1.3 tickets are single-use on proftpd.
-                let s =
-                    match self
-                        .tls
-                        .connect(&self.opts.host, tcp, Some(&self.session), sess.as_ref())
-                    {
-                        Ok(s) => s,
-                        Err(e) => {
-                            // The server's reply (e.g. 425/522 reuse required) says more.
-                            return Err(match self.read_reply() {
-                                Ok(r) if !r.is_positive() => FtpError::Reply {
-                                    command: first_word(cmd).to_string(),
-                                    code: r.code,
-                                    text: format!("{} (data connection TLS: {e})", r.text()),
-                                },
-                                _ => {
-                                    self.broken = true;
-                                    e
-                                }
-                            });
-                        }
-                    };
-                self.last_data_resumed = Some(s.ssl().session_reused());
-                log::debug!(
-                    "data connection {}: {}, session {}",
-                    first_word(cmd),
-                    s.ssl().version_str(),
-                    if s.ssl().session_reused() {
-                        "resumed"
-                    } else {
-                        "NOT resumed"
-                    }
-                );
-                Ok(DataStream::Tls(Box::new(s)))
-            }
-        }
     }
 
     /// Reads the final reply of a transfer whose data connection is closed.

@@ -17,7 +17,7 @@ use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
 use openssl::ssl::{
-    HandshakeError, Ssl, SslConnector, SslMethod, SslSession, SslSessionCacheMode, SslStream,
+    HandshakeError, MidHandshakeSslStream, Ssl, SslConnector, SslMethod, SslSession, SslSessionCacheMode, SslStream,
     SslVerifyMode, SslVersion,
 };
 use openssl::x509::{X509Ref, X509StoreContextRef, X509VerifyResult, X509};
@@ -281,6 +281,25 @@ impl TlsContext {
         slot: Option<&SessionSlot>,
         resume: Option<&SslSession>,
     ) -> Result<TlsStream> {
+        match self.begin_connect(host, tcp, slot, resume)? {
+            Handshake::Done(s) => Ok(s),
+            // Only a socket timeout makes a blocking handshake "would block".
+            Handshake::Pending(_) => Err(FtpError::Timeout("TLS handshake timed out".into())),
+        }
+    }
+
+    /// Starts a TLS handshake. On a blocking socket it runs to its end; on a
+    /// non-blocking one it returns [`Handshake::Pending`] once the ClientHello is
+    /// sent, to be driven on with [`TlsContext::continue_handshake`] when the socket
+    /// is readable (a data connection's handshake waits on the server's reply to
+    /// the transfer command, watched meanwhile on the control connection).
+    pub fn begin_connect(
+        &self,
+        host: &str,
+        tcp: TcpStream,
+        slot: Option<&SessionSlot>,
+        resume: Option<&SslSession>,
+    ) -> Result<Handshake> {
         let mut cfg = self.connector.configure().map_err(ossl("TLS setup"))?;
         if self.config.insecure || self.config.fingerprint.is_some() {
             cfg.set_verify_hostname(false);
@@ -319,8 +338,24 @@ impl TlsContext {
                 }
             });
         }
-        match cfg.connect(host, tcp) {
-            Ok(s) => Ok(s),
+        let step = cfg.connect(host, tcp);
+        self.handshake_step(step, presented)
+    }
+
+    /// Drives a pending handshake on after its socket became ready.
+    pub fn continue_handshake(&self, pending: PendingHandshake) -> Result<Handshake> {
+        let PendingHandshake { mid, presented } = pending;
+        let step = mid.handshake();
+        self.handshake_step(step, presented)
+    }
+
+    fn handshake_step(
+        &self,
+        step: std::result::Result<TlsStream, HandshakeError<TcpStream>>,
+        presented: Arc<Mutex<Option<X509>>>,
+    ) -> Result<Handshake> {
+        match step {
+            Ok(s) => Ok(Handshake::Done(s)),
             Err(HandshakeError::Failure(mid)) => {
                 let ssl = mid.ssl();
                 let verify = ssl.verify_result();
@@ -335,10 +370,33 @@ impl TlsContext {
             Err(HandshakeError::SetupFailure(e)) => {
                 Err(FtpError::Tls(format!("setup failed: {e}")))
             }
-            Err(HandshakeError::WouldBlock(_)) => {
-                Err(FtpError::Timeout("TLS handshake timed out".into()))
+            Err(HandshakeError::WouldBlock(mid)) => {
+                Ok(Handshake::Pending(PendingHandshake { mid, presented }))
             }
         }
+    }
+}
+
+/// Where a TLS handshake stands.
+pub enum Handshake {
+    Done(TlsStream),
+    Pending(PendingHandshake),
+}
+
+/// A handshake waiting for its socket (non-blocking).
+pub struct PendingHandshake {
+    mid: MidHandshakeSslStream<TcpStream>,
+    presented: Arc<Mutex<Option<X509>>>,
+}
+
+impl PendingHandshake {
+    pub fn tcp(&self) -> &TcpStream {
+        self.mid.get_ref()
+    }
+
+    /// True when OpenSSL waits to write rather than to read.
+    pub fn wants_write(&self) -> bool {
+        self.mid.error().code() == openssl::ssl::ErrorCode::WANT_WRITE
     }
 }
 
