@@ -1308,3 +1308,102 @@ fn abort_keeps_the_session_proftpd() {
 fn abort_keeps_the_session_vsftpd() {
     abort_keeps_the_session(ServerSpec::vsftpd());
 }
+
+// ---------------------------------------------------------------------------
+// Prepared data connections (EPSV + TCP connect ahead of the transfer command)
+
+fn prepared_data(spec: ServerSpec, tls: TlsConfig) {
+    let srv = start(spec);
+    let mut conn = connect_with(&srv, tls, Protection::Private, false);
+    let data = payload(200_000, 40);
+    for i in 0..4 {
+        conn.prepare_data().unwrap();
+        assert!(conn.has_prepared_data());
+        // Commands without a data connection leave the prepared one usable.
+        conn.mkdir(&format!("/d{i}")).unwrap();
+        upload(&mut conn, &format!("/d{i}/f"), &data);
+        assert!(!conn.has_prepared_data(), "used by the upload");
+        conn.prepare_data().unwrap();
+        assert!(download(&mut conn, &format!("/d{i}/f"), 0) == data);
+        conn.prepare_data().unwrap();
+        assert_eq!(download(&mut conn, &format!("/d{i}/f"), 123_457), &data[123_457..]);
+        conn.prepare_data().unwrap();
+        assert_eq!(names(&list(&mut conn, &format!("/d{i}"))), vec!["f"]);
+        assert_eq!(conn.data_session_resumed(), Some(true), "round {i}");
+    }
+    let stats = conn.data_stats();
+    assert_eq!(stats.prepared_used, 16, "{stats:?}");
+    assert_eq!(stats.opened_on_demand, 0, "{stats:?}");
+    assert_eq!(stats.prepared_dropped, 0, "{stats:?}");
+
+    // A refused command on a prepared connection returns the server's reply at
+    // once (not after a timeout) and leaves the connection in step.
+    conn.prepare_data().unwrap();
+    let t = std::time::Instant::now();
+    let err = match conn.retr("/no such file", 0) {
+        Ok(_) => panic!("RETR of a missing file succeeded"),
+        Err(e) => e,
+    };
+    assert_eq!(err.errno(), libc::ENOENT, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(download(&mut conn, "/d0/f", 0) == data);
+    // The same without a prepared connection (EPSV pipelined with the command).
+    let err = match conn.retr("/no such file", 0) {
+        Ok(_) => panic!("RETR of a missing file succeeded"),
+        Err(e) => e,
+    };
+    assert_eq!(err.errno(), libc::ENOENT, "{err}");
+    assert!(download(&mut conn, "/d0/f", 0) == data);
+    conn.noop().unwrap();
+    quit(conn);
+}
+
+#[test]
+fn prepared_data_proftpd_tls12() {
+    prepared_data(ServerSpec::proftpd(), tls12());
+}
+
+#[test]
+fn prepared_data_proftpd_tls13() {
+    // Single-use TLS 1.3 tickets: prepare_data renews the control connection when
+    // they run out, before the transfer that needs one.
+    prepared_data(ServerSpec::proftpd(), tls13());
+}
+
+#[test]
+fn prepared_data_vsftpd() {
+    prepared_data(ServerSpec::vsftpd(), trusting_ca());
+}
+
+#[test]
+fn prepared_data_pyftpdlib() {
+    prepared_data(ServerSpec::pyftpdlib(), trusting_ca());
+}
+
+/// A prepared connection the server no longer listens for (a second EPSV closed
+/// its listener) is noticed and replaced: the transfer still succeeds.
+fn stale_prepared_data(spec: ServerSpec) {
+    let srv = start(spec);
+    let mut conn = connect(&srv);
+    let data = payload(50_000, 41);
+    upload(&mut conn, "/f", &data);
+    conn.prepare_data().unwrap();
+    let r = conn.command("EPSV").unwrap();
+    assert_eq!(r.code, 229);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(download(&mut conn, "/f", 0) == data);
+    let stats = conn.data_stats();
+    assert_eq!(stats.prepared_dropped, 1, "{stats:?}");
+    assert!(download(&mut conn, "/f", 0) == data);
+    quit(conn);
+}
+
+#[test]
+fn stale_prepared_data_proftpd() {
+    stale_prepared_data(ServerSpec::proftpd());
+}
+
+#[test]
+fn stale_prepared_data_vsftpd() {
+    stale_prepared_data(ServerSpec::vsftpd());
+}

@@ -11,5 +11,5 @@ pub mod tls;
 
 pub use data::{Download, Upload};
 pub use entry::{EntryKind, RemoteEntry};
-pub use session::{ConnectOptions, FtpConnection, Protection, Secret};
+pub use session::{ConnectOptions, DataStats, FtpConnection, Protection, Secret};
 pub use tls::{TlsConfig, TlsContext, TlsVersion};

@@ -14,6 +14,7 @@ use super::tls::{
     TlsContext, TlsStream,
 };
 use crate::error::{FtpError, Result};
+pub use passive::DataStats;
 use passive::PreparedData;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -129,6 +130,7 @@ pub struct FtpConnection {
     last_used: Instant,
     /// The next transfer's data connection, opened ahead (see `passive`).
     prepared: Option<PreparedData>,
+    data_stats: DataStats,
 }
 
 /// Rejects paths that would smuggle a second command (CR/LF) or a NUL.
@@ -276,6 +278,7 @@ impl FtpConnection {
             broken: false,
             last_used: Instant::now(),
             prepared: None,
+            data_stats: DataStats::default(),
         };
         if opts.implicit {
             let version = conn.tls_info.version.clone();
@@ -498,6 +501,7 @@ impl FtpConnection {
         let fresh = FtpConnection::connect(self.opts.clone(), self.tls.clone())?;
         log::debug!("new control connection: {}", fresh.tls_info.version);
         let old = std::mem::replace(self, fresh);
+        self.data_stats = old.data_stats;
         old.quit();
         Ok(())
     }

@@ -39,6 +39,17 @@ use std::time::{Duration, Instant};
 /// A prepared socket older than this is not trusted any more.
 pub const PREPARED_MAX_AGE: Duration = Duration::from_secs(20);
 
+/// How this connection's data connections were opened (tests, logs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DataStats {
+    /// Transfers that used a prepared connection.
+    pub prepared_used: u64,
+    /// Transfers that opened their own (EPSV pipelined with the command, or PASV).
+    pub opened_on_demand: u64,
+    /// Prepared connections found dead or too old, or refused by the server.
+    pub prepared_dropped: u64,
+}
+
 /// A passive data connection opened before its transfer command.
 pub(super) struct PreparedData {
     tcp: TcpStream,
@@ -68,6 +79,10 @@ impl FtpConnection {
         Ok(())
     }
 
+    pub fn data_stats(&self) -> DataStats {
+        self.data_stats
+    }
+
     /// Whether the next transfer has its data connection ready.
     pub fn has_prepared_data(&self) -> bool {
         self.prepared.is_some()
@@ -78,6 +93,7 @@ impl FtpConnection {
         let p = self.prepared.take()?;
         if p.since.elapsed() > PREPARED_MAX_AGE || netio::has_input(&p.tcp) {
             log::debug!("dropping a stale prepared data connection");
+            self.data_stats.prepared_dropped += 1;
             return None;
         }
         Some(p.tcp)
@@ -140,10 +156,15 @@ impl FtpConnection {
                     if matches!(code, 425 | 426) && !self.broken =>
                 {
                     log::debug!("prepared data connection refused ({code} {text}): new EPSV");
+                    self.data_stats.prepared_dropped += 1;
                 }
-                other => return other,
+                other => {
+                    self.data_stats.prepared_used += 1;
+                    return other;
+                }
             }
         }
+        self.data_stats.opened_on_demand += 1;
         let tcp = self.open_passive(&batch)?;
         self.open_channel(tcp, offset > 0, cmd)
     }
