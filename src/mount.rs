@@ -178,11 +178,12 @@ pub struct Mounted {
 /// Connects (one connection, so bad passwords and certificates fail here) and mounts.
 pub fn mount(plan: &MountPlan) -> Result<Mounted> {
     let tls = TlsContext::new(plan.site.tls.clone())?;
-    let pool = Arc::new(Pool::new(
+    let pool = Pool::new(
         Arc::new(plan.site.connect.clone()),
         tls,
         plan.max_conns,
-    ));
+        true,
+    );
     pool.warm_up()?;
     let store = Arc::new(FtpStore::new(pool.clone()));
     let fs = Arc::new(FtpsFs::new(store, plan.fs.clone()));

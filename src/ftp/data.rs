@@ -111,10 +111,10 @@ impl<'a> Download<'a> {
             d.close(true);
             return self.conn.finish_transfer(&self.what);
         }
-        self.conn.send_abort()?;
+        let piggyback = self.conn.send_abort()?;
         drain(&mut d);
         d.close(false);
-        self.conn.read_until_noop()
+        self.conn.read_until_noop(piggyback)
     }
 
     /// Turns a data-channel read error into the most useful error: the server's
@@ -287,6 +287,9 @@ fn close_upload(data: DataStream) -> io::Result<()> {
                 Ok(_) => {}
                 Err(e) => return Err(e.into_io_error().unwrap_or_else(io::Error::other)),
             }
+            // Nothing follows our close_notify: half-close TCP now. proftpd waits for
+            // the FIN before its 226, which would otherwise cost a round trip more.
+            let _ = s.get_ref().shutdown(Shutdown::Write);
             let _ = s.get_ref().set_read_timeout(Some(Duration::from_secs(10)));
             // Bidirectional: read the peer's close_notify (and any TLS 1.3 ticket before it).
             let mut tries = 0;

@@ -561,16 +561,20 @@ impl FtpConnection {
     }
 
     /// ABOR followed by a NOOP that marks the end of the replies to come.
-    pub(crate) fn send_abort(&mut self) -> Result<()> {
-        self.send_batch(&["ABOR".to_string(), "NOOP".to_string()])
+    /// An EPSV for the next transfer goes with them when none is prepared; the
+    /// returned flag goes to [`Self::read_until_noop`].
+    pub(crate) fn send_abort(&mut self) -> Result<bool> {
+        self.send_batch_preparing(&["ABOR".to_string(), "NOOP".to_string()])
     }
 
-    /// Reads the replies to an aborted transfer and its ABOR, up to the NOOP's 200.
-    pub(crate) fn read_until_noop(&mut self) -> Result<()> {
+    /// Reads the replies to an aborted transfer and its ABOR, up to the NOOP's 200
+    /// (then the piggybacked EPSV's, when `piggyback`).
+    pub(crate) fn read_until_noop(&mut self, piggyback: bool) -> Result<()> {
         for _ in 0..4 {
             let r = self.read_reply()?;
             log::debug!("abort: {} {}", r.code, r.text());
             if r.code == 200 {
+                self.finish_piggyback(piggyback);
                 return Ok(());
             }
         }
@@ -770,9 +774,10 @@ impl FtpConnection {
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         check_path(from)?;
         check_path(to)?;
-        self.send_batch(&[format!("RNFR {from}"), format!("RNTO {to}")])?;
+        let piggyback = self.send_batch_preparing(&[format!("RNFR {from}"), format!("RNTO {to}")])?;
         let rnfr = self.read_reply()?;
         let rnto = self.read_reply()?;
+        self.finish_piggyback(piggyback);
         if rnfr.code != 350 {
             return Err(FtpError::Reply {
                 command: "RNFR".into(),

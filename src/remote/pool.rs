@@ -5,31 +5,63 @@
 //! (closed by the server's idle timeout) is detected by the first command and the
 //! operation is retried once on a fresh connection. When the server refuses another
 //! connection ("too many connections"), the pool keeps to the ones it has.
+//!
+//! A connection left idle for a moment (`PREPARE_AFTER`) without a prepared data
+//! connection is taken by a preparer thread, which opens its next data connection
+//! ahead of time (`FtpConnection::prepare_data`: EPSV plus a background TCP connect,
+//! and a fresh control connection when TLS 1.3 tickets ran out), so that the next
+//! transfer on it pays only its own round trips. The moment's wait lets the
+//! operation that follows at once (the rename after an upload, the next read)
+//! have the connection, and it pipelines the EPSV with its own commands instead.
+//! An operation that finds no idle connection waits for one being prepared rather
+//! than log in a new one (a login costs several round trips and, on proftpd, a
+//! fork), unless more operations wait than connections are being prepared.
 
 use crate::error::Result;
 use crate::ftp::{ConnectOptions, FtpConnection, TlsContext};
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 /// Idle connections older than this get a NOOP from the keeper.
 pub const KEEPALIVE_AFTER: Duration = Duration::from_secs(60);
 /// Idle connections older than this are closed by the keeper.
 pub const CLOSE_IDLE_AFTER: Duration = Duration::from_secs(300);
 
+/// A connection in the idle list, and since when.
+struct Idle {
+    conn: FtpConnection,
+    since: Instant,
+}
+
 struct PoolState {
-    idle: Vec<FtpConnection>,
+    idle: Vec<Idle>,
     total: usize,
     waiters: usize,
     /// Lowered when the server refuses more connections from us.
     limit: usize,
+    /// Connections with a preparer thread (counted in `total`, not idle yet).
+    preparing: usize,
+    /// Set by `close_all`: connections coming back are closed.
+    closing: bool,
 }
+
+/// Preparer threads (at most this many prepare at once).
+const PREPARERS: usize = 4;
+/// An idle connection without a prepared data connection gets one after this.
+pub const PREPARE_AFTER: Duration = Duration::from_millis(5);
 
 pub struct Pool {
     opts: Arc<ConnectOptions>,
     tls: Arc<TlsContext>,
     state: Mutex<PoolState>,
     freed: Condvar,
+    /// Wakes the preparer threads: an unprepared connection became idle.
+    unprepared: Condvar,
+    /// Preparation on, and whether its threads are started.
+    prepare: bool,
+    preparers_started: std::sync::Once,
+    me: Weak<Pool>,
 }
 
 /// A connection borrowed from the pool; returned on drop unless broken.
@@ -62,8 +94,15 @@ impl Drop for PooledConn<'_> {
 }
 
 impl Pool {
-    pub fn new(opts: Arc<ConnectOptions>, tls: Arc<TlsContext>, max: usize) -> Self {
-        Pool {
+    /// A pool of up to `max` connections; `prepare` turns on the preparation of
+    /// data connections for connections given back.
+    pub fn new(
+        opts: Arc<ConnectOptions>,
+        tls: Arc<TlsContext>,
+        max: usize,
+        prepare: bool,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Pool {
             opts,
             tls,
             state: Mutex::new(PoolState {
@@ -71,9 +110,30 @@ impl Pool {
                 total: 0,
                 waiters: 0,
                 limit: max.max(1),
+                preparing: 0,
+                closing: false,
             }),
             freed: Condvar::new(),
-        }
+            unprepared: Condvar::new(),
+            prepare,
+            preparers_started: std::sync::Once::new(),
+            me: me.clone(),
+        })
+    }
+
+    /// Starts the preparer threads (once).
+    fn start_preparers(&self) {
+        self.preparers_started.call_once(|| {
+            for i in 0..PREPARERS {
+                let me = self.me.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("ftpsfs-prep{i}"))
+                    .spawn(move || prepare_loop(&me));
+                if let Err(e) = spawned {
+                    log::warn!("cannot start a preparer thread: {e}");
+                }
+            }
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -91,14 +151,16 @@ impl Pool {
     pub fn get(&self) -> Result<PooledConn<'_>> {
         let mut st = self.lock();
         loop {
-            if let Some(c) = st.idle.pop() {
+            if let Some(Idle { conn, .. }) = st.idle.pop() {
                 return Ok(PooledConn {
                     pool: self,
-                    conn: Some(c),
+                    conn: Some(conn),
                     reused: true,
                 });
             }
-            if st.total < st.limit {
+            // A connection being prepared comes back within a round trip: wait for
+            // it rather than log in a new one, unless others wait for it already.
+            if st.total < st.limit && st.preparing <= st.waiters {
                 st.total += 1;
                 drop(st);
                 match FtpConnection::connect(self.opts.clone(), self.tls.clone()) {
@@ -140,9 +202,78 @@ impl Pool {
             drop(st);
             log::debug!("dropping a broken connection");
         } else {
-            st.idle.push(c);
+            let unprepared = self.prepare && !c.has_prepared_data();
+            st.idle.push(Idle {
+                conn: c,
+                since: Instant::now(),
+            });
+            drop(st);
+            if unprepared {
+                self.start_preparers();
+                self.unprepared.notify_one();
+            }
         }
         self.freed.notify_one();
+    }
+
+    /// Preparer duty: takes an unprepared connection idle for `PREPARE_AFTER`,
+    /// waiting for one; `None` when the pool closes.
+    fn next_to_prepare(&self) -> Option<FtpConnection> {
+        let mut st = self.lock();
+        loop {
+            if st.closing {
+                return None;
+            }
+            let mut wait = None;
+            let mut found = None;
+            for (i, idle) in st.idle.iter().enumerate() {
+                if idle.conn.has_prepared_data() {
+                    continue;
+                }
+                let age = idle.since.elapsed();
+                if age >= PREPARE_AFTER {
+                    found = Some(i);
+                    break;
+                }
+                let left = PREPARE_AFTER - age;
+                wait = Some(wait.map_or(left, |w: Duration| w.min(left)));
+            }
+            if let Some(i) = found {
+                let Idle { conn, .. } = st.idle.remove(i);
+                st.preparing += 1;
+                return Some(conn);
+            }
+            st = match wait {
+                Some(d) => {
+                    self.unprepared
+                        .wait_timeout(st, d)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.unprepared.wait(st).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+
+    /// A connection back from its preparer.
+    fn prepared(&self, c: FtpConnection) {
+        let mut st = self.lock();
+        st.preparing -= 1;
+        if c.is_broken() {
+            st.total -= 1;
+        } else if st.closing {
+            st.total -= 1;
+            drop(st);
+            c.quit();
+            st = self.lock();
+        } else {
+            st.idle.push(Idle {
+                conn: c,
+                since: Instant::now(),
+            });
+        }
+        drop(st);
+        self.freed.notify_all();
     }
 
     /// True when someone waits for a connection (a stalled reader should yield).
@@ -168,20 +299,20 @@ impl Pool {
 
     /// Keeper duty: NOOP on long-idle connections, close the oldest ones.
     pub fn maintain(&self) {
-        let idle: Vec<FtpConnection> = std::mem::take(&mut self.lock().idle);
+        let idle: Vec<Idle> = std::mem::take(&mut self.lock().idle);
         let mut keep = Vec::new();
         let mut closed = 0;
-        for mut c in idle {
+        for Idle { conn: mut c, since } in idle {
             if c.idle_for() > CLOSE_IDLE_AFTER {
                 c.quit();
                 closed += 1;
             } else if c.idle_for() > KEEPALIVE_AFTER {
                 match c.noop() {
-                    Ok(()) => keep.push(c),
+                    Ok(()) => keep.push(Idle { conn: c, since }),
                     Err(_) => closed += 1,
                 }
             } else {
-                keep.push(c);
+                keep.push(Idle { conn: c, since });
             }
         }
         let mut st = self.lock();
@@ -192,12 +323,32 @@ impl Pool {
 
     /// Closes every idle connection (unmount).
     pub fn close_all(&self) {
-        let idle: Vec<FtpConnection> = std::mem::take(&mut self.lock().idle);
+        let idle: Vec<Idle> = {
+            let mut st = self.lock();
+            st.closing = true;
+            std::mem::take(&mut st.idle)
+        };
+        self.unprepared.notify_all();
         let n = idle.len();
         for c in idle {
-            c.quit();
+            c.conn.quit();
         }
         self.lock().total -= n;
+    }
+}
+
+/// A preparer thread: prepares the data connection of the connections left idle
+/// and gives them back to the pool. Ends with the pool.
+fn prepare_loop(pool: &Weak<Pool>) {
+    loop {
+        let Some(p) = pool.upgrade() else { return };
+        let Some(mut c) = p.next_to_prepare() else {
+            return;
+        };
+        if let Err(e) = c.prepare_data() {
+            log::debug!("preparing a data connection failed: {e}");
+        }
+        p.prepared(c);
     }
 }
 

@@ -83,6 +83,52 @@ impl FtpConnection {
         self.data_stats
     }
 
+    /// Sends `lines` in one write, with an EPSV after them when the next transfer
+    /// has no prepared connection: the preparation then costs no round trip of its
+    /// own. The caller reads its own replies, then calls [`Self::finish_piggyback`]
+    /// with the returned flag, whatever those replies said.
+    pub(crate) fn send_batch_preparing(&mut self, lines: &[String]) -> Result<bool> {
+        let piggyback = self.use_epsv && self.prepared.is_none() && !self.out_of_tickets();
+        if !piggyback {
+            self.send_batch(lines)?;
+            return Ok(false);
+        }
+        let mut all = Vec::with_capacity(lines.len() + 1);
+        all.extend_from_slice(lines);
+        all.push("EPSV".to_string());
+        self.send_batch(&all)?;
+        Ok(true)
+    }
+
+    /// Reads the reply to a piggybacked EPSV and starts the data connection. A
+    /// refusal only means there is nothing prepared; a lost reply breaks the
+    /// connection (the caller's own result stands).
+    pub(crate) fn finish_piggyback(&mut self, sent: bool) {
+        if !sent {
+            return;
+        }
+        let r = match self.read_reply() {
+            Ok(r) => r,
+            Err(_) => {
+                self.broken = true;
+                return;
+            }
+        };
+        if r.code != 229 {
+            log::debug!("piggybacked EPSV refused: {} {}", r.code, r.text());
+            return;
+        }
+        match parse_epsv(&r.text()).and_then(|port| self.start_data_connect(port)) {
+            Ok(tcp) => {
+                self.prepared = Some(PreparedData {
+                    tcp,
+                    since: Instant::now(),
+                })
+            }
+            Err(e) => log::debug!("piggybacked data connection failed: {e}"),
+        }
+    }
+
     /// Whether the next transfer has its data connection ready.
     pub fn has_prepared_data(&self) -> bool {
         self.prepared.is_some()
