@@ -10,7 +10,7 @@ use super::inodes::{Inodes, ROOT_INO};
 use super::listing_prefetcher::ListingPrefetcher;
 use super::prefetcher::Prefetcher;
 use super::store::{join, split, RemoteStore};
-use super::uploader::{self, Spool, StreamUpload};
+use super::uploader::{self, Spool, StreamUpload, Target};
 use crate::error::FtpError;
 use crate::ftp::entry::is_valid_name;
 use crate::ftp::{EntryKind, RemoteEntry};
@@ -595,9 +595,7 @@ impl FtpsFs {
                     Spool::fetch(&self.cfg.spool_dir, self.store.as_ref(), path)?
                 };
                 spool.set_len(size)?;
-                if let Err(e) =
-                    uploader::upload(self.store.as_ref(), &spool, path, self.cfg.inplace)
-                {
+                if let Err(e) = uploader::upload(self.store.as_ref(), &spool, path, self.target(false)) {
                     let kept = spool.keep();
                     log::error!(
                         "truncate of {path} failed ({e}); data kept in {}",
@@ -804,7 +802,7 @@ impl FtpsFs {
             Some(false) => self.abandon_stream(st),
             None if off == 0 && was_empty && !st.stream_tried => {
                 st.stream_tried = true;
-                st.stream = StreamUpload::start(self.store.clone(), path);
+                st.stream = StreamUpload::start(self.store.clone(), path, self.target(st.is_new));
                 if let Some(s) = st.stream.as_mut() {
                     if !s.push(data) {
                         self.abandon_stream(st);
@@ -812,6 +810,18 @@ impl FtpsFs {
                 }
             }
             None => {}
+        }
+    }
+
+    /// Where the upload of a file goes: see `uploader` (new files straight to
+    /// their name, others through a temporary name unless `inplace`).
+    fn target(&self, is_new: bool) -> Target {
+        if self.cfg.inplace {
+            Target::InPlace
+        } else if is_new {
+            Target::NewFile
+        } else {
+            Target::Temp
         }
     }
 
@@ -844,21 +854,26 @@ impl FtpsFs {
         let mut streamed = false;
         if let Some(stream) = st.stream.take() {
             let store = self.store.as_ref();
-            match stream
-                .finish(store, len)
-                .and_then(|tmp| uploader::commit(store, &tmp, &path))
-            {
+            let done = stream.finish(store, len).and_then(|name| {
+                if name == path {
+                    Ok(())
+                } else {
+                    uploader::commit(store, &name, &path)
+                }
+            });
+            match done {
                 Ok(()) => streamed = true,
                 Err(e) => log::warn!("streamed upload of {path} failed ({e}); uploading the spool"),
             }
         }
+        let target = self.target(st.is_new);
         let Some(sp) = st.spool.as_mut() else {
             return Err(Errno(libc::EIO));
         };
         let uploaded = if streamed {
             Ok(())
         } else {
-            uploader::upload(self.store.as_ref(), sp, &path, self.cfg.inplace)
+            uploader::upload(self.store.as_ref(), sp, &path, target)
         };
         if let Err(e) = uploaded {
             let kept = sp.keep();

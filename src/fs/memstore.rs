@@ -32,6 +32,7 @@ pub struct MemStore {
     pub lists: AtomicUsize,
     pub reads: AtomicUsize,
     pub uploads: AtomicUsize,
+    pub renames: AtomicUsize,
     /// What `is_contended` answers.
     pub contended: AtomicBool,
 }
@@ -174,8 +175,12 @@ impl RemoteStore for MemStore {
         let mut buf = Vec::new();
         data.read_to_end(&mut buf)
             .map_err(|e| FtpError::io("reading spool", e))?;
-        // Refused at the end of the transfer, as a server does for quota or
-        // permission, whenever the upload started.
+        let mut nodes = self.lock();
+        if !Self::parent_is_dir(&nodes, path) || matches!(nodes.get(path), Some(Node::Dir { .. })) {
+            return Err(refused("STOR", 553, "Could not create file"));
+        }
+        // Refused at the end of the transfer, as a server does when a write or
+        // permission check fails late: the file is there, with half of the data.
         if let Some(pat) = self
             .fail_uploads_matching
             .lock()
@@ -183,12 +188,17 @@ impl RemoteStore for MemStore {
             .and_then(|p| p.clone())
         {
             if path.contains(&pat) {
+                buf.truncate(buf.len() / 2);
+                nodes.insert(
+                    path.into(),
+                    Node::File {
+                        data: buf,
+                        mtime: SystemTime::now(),
+                        mode: 0o644,
+                    },
+                );
                 return Err(refused("STOR", 553, "Permission denied"));
             }
-        }
-        let mut nodes = self.lock();
-        if !Self::parent_is_dir(&nodes, path) || matches!(nodes.get(path), Some(Node::Dir { .. })) {
-            return Err(refused("STOR", 553, "Could not create file"));
         }
         let n = buf.len() as u64;
         nodes.insert(
@@ -244,6 +254,7 @@ impl RemoteStore for MemStore {
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.renames.fetch_add(1, Ordering::Relaxed);
         let mut nodes = self.lock();
         let Some(node) = nodes.get(from).cloned() else {
             return Err(refused("RNFR", 550, "No such file or directory"));

@@ -4,10 +4,14 @@
 //! never in RAM); writes at any offset, sparse writes and truncation are plain file
 //! operations on it. A file that already exists and is not truncated is first
 //! fetched into the spool, so writes in the middle and O_APPEND keep the rest.
-//! On flush/fsync/release the spool is uploaded to a temporary name in the same
-//! directory and renamed over the real name (RNFR/RNTO), so an interrupted upload
-//! never leaves a half file under the real name; `inplace` uploads straight to the
-//! name for servers that forbid rename. A file written sequentially from offset 0
+//! On flush/fsync/release the spool of a file that already exists on the server is
+//! uploaded to a temporary name in the same directory and renamed over the real
+//! name (RNFR/RNTO), so an interrupted upload never replaces a good file with half
+//! of a new one. A file created through the mount (the name was free) goes
+//! straight to its name, which saves the rename's round trip on every new file
+//! (cp, tar, unzip); if that upload fails, what it wrote is deleted, so the name
+//! is free again rather than holding half a file. `inplace` uploads every file
+//! straight to its name, for servers that forbid rename. A file written sequentially from offset 0
 //! (cp, dd, tar, rsync's temporary files) is also streamed to the server while it is
 //! written ([`StreamUpload`]), so close() waits only for the tail; the spool is still
 //! written and is uploaded instead if the stream fails or the writer seeks.
@@ -163,12 +167,28 @@ pub fn temp_name(path: &str) -> String {
     )
 }
 
+/// Where an upload writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A temporary name beside the file, renamed over it once complete.
+    Temp,
+    /// The file's own name, which was free: a failed upload deletes what it wrote.
+    NewFile,
+    /// The file's own name, left as the server has it after a failure (`inplace`).
+    InPlace,
+}
+
 /// Uploads the spool as the content of `path`.
-pub fn upload(store: &dyn RemoteStore, spool: &Spool, path: &str, inplace: bool) -> Result<()> {
+pub fn upload(store: &dyn RemoteStore, spool: &Spool, path: &str, target: Target) -> Result<()> {
     let mut reader = spool.reader()?.take(spool.len());
-    if inplace {
-        let n = store.write_file(path, &mut reader)?;
-        return check_len(n, spool.len(), path);
+    if target != Target::Temp {
+        let stored = store
+            .write_file(path, &mut reader)
+            .and_then(|n| check_len(n, spool.len(), path));
+        if stored.is_err() && target == Target::NewFile {
+            let _ = store.delete(path);
+        }
+        return stored;
     }
     let tmp = temp_name(path);
     let stored = store
@@ -242,16 +262,23 @@ pub struct StreamUpload {
     tx: SyncSender<Feed>,
     recycled: Receiver<Vec<u8>>,
     pos: u64,
+    /// The name written: a temporary one, or the file's own for a new file.
     tmp: String,
     worker: std::thread::JoinHandle<Result<u64>>,
 }
 
 impl StreamUpload {
-    /// Starts uploading to a temporary name beside `path`.
-    pub fn start(store: Arc<dyn RemoteStore>, path: &str) -> Option<Self> {
+    /// Starts uploading to a temporary name beside `path` (`Target::Temp`) or to
+    /// `path` itself (`Target::NewFile`; `InPlace` files are not streamed: an
+    /// abandoned stream deletes what it wrote).
+    pub fn start(store: Arc<dyn RemoteStore>, path: &str, target: Target) -> Option<Self> {
         let (tx, rx) = sync_channel(STREAM_DEPTH);
         let (recycle, recycled) = channel();
-        let tmp = temp_name(path);
+        let tmp = match target {
+            Target::Temp => temp_name(path),
+            Target::NewFile => path.to_string(),
+            Target::InPlace => return None,
+        };
         let name = tmp.clone();
         let worker = std::thread::Builder::new()
             .name("ftpsfs-upload".into())
@@ -299,7 +326,8 @@ impl StreamUpload {
         let _ = store.delete(&self.tmp);
     }
 
-    /// Ends the stream; Ok(temporary name) when the server has all `expected` bytes.
+    /// Ends the stream; Ok(the name written) when the server has all `expected`
+    /// bytes. The caller renames it over the file unless it is the file's own name.
     pub fn finish(self, store: &dyn RemoteStore, expected: u64) -> Result<String> {
         drop(self.tx);
         let stored = match self.worker.join() {
@@ -337,7 +365,7 @@ mod tests {
         let mut s = Spool::new(dir.path()).unwrap();
         s.write_at(5, b"world").unwrap();
         s.write_at(0, b"hello").unwrap();
-        upload(&store, &s, "/f", false).unwrap();
+        upload(&store, &s, "/f", Target::Temp).unwrap();
         assert_eq!(store.get("/f").unwrap(), b"helloworld");
         assert_eq!(
             store.paths(),
@@ -354,12 +382,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::new(dir.path()).unwrap();
         s.write_at(0, b"new").unwrap();
-        let e = upload(&store, &s, "/f", false).unwrap_err();
+        let e = upload(&store, &s, "/f", Target::Temp).unwrap_err();
         assert_eq!(e.errno(), libc::EACCES);
         assert_eq!(store.get("/f").unwrap(), b"old");
         let kept = s.keep();
         s.discard();
         assert!(kept.exists(), "spool kept after failure");
+    }
+
+    #[test]
+    fn new_files_go_straight_to_their_name_and_failures_free_it() {
+        let store = MemStore::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::new(dir.path()).unwrap();
+        s.write_at(0, b"new file").unwrap();
+        upload(&store, &s, "/n", Target::NewFile).unwrap();
+        assert_eq!(store.get("/n").unwrap(), b"new file");
+        assert_eq!(store.renames.load(Ordering::Relaxed), 0, "no rename for a new file");
+        *store.fail_uploads_matching.lock().unwrap() = Some("/m".into());
+        let e = upload(&store, &s, "/m", Target::NewFile).unwrap_err();
+        assert_eq!(e.errno(), libc::EACCES);
+        assert!(store.get("/m").is_none(), "half file removed after failure");
+        // In place: a failure leaves what the server has.
+        store.put("/m", b"old");
+        let e = upload(&store, &s, "/m", Target::InPlace).unwrap_err();
+        assert_eq!(e.errno(), libc::EACCES);
+        assert!(store.get("/m").is_some());
     }
 
     #[test]

@@ -1350,6 +1350,20 @@ fn sequential_writes_are_streamed_and_seeks_fall_back_to_the_spool() {
         1,
         "one streamed upload"
     );
+    assert_eq!(
+        store.renames.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a new file goes straight to its name"
+    );
+    assert_eq!(store.paths(), vec!["/", "/s"], "no temporary file left");
+    // Rewriting it (it exists now) goes through a temporary name and a rename.
+    let (_, fh) = open_name(&fs, "s", O_WRONLY | libc::O_TRUNC);
+    for (i, chunk) in data.chunks(131072).enumerate().take(3) {
+        fs.write(fh, (i * 131072) as u64, chunk).unwrap();
+    }
+    fs.release(fh).unwrap();
+    assert_eq!(store.get("/s").unwrap(), data[..3 * 131072]);
+    assert_eq!(store.renames.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(store.paths(), vec!["/", "/s"], "no temporary file left");
 
     // A writer that seeks: the stream is abandoned, the spool goes up at close.
@@ -1371,11 +1385,14 @@ fn sequential_writes_are_streamed_and_seeks_fall_back_to_the_spool() {
 #[test]
 fn a_failed_stream_is_retried_from_the_spool_and_reported() {
     let (store, fs, spool) = setup();
-    *store.fail_uploads_matching.lock().unwrap() = Some(".part".into());
+    // A new file's stream and spool upload both go to its own name; the server
+    // refuses both at their end and keeps half a file each time.
+    *store.fail_uploads_matching.lock().unwrap() = Some("/u".into());
     let (_, fh) = fs.create(ROOT_INO, "u", 0o644, libc::O_WRONLY).unwrap();
     fs.write(fh, 0, b"data").unwrap();
     assert_eq!(fs.flush(fh), Err(Errno(libc::EACCES)));
-    assert!(store.get("/u").is_none());
+    assert!(store.get("/u").is_none(), "half file deleted");
+    assert_eq!(store.uploads.load(std::sync::atomic::Ordering::Relaxed), 2);
     let kept: Vec<_> = std::fs::read_dir(spool.path()).unwrap().collect();
     assert_eq!(kept.len(), 1, "spool kept");
     *store.fail_uploads_matching.lock().unwrap() = None;
