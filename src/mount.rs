@@ -185,6 +185,14 @@ pub fn mount(plan: &MountPlan) -> Result<Mounted> {
         true,
     );
     pool.warm_up()?;
+    let spare = Arc::downgrade(&pool);
+    let _ = std::thread::Builder::new()
+        .name("ftpsfs-spare".into())
+        .spawn(move || {
+            if let Some(p) = spare.upgrade() {
+                p.add_spare();
+            }
+        });
     let store = Arc::new(FtpStore::new(pool.clone()));
     let fs = Arc::new(FtpsFs::new(store, plan.fs.clone()));
     let session = fuser::spawn_mount(

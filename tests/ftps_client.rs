@@ -1326,7 +1326,10 @@ fn prepared_data(spec: ServerSpec, tls: TlsConfig) {
         conn.prepare_data().unwrap();
         assert!(download(&mut conn, &format!("/d{i}/f"), 0) == data);
         conn.prepare_data().unwrap();
-        assert_eq!(download(&mut conn, &format!("/d{i}/f"), 123_457), &data[123_457..]);
+        assert_eq!(
+            download(&mut conn, &format!("/d{i}/f"), 123_457),
+            &data[123_457..]
+        );
         conn.prepare_data().unwrap();
         assert_eq!(names(&list(&mut conn, &format!("/d{i}"))), vec!["f"]);
         assert_eq!(conn.data_session_resumed(), Some(true), "round {i}");
@@ -1345,7 +1348,11 @@ fn prepared_data(spec: ServerSpec, tls: TlsConfig) {
         Err(e) => e,
     };
     assert_eq!(err.errno(), libc::ENOENT, "{err}");
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
     assert!(download(&mut conn, "/d0/f", 0) == data);
     // The same without a prepared connection (EPSV pipelined with the command).
     let err = match conn.retr("/no such file", 0) {

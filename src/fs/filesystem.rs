@@ -595,7 +595,9 @@ impl FtpsFs {
                     Spool::fetch(&self.cfg.spool_dir, self.store.as_ref(), path)?
                 };
                 spool.set_len(size)?;
-                if let Err(e) = uploader::upload(self.store.as_ref(), &spool, path, self.target(false)) {
+                if let Err(e) =
+                    uploader::upload(self.store.as_ref(), &spool, path, self.target(false))
+                {
                     let kept = spool.keep();
                     log::error!(
                         "truncate of {path} failed ({e}); data kept in {}",

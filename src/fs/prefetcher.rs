@@ -14,7 +14,7 @@
 
 use super::store::RemoteStore;
 use crate::error::{FtpError, Result};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,10 @@ enum Msg {
 
 struct Stream {
     rx: Receiver<Msg>,
+    /// While the reader waits: the file offset it needs data up to (else 0). The
+    /// thread sends what it has as soon as it reaches that offset instead of
+    /// filling a whole chunk first (a 4 KiB read needs only 4 KiB).
+    needed: Arc<AtomicU64>,
     /// Emptied chunks go back to the thread: no allocation per chunk.
     recycle: Sender<Vec<u8>>,
     cancel: Arc<AtomicBool>,
@@ -89,6 +93,9 @@ impl Prefetcher {
         let (recycle, recycled) = channel::<Vec<u8>>();
         let cancel = Arc::new(AtomicBool::new(false));
         let yielded = Arc::new(AtomicBool::new(false));
+        let needed = Arc::new(AtomicU64::new(0));
+        let reader_needs = needed.clone();
+        let mut received = offset;
         let store = self.store.clone();
         let path = self.path.clone();
         let flag = cancel.clone();
@@ -124,7 +131,9 @@ impl Prefetcher {
                 };
                 let result = store.read_from(&path, offset, &mut |chunk: &[u8]| {
                     pending.extend_from_slice(chunk);
-                    if pending.len() >= CHUNK {
+                    received += chunk.len() as u64;
+                    let need = reader_needs.load(Ordering::Relaxed);
+                    if pending.len() >= CHUNK || (need != 0 && received >= need) {
                         let next = match recycled.try_recv() {
                             Ok(mut b) => {
                                 b.clear();
@@ -146,6 +155,7 @@ impl Prefetcher {
             });
         let stream = Stream {
             rx,
+            needed,
             recycle,
             cancel,
             yielded,
@@ -187,7 +197,10 @@ impl Prefetcher {
             if s.end() >= want_end || s.eof || s.error.is_some() {
                 break;
             }
-            match s.rx.recv() {
+            s.needed.store(want_end, Ordering::Relaxed);
+            let msg = s.rx.recv();
+            s.needed.store(0, Ordering::Relaxed);
+            match msg {
                 Ok(Msg::Data(d)) => {
                     s.buf.extend_from_slice(&d);
                     let _ = s.recycle.send(d);
@@ -302,6 +315,54 @@ mod tests {
             off += r.len() as u64;
         }
         assert_eq!(p.stats.streams_started, 2, "one restart after yielding");
+    }
+
+    /// Sends the first 4 KiB of a file, then stalls (a slow link).
+    struct Trickle(Vec<u8>);
+
+    impl RemoteStore for Trickle {
+        fn list(&self, _: &str) -> Result<Vec<crate::ftp::RemoteEntry>> {
+            Ok(Vec::new())
+        }
+        fn read_from(&self, _: &str, off: u64, sink: &mut dyn FnMut(&[u8]) -> bool) -> Result<()> {
+            let off = off as usize;
+            if !sink(&self.0[off..off + 4096]) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(3));
+            sink(&self.0[off + 4096..]);
+            Ok(())
+        }
+        fn write_file(&self, _: &str, _: &mut dyn std::io::Read) -> Result<u64> {
+            Ok(0)
+        }
+        fn delete(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn mkdir(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn rmdir(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn rename(&self, _: &str, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn chmod(&self, _: &str, _: u32) -> Result<()> {
+            Ok(())
+        }
+        fn set_mtime(&self, _: &str, _: std::time::SystemTime) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_small_read_gets_its_bytes_without_waiting_for_a_whole_chunk() {
+        let d = data(CHUNK * 4);
+        let mut p = Prefetcher::new(Arc::new(Trickle(d.clone())), "/f".into());
+        let t = std::time::Instant::now();
+        assert_eq!(p.read(8192, 4096).unwrap(), d[8192..12288]);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     }
 
     #[test]

@@ -398,7 +398,11 @@ mod tests {
         s.write_at(0, b"new file").unwrap();
         upload(&store, &s, "/n", Target::NewFile).unwrap();
         assert_eq!(store.get("/n").unwrap(), b"new file");
-        assert_eq!(store.renames.load(Ordering::Relaxed), 0, "no rename for a new file");
+        assert_eq!(
+            store.renames.load(Ordering::Relaxed),
+            0,
+            "no rename for a new file"
+        );
         *store.fail_uploads_matching.lock().unwrap() = Some("/m".into());
         let e = upload(&store, &s, "/m", Target::NewFile).unwrap_err();
         assert_eq!(e.errno(), libc::EACCES);

@@ -774,7 +774,8 @@ impl FtpConnection {
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         check_path(from)?;
         check_path(to)?;
-        let piggyback = self.send_batch_preparing(&[format!("RNFR {from}"), format!("RNTO {to}")])?;
+        let piggyback =
+            self.send_batch_preparing(&[format!("RNFR {from}"), format!("RNTO {to}")])?;
         let rnfr = self.read_reply()?;
         let rnto = self.read_reply()?;
         self.finish_piggyback(piggyback);

@@ -17,8 +17,8 @@ use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
 use openssl::ssl::{
-    HandshakeError, MidHandshakeSslStream, Ssl, SslConnector, SslMethod, SslSession, SslSessionCacheMode, SslStream,
-    SslVerifyMode, SslVersion,
+    HandshakeError, MidHandshakeSslStream, Ssl, SslConnector, SslMethod, SslSession,
+    SslSessionCacheMode, SslStream, SslVerifyMode, SslVersion,
 };
 use openssl::x509::{X509Ref, X509StoreContextRef, X509VerifyResult, X509};
 use std::collections::VecDeque;

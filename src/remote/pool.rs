@@ -147,6 +147,27 @@ impl Pool {
         Ok(())
     }
 
+    /// Logs in one more connection for the idle list, if the limit allows (in the
+    /// background after mounting: the first parallel operation then does not pay a
+    /// login). Failures only cost the attempt.
+    pub fn add_spare(&self) {
+        {
+            let mut st = self.lock();
+            if st.total >= st.limit || st.closing {
+                return;
+            }
+            st.total += 1;
+        }
+        match FtpConnection::connect(self.opts.clone(), self.tls.clone()) {
+            Ok(c) => self.put_back(c),
+            Err(e) => {
+                log::debug!("spare connection: {e}");
+                self.lock().total -= 1;
+                self.freed.notify_one();
+            }
+        }
+    }
+
     /// Borrows a connection, waiting while all `max` are busy.
     pub fn get(&self) -> Result<PooledConn<'_>> {
         let mut st = self.lock();
