@@ -54,7 +54,21 @@ pub fn init_logging(debug: bool, quiet_level: &str, to_syslog: bool) {
             let w = crate::syslog::SyslogWriter::open();
             b.target(env_logger::Target::Pipe(Box::new(w)));
         } else if let Some(file) = fallback_log_file() {
-            // No syslog daemon (containers): a log file beside the default spool.
+            // No syslog daemon (containers): a log file beside the default spool,
+            // shared by every mount of the user, so each line names its process.
+            // The pid at the time of each line: the daemon is a fork of this process.
+            b.format(|buf, r| {
+                use std::io::Write;
+                writeln!(
+                    buf,
+                    "[{} {:5} ftpsfs[{}] {}] {}",
+                    buf.timestamp_millis(),
+                    r.level(),
+                    std::process::id(),
+                    r.target(),
+                    r.args()
+                )
+            });
             b.target(env_logger::Target::Pipe(Box::new(file)));
         }
     }

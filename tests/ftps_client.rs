@@ -18,6 +18,7 @@ use ftpsfs::ftp::{
     ConnectOptions, EntryKind, FtpConnection, Protection, RemoteEntry, Secret, TlsConfig,
     TlsContext, TlsVersion,
 };
+use ftpsfs::remote::pool::{Pool, Use};
 use support::{CertChoice, Server, ServerKind, ServerSpec, TlsRequired};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -1413,4 +1414,36 @@ fn stale_prepared_data_proftpd() {
 #[test]
 fn stale_prepared_data_vsftpd() {
     stale_prepared_data(ServerSpec::vsftpd());
+}
+
+/// The mount's pool opens the next data connection of a connection left idle.
+#[test]
+fn pool_prepares_data_connections_of_idle_connections() {
+    let srv = start(ServerSpec::proftpd());
+    let ctx = TlsContext::new(trusting_ca()).unwrap();
+    let pool = Pool::new(options(&srv, Protection::Private, false), ctx, 2, true);
+    let data = payload(10_000, 50);
+    {
+        let mut c = pool.get(Use::Transfer).unwrap();
+        upload(&mut c, "/p", &data);
+        assert!(!c.has_prepared_data());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        std::thread::sleep(Duration::from_millis(30));
+        let c = pool.get(Use::Transfer).unwrap();
+        if c.has_prepared_data() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle connection never got a prepared data connection"
+        );
+    }
+    let mut c = pool.get(Use::Transfer).unwrap();
+    let before = c.data_stats();
+    assert!(download(&mut c, "/p", 0) == data);
+    assert_eq!(c.data_stats().prepared_used, before.prepared_used + 1);
+    drop(c);
+    pool.close_all();
 }

@@ -14,6 +14,8 @@ pub struct Features {
     pub epsv: bool,
     pub site_utime: bool,
     pub site_chmod: bool,
+    /// The MLST facts the server offers, as spelled in FEAT (without `*`).
+    pub mlst_facts: Vec<String>,
 }
 
 impl Features {
@@ -30,7 +32,16 @@ impl Features {
             let upper = feat.to_ascii_uppercase();
             let mut words = upper.split_whitespace();
             match words.next().unwrap_or("") {
-                "MLST" | "MLSD" => f.mlst = true,
+                "MLST" | "MLSD" => {
+                    f.mlst = true;
+                    if let Some(list) = feat.split_whitespace().nth(1) {
+                        f.mlst_facts = list
+                            .split(';')
+                            .map(|x| x.trim().trim_end_matches('*').to_string())
+                            .filter(|x| !x.is_empty())
+                            .collect();
+                    }
+                }
                 "UTF8" => f.utf8 = true,
                 "REST" => f.rest_stream |= words.next() == Some("STREAM"),
                 "MFMT" => f.mfmt = true,
@@ -50,6 +61,32 @@ impl Features {
             }
         }
         f
+    }
+}
+
+impl Features {
+    /// The argument of `OPTS MLST` asking only for the facts ftpsfs uses (type,
+    /// size, modify, and UNIX.mode or else perm), so that the server computes and
+    /// sends less per entry (owner names, unique ids...). `None` when the server
+    /// lists no facts or none of these.
+    pub fn mlst_opts(&self) -> Option<String> {
+        let offered = |want: &str| {
+            self.mlst_facts
+                .iter()
+                .find(|f| f.eq_ignore_ascii_case(want))
+                .cloned()
+        };
+        let mut wanted: Vec<String> = ["type", "size", "modify", "UNIX.mode"]
+            .iter()
+            .filter_map(|w| offered(w))
+            .collect();
+        if offered("UNIX.mode").is_none() {
+            wanted.extend(offered("perm"));
+        }
+        if wanted.is_empty() {
+            return None;
+        }
+        Some(wanted.iter().map(|f| format!("{f};")).collect())
     }
 }
 
@@ -79,6 +116,27 @@ mod tests {
         assert!(f.mlst && f.mfmt && f.rest_stream && f.size && f.utf8 && f.site_utime);
         assert!(!f.mdtm && !f.epsv);
         assert_eq!(f.raw.len(), 9);
+        assert_eq!(
+            f.mlst_opts().as_deref(),
+            Some("type;size;modify;UNIX.mode;")
+        );
+    }
+
+    #[test]
+    fn mlst_opts_asks_for_what_is_offered() {
+        let f = Features::parse(&lines(&[
+            "x",
+            " MLST Type*;Size*;Modify*;Perm*;Unique*;",
+            "y",
+        ]));
+        assert_eq!(f.mlst_opts().as_deref(), Some("Type;Size;Modify;Perm;"));
+        let f = Features::parse(&lines(&["x", " MLST", "y"]));
+        assert!(
+            f.mlst && f.mlst_opts().is_none(),
+            "no fact list: leave the defaults"
+        );
+        let f = Features::parse(&lines(&["x", " MLST unique*;lang*;", "y"]));
+        assert!(f.mlst_opts().is_none());
     }
 
     #[test]

@@ -397,11 +397,31 @@ impl FtpConnection {
         if r.code == 211 {
             self.features = Features::parse(&r.lines);
         }
+        // One write, one round trip. OPTS refusals are tolerated (pure-ftpd
+        // answers 504 to OPTS UTF8 ON).
+        let mut batch = Vec::with_capacity(3);
         if self.features.utf8 {
-            // Tolerated when refused (pure-ftpd answers 504).
-            self.command("OPTS UTF8 ON")?;
+            batch.push("OPTS UTF8 ON".to_string());
         }
-        self.expect("TYPE I", |c| c == 200)?;
+        if let Some(facts) = self.features.mlst_opts() {
+            // Only the facts used: less for the server to compute and send.
+            batch.push(format!("OPTS MLST {facts}"));
+        }
+        batch.push("TYPE I".to_string());
+        self.send_batch(&batch)?;
+        for cmd in &batch {
+            let r = self.read_reply()?;
+            if cmd == "TYPE I" && r.code != 200 {
+                return Err(FtpError::Reply {
+                    command: "TYPE".into(),
+                    code: r.code,
+                    text: r.text(),
+                });
+            }
+            if !r.is_positive() {
+                log::debug!("{cmd} refused: {} {}", r.code, r.text());
+            }
+        }
         Ok(())
     }
 
@@ -471,6 +491,23 @@ impl FtpConnection {
         let r = self.command(cmd)?;
         if ok(r.code) {
             Ok(r)
+        } else {
+            Err(FtpError::Reply {
+                command: first_word(cmd).to_string(),
+                code: r.code,
+                text: r.text(),
+            })
+        }
+    }
+
+    /// [`Self::expect`] for the commands of a mounted filesystem (DELE, MKD...):
+    /// an EPSV for the next transfer goes with the command when none is prepared.
+    fn expect_preparing(&mut self, cmd: &str, ok: impl Fn(u16) -> bool) -> Result<()> {
+        let piggyback = self.send_batch_preparing(&[cmd.to_string()])?;
+        let r = self.read_reply()?;
+        self.finish_piggyback(piggyback);
+        if ok(r.code) {
+            Ok(())
         } else {
             Err(FtpError::Reply {
                 command: first_word(cmd).to_string(),
@@ -753,20 +790,17 @@ impl FtpConnection {
 
     pub fn delete(&mut self, path: &str) -> Result<()> {
         check_path(path)?;
-        self.expect(&format!("DELE {path}"), |c| c == 250 || c == 200)
-            .map(drop)
+        self.expect_preparing(&format!("DELE {path}"), |c| c == 250 || c == 200)
     }
 
     pub fn mkdir(&mut self, path: &str) -> Result<()> {
         check_path(path)?;
-        self.expect(&format!("MKD {path}"), |c| c == 257 || c == 250)
-            .map(drop)
+        self.expect_preparing(&format!("MKD {path}"), |c| c == 257 || c == 250)
     }
 
     pub fn rmdir(&mut self, path: &str) -> Result<()> {
         check_path(path)?;
-        self.expect(&format!("RMD {path}"), |c| c == 250 || c == 200)
-            .map(drop)
+        self.expect_preparing(&format!("RMD {path}"), |c| c == 250 || c == 200)
     }
 
     /// RNFR and RNTO sent together (one round trip); if RNFR is refused, the
@@ -798,10 +832,9 @@ impl FtpConnection {
 
     pub fn chmod(&mut self, path: &str, mode: u32) -> Result<()> {
         check_path(path)?;
-        self.expect(&format!("SITE CHMOD {:o} {path}", mode & 0o7777), |c| {
+        self.expect_preparing(&format!("SITE CHMOD {:o} {path}", mode & 0o7777), |c| {
             c == 200 || c == 250
         })
-        .map(drop)
     }
 
     /// Sets the modification time with whatever the server offers: MFMT, then

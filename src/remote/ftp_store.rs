@@ -1,6 +1,6 @@
 //! [`RemoteStore`] over a [`Pool`] of FTPS connections.
 
-use super::pool::Pool;
+use super::pool::{Pool, Use};
 use crate::error::{FtpError, Result};
 use crate::fs::store::RemoteStore;
 use crate::ftp::RemoteEntry;
@@ -23,7 +23,7 @@ impl FtpStore {
 
 impl RemoteStore for FtpStore {
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
-        self.pool.run(|c| c.list_dir(dir))
+        self.pool.run(Use::Transfer, |c| c.list_dir(dir))
     }
 
     fn read_from(
@@ -33,7 +33,7 @@ impl RemoteStore for FtpStore {
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<()> {
         let mut sent_any = false;
-        self.pool.run(|c| {
+        self.pool.run(Use::Transfer, |c| {
             if sent_any {
                 // Data already went out: a retry would repeat it.
                 return Err(FtpError::Closed("connection lost during a download".into()));
@@ -64,7 +64,7 @@ impl RemoteStore for FtpStore {
     }
 
     fn write_file(&self, path: &str, data: &mut dyn Read) -> Result<u64> {
-        let mut c = self.pool.get()?;
+        let mut c = self.pool.get(Use::Transfer)?;
         let mut up = c.stor(path, false)?;
         let mut buf = vec![0u8; IO_BUF];
         loop {
@@ -95,23 +95,23 @@ impl RemoteStore for FtpStore {
     }
 
     fn delete(&self, path: &str) -> Result<()> {
-        self.pool.run(|c| c.delete(path))
+        self.pool.run(Use::Command, |c| c.delete(path))
     }
 
     fn mkdir(&self, path: &str) -> Result<()> {
-        self.pool.run(|c| c.mkdir(path))
+        self.pool.run(Use::Command, |c| c.mkdir(path))
     }
 
     fn rmdir(&self, path: &str) -> Result<()> {
-        self.pool.run(|c| c.rmdir(path))
+        self.pool.run(Use::Command, |c| c.rmdir(path))
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.pool.run(|c| c.rename(from, to))
+        self.pool.run(Use::Command, |c| c.rename(from, to))
     }
 
     fn chmod(&self, path: &str, mode: u32) -> Result<()> {
-        self.pool.run(|c| c.chmod(path, mode))
+        self.pool.run(Use::Command, |c| c.chmod(path, mode))
     }
 
     fn is_contended(&self) -> bool {
@@ -119,6 +119,6 @@ impl RemoteStore for FtpStore {
     }
 
     fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()> {
-        self.pool.run(|c| c.set_mtime(path, mtime))
+        self.pool.run(Use::Command, |c| c.set_mtime(path, mtime))
     }
 }

@@ -46,6 +46,15 @@ struct PoolState {
     closing: bool,
 }
 
+/// What a borrowed connection is for: the pool hands a transfer a connection whose
+/// data connection is prepared, and a command one without (the command then
+/// prepares it in passing, see `FtpConnection::send_batch_preparing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    Transfer,
+    Command,
+}
+
 /// Preparer threads (at most this many prepare at once).
 const PREPARERS: usize = 4;
 /// An idle connection without a prepared data connection gets one after this.
@@ -142,7 +151,7 @@ impl Pool {
 
     /// Connects one connection now (mount start: report errors before detaching).
     pub fn warm_up(&self) -> Result<()> {
-        let c = self.get()?;
+        let c = self.get(Use::Command)?;
         drop(c);
         Ok(())
     }
@@ -169,10 +178,19 @@ impl Pool {
     }
 
     /// Borrows a connection, waiting while all `max` are busy.
-    pub fn get(&self) -> Result<PooledConn<'_>> {
+    pub fn get(&self, usage: Use) -> Result<PooledConn<'_>> {
         let mut st = self.lock();
         loop {
-            if let Some(Idle { conn, .. }) = st.idle.pop() {
+            // The most recently used connection that suits `usage`, else the most
+            // recent one.
+            let want_prepared = usage == Use::Transfer;
+            let pick = st
+                .idle
+                .iter()
+                .rposition(|i| i.conn.has_prepared_data() == want_prepared)
+                .or_else(|| st.idle.len().checked_sub(1));
+            if let Some(i) = pick {
+                let Idle { conn, .. } = st.idle.remove(i);
                 return Ok(PooledConn {
                     pool: self,
                     conn: Some(conn),
@@ -302,16 +320,20 @@ impl Pool {
         self.lock().waiters > 0
     }
 
-    /// Runs `op` on a connection; retries once on a fresh connection when a reused
+    /// Runs `op` on a connection suited to `usage`; retries once on a fresh connection when a reused
     /// one turns out to be dead.
-    pub fn run<T>(&self, mut op: impl FnMut(&mut FtpConnection) -> Result<T>) -> Result<T> {
-        let mut c = self.get()?;
+    pub fn run<T>(
+        &self,
+        usage: Use,
+        mut op: impl FnMut(&mut FtpConnection) -> Result<T>,
+    ) -> Result<T> {
+        let mut c = self.get(usage)?;
         match op(&mut c) {
             Err(e) if c.reused && (c.is_broken() || e.is_connection_lost()) => {
                 log::debug!("retrying on a fresh connection after: {e}");
                 c.mark_broken();
                 drop(c);
-                let mut c = self.get()?;
+                let mut c = self.get(usage)?;
                 op(&mut c)
             }
             other => other,
