@@ -507,6 +507,25 @@ class Bench:
             log(f"  {label} / {tool} run {i}: {fmt_num(vals[-1])} {unit}")
         self.res.add(label, tool, unit, vals, raw=raw, note=note)
 
+    def measure_alternating(self, label, raw_tool, raw_fn, ftp_fn, unit):
+        """Runs the raw client and ftpsfs in turn (raw 0, ftpsfs 0, raw 1, ...), so that
+        a drift in the machine's load affects both columns alike; the ratio compares
+        medians from the same stretch of time."""
+        vals = {raw_tool: [], "ftpsfs": []}
+        for i in range(self.runs):
+            for tool, fn in ((raw_tool, raw_fn), ("ftpsfs", ftp_fn)):
+                try:
+                    vals[tool].append(fn(i))
+                except Exception as e:  # noqa: BLE001
+                    log(f"{label} / {tool} run {i}: {e}")
+                    for m in list(STATE["mounts"]):
+                        unmount(m)
+                    self.res.fail(label, tool, str(e).replace("|", "/").replace("\n", " ")[:300])
+                    return
+                log(f"  {label} / {tool} run {i}: {fmt_num(vals[tool][-1])} {unit}")
+        self.res.add(label, raw_tool, unit, vals[raw_tool])
+        self.res.add(label, "ftpsfs", unit, vals["ftpsfs"], raw=(label, raw_tool))
+
     def fresh(self):
         m = self.net.mount(self.mnt)
         drop_caches()
@@ -530,8 +549,7 @@ class Bench:
             drop_caches()
             return size * MiB / timed(self.net.curl("-o", "/dev/null", self.net.url(name))) / 1e6
 
-        self.measure(label, "curl", "MB/s", curl)
-        self.measure(label, "ftpsfs", "MB/s", ftp, raw=raw)
+        self.measure_alternating(label, raw[1], curl, ftp, "MB/s")
         if hw:
             self.hwm["a"] = hw
 
@@ -559,8 +577,7 @@ class Bench:
             self.data.rm_remote(f"up_braw_{i}")
             return size * MiB / t / 1e6
 
-        self.measure(label, "curl -T", "MB/s", curl)
-        self.measure(label, "ftpsfs", "MB/s", ftp, raw=(label, "curl -T"))
+        self.measure_alternating(label, "curl -T", curl, ftp, "MB/s")
         if hw:
             self.hwm["b"] = hw
 
