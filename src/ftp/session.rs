@@ -517,6 +517,12 @@ impl FtpConnection {
         }
     }
 
+    /// True when the next transfer first logs in a new control connection (see
+    /// `out_of_tickets`): a slow step, which the pool does not wait for.
+    pub fn needs_renewal(&self) -> bool {
+        self.out_of_tickets()
+    }
+
     /// True when the next data connection has no unused TLS 1.3 ticket to resume.
     /// Servers with single-use tickets (proftpd) then refuse it: a download brings
     /// new tickets, but an upload does not (the server sends none on a connection

@@ -15,7 +15,8 @@
 //! have the connection, and it pipelines the EPSV with its own commands instead.
 //! An operation that finds no idle connection waits for one being prepared rather
 //! than log in a new one (a login costs several round trips and, on proftpd, a
-//! fork), unless more operations wait than connections are being prepared.
+//! fork), unless more operations wait than connections are being prepared; a
+//! connection the preparer logs in anew (TLS 1.3 tickets used up) is not waited for.
 
 use crate::error::Result;
 use crate::ftp::{ConnectOptions, FtpConnection, TlsContext};
@@ -40,8 +41,12 @@ struct PoolState {
     waiters: usize,
     /// Lowered when the server refuses more connections from us.
     limit: usize,
-    /// Connections with a preparer thread (counted in `total`, not idle yet).
+    /// Connections with a preparer thread for a round trip (counted in `total`,
+    /// not idle yet): worth waiting for.
     preparing: usize,
+    /// Connections with a preparer thread that logs them in anew (TLS 1.3 tickets
+    /// used up): not worth waiting for.
+    renewing: usize,
     /// Set by `close_all`: connections coming back are closed.
     closing: bool,
 }
@@ -120,6 +125,7 @@ impl Pool {
                 waiters: 0,
                 limit: max.max(1),
                 preparing: 0,
+                renewing: 0,
                 closing: false,
             }),
             freed: Condvar::new(),
@@ -257,7 +263,7 @@ impl Pool {
 
     /// Preparer duty: takes an unprepared connection idle for `PREPARE_AFTER`,
     /// waiting for one; `None` when the pool closes.
-    fn next_to_prepare(&self) -> Option<FtpConnection> {
+    fn next_to_prepare(&self) -> Option<(FtpConnection, bool)> {
         let mut st = self.lock();
         loop {
             if st.closing {
@@ -279,8 +285,13 @@ impl Pool {
             }
             if let Some(i) = found {
                 let Idle { conn, .. } = st.idle.remove(i);
-                st.preparing += 1;
-                return Some(conn);
+                let renewing = conn.needs_renewal();
+                if renewing {
+                    st.renewing += 1;
+                } else {
+                    st.preparing += 1;
+                }
+                return Some((conn, renewing));
             }
             st = match wait {
                 Some(d) => {
@@ -295,9 +306,13 @@ impl Pool {
     }
 
     /// A connection back from its preparer.
-    fn prepared(&self, c: FtpConnection) {
+    fn prepared(&self, c: FtpConnection, renewed: bool) {
         let mut st = self.lock();
-        st.preparing -= 1;
+        if renewed {
+            st.renewing -= 1;
+        } else {
+            st.preparing -= 1;
+        }
         if c.is_broken() {
             st.total -= 1;
         } else if st.closing {
@@ -385,13 +400,13 @@ impl Pool {
 fn prepare_loop(pool: &Weak<Pool>) {
     loop {
         let Some(p) = pool.upgrade() else { return };
-        let Some(mut c) = p.next_to_prepare() else {
+        let Some((mut c, renewing)) = p.next_to_prepare() else {
             return;
         };
         if let Err(e) = c.prepare_data() {
             log::debug!("preparing a data connection failed: {e}");
         }
-        p.prepared(c);
+        p.prepared(c, renewing);
     }
 }
 
