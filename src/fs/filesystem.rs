@@ -753,16 +753,25 @@ impl FtpsFs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> FsResult<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_into(fh, offset, size, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`FtpsFs::read`] appending to `out`, a buffer the caller reuses (no
+    /// allocation per read).
+    pub fn read_into(&self, fh: u64, offset: u64, size: usize, out: &mut Vec<u8>) -> FsResult<()> {
         let h = self.handle(fh)?;
         if let Some(state) = lock(&self.files).get(&h.ino).cloned() {
             let st = lock(&state);
             if let Some(sp) = &st.spool {
-                return Ok(sp.read_at(offset, size)?);
+                out.extend_from_slice(&sp.read_at(offset, size)?);
+                return Ok(());
             }
         }
         let mut reader = lock(&h.reader);
         match reader.as_mut() {
-            Some(p) => Ok(p.read(offset, size)?),
+            Some(p) => Ok(p.read_into(offset, size, out)?),
             None => Err(Errno(libc::EBADF)),
         }
     }

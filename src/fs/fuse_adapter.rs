@@ -222,10 +222,19 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size as usize) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(e)),
+        // One buffer per FUSE thread, reused: a read of up to 1 MiB allocates
+        // nothing (an allocation that size is an mmap, page faults and an munmap).
+        thread_local! {
+            static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        READ_BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            buf.clear();
+            match self.fs.read_into(fh.0, offset, size as usize, &mut buf) {
+                Ok(()) => reply.data(&buf),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn write(

@@ -4,7 +4,11 @@
 //! offset is not 0) on a background thread, which pushes chunks into a bounded
 //! channel: the channel's depth is the readahead, so the wire keeps running while
 //! the kernel consumes, and memory stays bounded (`READAHEAD` bytes per stream).
-//! Reads are served from a window of recent bytes: the kernel's readahead arrives
+//! Reads are served from a window of recent bytes, kept as the chunks the thread
+//! sent (no copy into one big buffer, no moving bytes when the window slides; a
+//! chunk that falls behind goes back to the thread for reuse, so a stream does
+//! not allocate per chunk), and copied once into the caller's buffer (the FUSE
+//! adapter reuses one per thread). The kernel's readahead arrives
 //! slightly out of order from several FUSE threads, so a read a little behind the
 //! stream (up to `KEEP_BEHIND`) or a little ahead (up to `SKIP_AHEAD`, discarded
 //! from the stream) does not restart the transfer. Any other seek drops the stream
@@ -14,6 +18,7 @@
 
 use super::store::RemoteStore;
 use crate::error::{FtpError, Result};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, TrySendError};
 use std::sync::Arc;
@@ -46,16 +51,55 @@ struct Stream {
     cancel: Arc<AtomicBool>,
     /// Set by the thread when it gave its connection back to a waiting operation.
     yielded: Arc<AtomicBool>,
-    /// Bytes [buf_start, buf_start + buf.len()) of the file.
-    buf: Vec<u8>,
+    /// Bytes [buf_start, buf_start + buf_len) of the file, in the chunks received.
+    buf: VecDeque<Vec<u8>>,
     buf_start: u64,
+    buf_len: u64,
     eof: bool,
     error: Option<FtpError>,
 }
 
 impl Stream {
     fn end(&self) -> u64 {
-        self.buf_start + self.buf.len() as u64
+        self.buf_start + self.buf_len
+    }
+
+    fn push(&mut self, chunk: Vec<u8>) {
+        self.buf_len += chunk.len() as u64;
+        self.buf.push_back(chunk);
+    }
+
+    /// Appends bytes [from, to) of the file (within the window) to `out`.
+    fn copy_out(&self, from: u64, to: u64, out: &mut Vec<u8>) {
+        let mut at = self.buf_start;
+        for chunk in &self.buf {
+            let end = at + chunk.len() as u64;
+            if end > from && at < to {
+                let a = (from.max(at) - at) as usize;
+                let b = (to.min(end) - at) as usize;
+                out.extend_from_slice(&chunk[a..b]);
+            }
+            if end >= to {
+                break;
+            }
+            at = end;
+        }
+    }
+
+    /// Drops the whole chunks that end before `keep_from`, giving them back to
+    /// the thread.
+    fn trim(&mut self, keep_from: u64) {
+        while let Some(front) = self.buf.front() {
+            let len = front.len() as u64;
+            if self.buf_start + len > keep_from {
+                break;
+            }
+            if let Some(c) = self.buf.pop_front() {
+                self.buf_start += len;
+                self.buf_len -= len;
+                let _ = self.recycle.send(c);
+            }
+        }
     }
 }
 
@@ -159,8 +203,9 @@ impl Prefetcher {
             recycle,
             cancel,
             yielded,
-            buf: Vec::new(),
+            buf: VecDeque::new(),
             buf_start: offset,
+            buf_len: 0,
             eof: false,
             error: None,
         };
@@ -174,8 +219,15 @@ impl Prefetcher {
 
     /// Reads up to `size` bytes at `offset`; fewer only at the end of the file.
     pub fn read(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_into(offset, size, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Prefetcher::read`] appending to `out` (a buffer the caller reuses).
+    pub fn read_into(&mut self, offset: u64, size: usize, out: &mut Vec<u8>) -> Result<()> {
         if size == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let usable = match &self.stream {
             Some(s) => {
@@ -201,22 +253,20 @@ impl Prefetcher {
             let msg = s.rx.recv();
             s.needed.store(0, Ordering::Relaxed);
             match msg {
-                Ok(Msg::Data(d)) => {
-                    s.buf.extend_from_slice(&d);
-                    let _ = s.recycle.send(d);
-                }
+                Ok(Msg::Data(d)) => s.push(d),
                 Ok(Msg::End(Ok(()))) => s.eof = true,
                 Ok(Msg::End(Err(e))) => s.error = Some(e),
                 Err(_) if s.yielded.load(Ordering::Relaxed) => {
                     // It gave its connection away while we were idle: go on from
                     // where it stopped, keeping the window.
-                    let (start, end) = (s.buf_start, s.end());
+                    let (start, len, end) = (s.buf_start, s.buf_len, s.end());
                     let buf = std::mem::take(&mut s.buf);
                     self.stream = None;
                     self.start(end);
                     if let Some(n) = self.stream.as_mut() {
                         n.buf = buf;
                         n.buf_start = start;
+                        n.buf_len = len;
                     }
                 }
                 Err(_) => s.error = Some(FtpError::Closed("read thread ended".into())),
@@ -230,23 +280,13 @@ impl Prefetcher {
                 self.stream = None;
                 return Err(e);
             }
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let from = (offset - s.buf_start) as usize;
-        let to = (want_end.min(s.end()) - s.buf_start) as usize;
-        let out = s.buf[from..to].to_vec();
+        // Partial data before an error is returned as it is; the next read fails.
+        s.copy_out(offset, want_end.min(s.end()), out);
         // Trim the window: keep KEEP_BEHIND bytes behind this read.
-        let keep_from = offset.saturating_sub(KEEP_BEHIND);
-        if keep_from > s.buf_start + KEEP_BEHIND {
-            let cut = (keep_from - s.buf_start) as usize;
-            s.buf.drain(..cut);
-            s.buf_start = keep_from;
-        }
-        if out.len() < size && s.error.is_some() {
-            // Partial data before an error: return what we have; the next read fails.
-            return Ok(out);
-        }
-        Ok(out)
+        s.trim(offset.saturating_sub(KEEP_BEHIND));
+        Ok(())
     }
 }
 
