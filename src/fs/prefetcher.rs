@@ -132,12 +132,15 @@ impl Prefetcher {
         }
     }
 
-    fn start(&mut self, offset: u64) {
+    /// Starts a stream at `offset` for a reader that needs the bytes up to `need`
+    /// (set before the thread exists: its first bytes may arrive before the reader
+    /// gets to wait for them).
+    fn start(&mut self, offset: u64, need: u64) {
         let (tx, rx) = sync_channel::<Msg>(READAHEAD / CHUNK);
         let (recycle, recycled) = channel::<Vec<u8>>();
         let cancel = Arc::new(AtomicBool::new(false));
         let yielded = Arc::new(AtomicBool::new(false));
-        let needed = Arc::new(AtomicU64::new(0));
+        let needed = Arc::new(AtomicU64::new(need));
         let reader_needs = needed.clone();
         let mut received = offset;
         let store = self.store.clone();
@@ -239,7 +242,7 @@ impl Prefetcher {
         };
         if !usable {
             self.stream = None;
-            self.start(offset);
+            self.start(offset, offset + size as u64);
         }
         let want_end = offset + size as u64;
         loop {
@@ -262,7 +265,7 @@ impl Prefetcher {
                     let (start, len, end) = (s.buf_start, s.buf_len, s.end());
                     let buf = std::mem::take(&mut s.buf);
                     self.stream = None;
-                    self.start(end);
+                    self.start(end, want_end);
                     if let Some(n) = self.stream.as_mut() {
                         n.buf = buf;
                         n.buf_start = start;
