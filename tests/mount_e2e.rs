@@ -872,49 +872,60 @@ fn mount_failures_exit_non_zero_and_leave_nothing() {
 // ---------------------------------------------------------------------------
 // SIGTERM
 
+/// SIGTERM while a program holds a written, not yet closed file: the daemon uploads
+/// the pending data at once, detaches the mount, serves the open file until it is
+/// closed, then exits. The data is written out of order, so it is only in the spool
+/// (no streamed upload under way): what SIGTERM uploads is the spool.
 fn sigterm(spec: ServerSpec) {
+    use std::os::unix::fs::FileExt;
     let srv = support::start(spec);
-    let w = scratch("term-");
     let data = pattern(30 << 20, 44);
-    let local = w.path().join("src.bin");
-    fs::write(&local, &data).unwrap();
     let mut m = Mount::new(&srv);
     assert!(!m.daemon.is_empty(), "daemon pid not found");
-    let mut cp = Command::new("cp")
-        .arg(&local)
-        .arg(m.path("up.bin"))
-        .spawn()
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("up.bin"))
         .unwrap();
-    // Wait until every byte is in the spool: cp is closing (uploading) or about to.
-    let t0 = Instant::now();
-    loop {
-        let full = fs::read_dir(&m.spool)
-            .unwrap()
-            .flatten()
-            .any(|e| e.metadata().is_ok_and(|md| md.len() == data.len() as u64));
-        if full {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "spool never filled");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let half = data.len() / 2;
+    f.write_all_at(&data[half..], half as u64).unwrap();
+    f.write_all_at(&data[..half], 0).unwrap();
+    assert!(
+        fs::read(srv.root.join("up.bin")).map_or(true, |d| d != data),
+        "uploaded before close or SIGTERM"
+    );
     for p in &m.daemon {
         // SAFETY: signalling the daemon this test started.
         unsafe {
             libc::kill(*p as libc::pid_t, libc::SIGTERM);
         }
     }
-    assert!(cp.wait().unwrap().success(), "cp failed");
+    // The pending data reaches the server while the file is still open.
+    let t0 = Instant::now();
+    while fs::read(srv.root.join("up.bin")).map_or(true, |d| d != data) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "pending data not uploaded 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The open file keeps working on the detached mount until it is closed.
+    let mut head = [0u8; 4096];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert!(head[..] == data[..4096]);
+    drop(f);
     let t0 = Instant::now();
     while is_mounted(&m.mnt) || m.daemon.iter().any(|p| alive(*p)) {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
-            "still mounted/running 10 s after SIGTERM (mounted: {})",
+            "still mounted/running 10 s after the last close (mounted: {})",
             is_mounted(&m.mnt)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("unmounted {:?} after SIGTERM", t0.elapsed());
+    println!("unmounted {:?} after the last close", t0.elapsed());
     assert!(
         fs::read(srv.root.join("up.bin")).unwrap() == data,
         "upload incomplete after SIGTERM"
