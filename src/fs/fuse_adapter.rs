@@ -15,12 +15,35 @@ use std::time::{Duration, SystemTime};
 pub struct FuseAdapter {
     fs: Arc<FtpsFs>,
     ttl: Duration,
+    /// Buffers for read replies, reused: a read of up to 1 MiB then allocates
+    /// nothing (an allocation that size is an mmap, page faults and an munmap).
+    /// At most `READ_BUFFERS_KEPT` stay allocated between reads.
+    read_buffers: std::sync::Mutex<Vec<Vec<u8>>>,
 }
+
+const READ_BUFFERS_KEPT: usize = 4;
 
 impl FuseAdapter {
     pub fn new(fs: Arc<FtpsFs>) -> Self {
         let ttl = fs.config().cache_timeout;
-        FuseAdapter { fs, ttl }
+        FuseAdapter {
+            fs,
+            ttl,
+            read_buffers: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take_read_buffer(&self) -> Vec<u8> {
+        let mut pool = self.read_buffers.lock().unwrap_or_else(|p| p.into_inner());
+        pool.pop().unwrap_or_default()
+    }
+
+    fn give_back_read_buffer(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut pool = self.read_buffers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < READ_BUFFERS_KEPT {
+            pool.push(buf);
+        }
     }
 }
 
@@ -222,19 +245,12 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        // One buffer per FUSE thread, reused: a read of up to 1 MiB allocates
-        // nothing (an allocation that size is an mmap, page faults and an munmap).
-        thread_local! {
-            static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        let mut buf = self.take_read_buffer();
+        match self.fs.read_into(fh.0, offset, size as usize, &mut buf) {
+            Ok(()) => reply.data(&buf),
+            Err(e) => reply.error(errno(e)),
         }
-        READ_BUF.with(|b| {
-            let mut buf = b.borrow_mut();
-            buf.clear();
-            match self.fs.read_into(fh.0, offset, size as usize, &mut buf) {
-                Ok(()) => reply.data(&buf),
-                Err(e) => reply.error(errno(e)),
-            }
-        });
+        self.give_back_read_buffer(buf);
     }
 
     fn write(

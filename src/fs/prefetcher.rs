@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes a stream may download ahead of the reader.
-pub const READAHEAD: usize = 8 * 1024 * 1024;
+pub const READAHEAD: usize = 6 * 1024 * 1024;
 /// Size of the chunks moved through the channel.
 pub const CHUNK: usize = 256 * 1024;
 /// Bytes kept behind the furthest read, for out-of-order kernel reads.
@@ -97,7 +97,9 @@ impl Stream {
             if let Some(c) = self.buf.pop_front() {
                 self.buf_start += len;
                 self.buf_len -= len;
-                let _ = self.recycle.send(c);
+                if c.capacity() >= CHUNK {
+                    let _ = self.recycle.send(c);
+                }
             }
         }
     }
@@ -180,7 +182,15 @@ impl Prefetcher {
                     pending.extend_from_slice(chunk);
                     received += chunk.len() as u64;
                     let need = reader_needs.load(Ordering::Relaxed);
-                    if pending.len() >= CHUNK || (need != 0 && received >= need) {
+                    if pending.len() < CHUNK && need != 0 && received >= need {
+                        // Early, for a waiting reader: a right-sized copy, so that
+                        // the window's memory follows its bytes, not CHUNK-sized
+                        // buffers holding a few KiB each.
+                        let part = pending.clone();
+                        pending.clear();
+                        return send(Msg::Data(part));
+                    }
+                    if pending.len() >= CHUNK {
                         let next = match recycled.try_recv() {
                             Ok(mut b) => {
                                 b.clear();
