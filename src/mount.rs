@@ -182,7 +182,7 @@ pub fn mount(plan: &MountPlan) -> Result<Mounted> {
         Arc::new(plan.site.connect.clone()),
         tls,
         plan.max_conns,
-        true,
+        Some(PREPARE_MIN_RTT),
     );
     pool.warm_up()?;
     let spare = Arc::downgrade(&pool);
@@ -258,6 +258,11 @@ impl Mounted {
         })
     }
 }
+
+/// Idle connections get their next data connection opened ahead only where a round
+/// trip costs at least this: on a LAN the extra thread and server work cost more
+/// than the round trip saved (measured: 590 → 480 small files/s on loopback).
+const PREPARE_MIN_RTT: Duration = Duration::from_millis(1);
 
 /// Kernel readahead for the mount, KiB. The kernel starts FUSE mounts at 128 KiB,
 /// which makes a sequential read 8 times more FUSE requests (and thread wake-ups)

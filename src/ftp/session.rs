@@ -128,6 +128,8 @@ pub struct FtpConnection {
     ccc_done: bool,
     broken: bool,
     last_used: Instant,
+    /// Shortest command round trip seen (see `round_trip`).
+    round_trip: Duration,
     /// The next transfer's data connection, opened ahead (see `passive`).
     prepared: Option<PreparedData>,
     data_stats: DataStats,
@@ -277,6 +279,7 @@ impl FtpConnection {
             ccc_done: false,
             broken: false,
             last_used: Instant::now(),
+            round_trip: Duration::MAX,
             prepared: None,
             data_stats: DataStats::default(),
         };
@@ -482,8 +485,16 @@ impl FtpConnection {
 
     /// Sends one command and reads its reply, whatever the code.
     pub fn command(&mut self, cmd: &str) -> Result<Reply> {
+        let t = Instant::now();
         self.send_line(cmd, cmd)?;
-        self.read_reply()
+        let r = self.read_reply();
+        self.round_trip = self.round_trip.min(t.elapsed());
+        r
+    }
+
+    /// The shortest command round trip seen on this connection (login has several).
+    pub fn round_trip(&self) -> Duration {
+        self.round_trip
     }
 
     /// Sends one command; a reply whose code fails `ok` becomes an error.

@@ -7,7 +7,8 @@
 //! connection ("too many connections"), the pool keeps to the ones it has.
 //!
 //! A connection left idle for a moment (`PREPARE_AFTER`) without a prepared data
-//! connection is taken by a preparer thread, which opens its next data connection
+//! connection, on a link whose round trip makes it worth it (the mount's
+//! `PREPARE_MIN_RTT`), is taken by a preparer thread, which opens its next data connection
 //! ahead of time (`FtpConnection::prepare_data`: EPSV plus a background TCP connect,
 //! and a fresh control connection when TLS 1.3 tickets ran out), so that the next
 //! transfer on it pays only its own round trips. The moment's wait lets the
@@ -72,8 +73,10 @@ pub struct Pool {
     freed: Condvar,
     /// Wakes the preparer threads: an unprepared connection became idle.
     unprepared: Condvar,
-    /// Preparation on, and whether its threads are started.
-    prepare: bool,
+    /// Preparation on for connections whose round trip is at least this long (a
+    /// prepared connection saves a round trip; on a LAN it only adds work), and
+    /// whether its threads are started.
+    prepare: Option<Duration>,
     preparers_started: std::sync::Once,
     me: Weak<Pool>,
 }
@@ -109,12 +112,13 @@ impl Drop for PooledConn<'_> {
 
 impl Pool {
     /// A pool of up to `max` connections; `prepare` turns on the preparation of
-    /// data connections for connections given back.
+    /// data connections for idle connections whose command round trip is at least
+    /// that long.
     pub fn new(
         opts: Arc<ConnectOptions>,
         tls: Arc<TlsContext>,
         max: usize,
-        prepare: bool,
+        prepare: Option<Duration>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Pool {
             opts,
@@ -247,7 +251,7 @@ impl Pool {
             drop(st);
             log::debug!("dropping a broken connection");
         } else {
-            let unprepared = self.prepare && !c.has_prepared_data();
+            let unprepared = self.worth_preparing(&c);
             st.idle.push(Idle {
                 conn: c,
                 since: Instant::now(),
@@ -261,6 +265,11 @@ impl Pool {
         self.freed.notify_one();
     }
 
+    fn worth_preparing(&self, c: &FtpConnection) -> bool {
+        self.prepare
+            .is_some_and(|min| !c.has_prepared_data() && c.round_trip() >= min)
+    }
+
     /// Preparer duty: takes an unprepared connection idle for `PREPARE_AFTER`,
     /// waiting for one; `None` when the pool closes.
     fn next_to_prepare(&self) -> Option<(FtpConnection, bool)> {
@@ -272,7 +281,7 @@ impl Pool {
             let mut wait = None;
             let mut found = None;
             for (i, idle) in st.idle.iter().enumerate() {
-                if idle.conn.has_prepared_data() {
+                if !self.worth_preparing(&idle.conn) {
                     continue;
                 }
                 let age = idle.since.elapsed();
