@@ -765,8 +765,7 @@ impl FtpsFs {
         if let Some(state) = lock(&self.files).get(&h.ino).cloned() {
             let st = lock(&state);
             if let Some(sp) = &st.spool {
-                out.extend_from_slice(&sp.read_at(offset, size)?);
-                return Ok(());
+                return Ok(sp.read_into(offset, size, out)?);
             }
         }
         let mut reader = lock(&h.reader);

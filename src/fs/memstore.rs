@@ -181,24 +181,14 @@ impl RemoteStore for MemStore {
         }
         // Refused at the end of the transfer, as a server does when a write or
         // permission check fails late: the file is there, with half of the data.
-        if let Some(pat) = self
+        let refuse = self
             .fail_uploads_matching
             .lock()
             .ok()
             .and_then(|p| p.clone())
-        {
-            if path.contains(&pat) {
-                buf.truncate(buf.len() / 2);
-                nodes.insert(
-                    path.into(),
-                    Node::File {
-                        data: buf,
-                        mtime: SystemTime::now(),
-                        mode: 0o644,
-                    },
-                );
-                return Err(refused("STOR", 553, "Permission denied"));
-            }
+            .is_some_and(|pat| path.contains(&pat));
+        if refuse {
+            buf.truncate(buf.len() / 2);
         }
         let n = buf.len() as u64;
         nodes.insert(
@@ -209,6 +199,9 @@ impl RemoteStore for MemStore {
                 mode: 0o644,
             },
         );
+        if refuse {
+            return Err(refused("STOR", 553, "Permission denied"));
+        }
         Ok(n)
     }
 

@@ -87,16 +87,24 @@ impl Spool {
     }
 
     pub fn read_at(&self, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_into(offset, size, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// [`Spool::read_at`] appending to `out` (the caller's reused buffer).
+    pub fn read_into(&self, offset: u64, size: usize, out: &mut Vec<u8>) -> Result<()> {
         if offset >= self.len {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let n = (size as u64).min(self.len - offset) as usize;
-        let mut buf = vec![0u8; n];
-        self.file
-            .as_file()
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| FtpError::io("reading the spool file", e))?;
-        Ok(buf)
+        let start = out.len();
+        out.resize(start + n, 0);
+        if let Err(e) = self.file.as_file().read_exact_at(&mut out[start..], offset) {
+            out.truncate(start);
+            return Err(FtpError::io("reading the spool file", e));
+        }
+        Ok(())
     }
 
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {

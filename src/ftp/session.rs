@@ -500,15 +500,7 @@ impl FtpConnection {
     /// Sends one command; a reply whose code fails `ok` becomes an error.
     fn expect(&mut self, cmd: &str, ok: impl Fn(u16) -> bool) -> Result<Reply> {
         let r = self.command(cmd)?;
-        if ok(r.code) {
-            Ok(r)
-        } else {
-            Err(FtpError::Reply {
-                command: first_word(cmd).to_string(),
-                code: r.code,
-                text: r.text(),
-            })
-        }
+        accepted(cmd, r, ok)
     }
 
     /// [`Self::expect`] for the commands of a mounted filesystem (DELE, MKD...):
@@ -517,15 +509,7 @@ impl FtpConnection {
         let piggyback = self.send_batch_preparing(&[cmd.to_string()])?;
         let r = self.read_reply()?;
         self.finish_piggyback(piggyback);
-        if ok(r.code) {
-            Ok(())
-        } else {
-            Err(FtpError::Reply {
-                command: first_word(cmd).to_string(),
-                code: r.code,
-                text: r.text(),
-            })
-        }
+        accepted(cmd, r, ok).map(drop)
     }
 
     /// True when the next transfer first logs in a new control connection (see
@@ -935,6 +919,19 @@ fn post_handshake(e: FtpError, tls_version: &str) -> FtpError {
         ));
     }
     e
+}
+
+/// `r`, the reply to `cmd`, when `ok` accepts its code; else the refusal as an error.
+fn accepted(cmd: &str, r: Reply, ok: impl Fn(u16) -> bool) -> Result<Reply> {
+    if ok(r.code) {
+        Ok(r)
+    } else {
+        Err(FtpError::Reply {
+            command: first_word(cmd).to_string(),
+            code: r.code,
+            text: r.text(),
+        })
+    }
 }
 
 fn first_word(s: &str) -> &str {

@@ -177,14 +177,32 @@ impl Pool {
             }
             st.total += 1;
         }
-        match FtpConnection::connect(self.opts.clone(), self.tls.clone()) {
+        match self.connect_counted() {
             Ok(c) => self.put_back(c),
-            Err(e) => {
-                log::debug!("spare connection: {e}");
-                self.lock().total -= 1;
-                self.freed.notify_one();
-            }
+            Err(e) => log::debug!("spare connection: {e}"),
         }
+    }
+
+    /// Logs in a connection already counted in `total`. On failure it is
+    /// uncounted, and a refusal for "too many connections" lowers the limit to the
+    /// connections we have (the server caps them per user or address).
+    fn connect_counted(&self) -> Result<FtpConnection> {
+        let e = match FtpConnection::connect(self.opts.clone(), self.tls.clone()) {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        };
+        let mut st = self.lock();
+        st.total -= 1;
+        if st.total > 0 && too_many_connections(&e) && st.limit > st.total {
+            st.limit = st.total;
+            log::warn!(
+                "the server refused another connection ({e}); using at most {}",
+                st.limit
+            );
+        }
+        drop(st);
+        self.freed.notify_one();
+        Err(e)
     }
 
     /// Borrows a connection, waiting while all `max` are busy.
@@ -212,7 +230,7 @@ impl Pool {
             if st.total < st.limit && st.preparing <= st.waiters {
                 st.total += 1;
                 drop(st);
-                match FtpConnection::connect(self.opts.clone(), self.tls.clone()) {
+                match self.connect_counted() {
                     Ok(c) => {
                         return Ok(PooledConn {
                             pool: self,
@@ -222,18 +240,10 @@ impl Pool {
                     }
                     Err(e) => {
                         st = self.lock();
-                        st.total -= 1;
-                        self.freed.notify_one();
                         if st.total == 0 || !too_many_connections(&e) {
                             return Err(e);
                         }
-                        // The server caps connections per user or address: live with
-                        // the ones we have.
-                        st.limit = st.total;
-                        log::warn!(
-                            "the server refused another connection ({e}); using at most {}",
-                            st.limit
-                        );
+                        // Live with the connections we have (limit lowered).
                         continue;
                     }
                 }

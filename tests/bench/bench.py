@@ -493,18 +493,26 @@ class Bench:
             if scen in self.hwm:
                 self.res.add(f"(h) peak RSS during ({scen})", "ftpsfs", "MiB", self.hwm[scen])
 
+    def run_once(self, label, tool, unit, fn, i):
+        """One run of `fn`; on failure the scenario's row says so and None is returned."""
+        try:
+            v = fn(i)
+        except Exception as e:  # noqa: BLE001
+            log(f"{label} / {tool} run {i}: {e}")
+            for m in list(STATE["mounts"]):
+                unmount(m)
+            self.res.fail(label, tool, str(e).replace("|", "/").replace("\n", " ")[:300])
+            return None
+        log(f"  {label} / {tool} run {i}: {fmt_num(v)} {unit}")
+        return v
+
     def measure(self, label, tool, unit, fn, raw=None, note=""):
         vals = []
         for i in range(self.runs):
-            try:
-                vals.append(fn(i))
-            except Exception as e:  # noqa: BLE001
-                log(f"{label} / {tool} run {i}: {e}")
-                for m in list(STATE["mounts"]):
-                    unmount(m)
-                self.res.fail(label, tool, str(e).replace("|", "/").replace("\n", " ")[:300])
+            v = self.run_once(label, tool, unit, fn, i)
+            if v is None:
                 return
-            log(f"  {label} / {tool} run {i}: {fmt_num(vals[-1])} {unit}")
+            vals.append(v)
         self.res.add(label, tool, unit, vals, raw=raw, note=note)
 
     def measure_alternating(self, label, raw_tool, raw_fn, ftp_fn, unit):
@@ -514,15 +522,10 @@ class Bench:
         vals = {raw_tool: [], "ftpsfs": []}
         for i in range(self.runs):
             for tool, fn in ((raw_tool, raw_fn), ("ftpsfs", ftp_fn)):
-                try:
-                    vals[tool].append(fn(i))
-                except Exception as e:  # noqa: BLE001
-                    log(f"{label} / {tool} run {i}: {e}")
-                    for m in list(STATE["mounts"]):
-                        unmount(m)
-                    self.res.fail(label, tool, str(e).replace("|", "/").replace("\n", " ")[:300])
+                v = self.run_once(label, tool, unit, fn, i)
+                if v is None:
                     return
-                log(f"  {label} / {tool} run {i}: {fmt_num(vals[tool][-1])} {unit}")
+                vals[tool].append(v)
         self.res.add(label, raw_tool, unit, vals[raw_tool])
         self.res.add(label, "ftpsfs", unit, vals["ftpsfs"], raw=(label, raw_tool))
 

@@ -26,7 +26,7 @@
 //! input), dropped after [`PREPARED_MAX_AGE`], and a transfer whose command gets a
 //! 425/426 on it is retried once on a fresh EPSV.
 
-use super::{first_word, prepare_socket, FtpConnection, Protection};
+use super::{first_word, prepare_socket, FtpConnection, Protection, Reply};
 use crate::error::{FtpError, Result};
 use crate::ftp::data::DataStream;
 use crate::ftp::netio;
@@ -56,6 +56,15 @@ pub(super) struct PreparedData {
     since: Instant,
 }
 
+impl PreparedData {
+    fn new(tcp: TcpStream) -> Self {
+        PreparedData {
+            tcp,
+            since: Instant::now(),
+        }
+    }
+}
+
 impl FtpConnection {
     /// Opens the next transfer's data connection ahead of time (EPSV and a TCP
     /// connect that completes in the background). Idempotent. A connection whose
@@ -72,10 +81,7 @@ impl FtpConnection {
             // The server now waits for a connection we could not make.
             self.broken = true;
         })?;
-        self.prepared = Some(PreparedData {
-            tcp,
-            since: Instant::now(),
-        });
+        self.prepared = Some(PreparedData::new(tcp));
         Ok(())
     }
 
@@ -119,12 +125,7 @@ impl FtpConnection {
             return;
         }
         match parse_epsv(&r.text()).and_then(|port| self.start_data_connect(port)) {
-            Ok(tcp) => {
-                self.prepared = Some(PreparedData {
-                    tcp,
-                    since: Instant::now(),
-                })
-            }
+            Ok(tcp) => self.prepared = Some(PreparedData::new(tcp)),
             Err(e) => log::debug!("piggybacked data connection failed: {e}"),
         }
     }
@@ -152,16 +153,23 @@ impl FtpConnection {
             if r.code == 229 {
                 return parse_epsv(&r.text());
             }
-            if !matches!(r.code, 500 | 501 | 502 | 504) {
-                return Err(FtpError::Reply {
-                    command: "EPSV".into(),
-                    code: r.code,
-                    text: r.text(),
-                });
-            }
-            self.use_epsv = false;
+            self.epsv_refused(&r)?;
         }
         self.pasv_port()
+    }
+
+    /// An EPSV answered with something else than 229: "not implemented" turns
+    /// EPSV off for this connection (PASV from now on); anything else is an error.
+    fn epsv_refused(&mut self, r: &Reply) -> Result<()> {
+        if !matches!(r.code, 500 | 501 | 502 | 504) {
+            return Err(FtpError::Reply {
+                command: "EPSV".into(),
+                code: r.code,
+                text: r.text(),
+            });
+        }
+        self.use_epsv = false;
+        Ok(())
     }
 
     fn pasv_port(&mut self) -> Result<u16> {
@@ -235,14 +243,7 @@ impl FtpConnection {
             for _ in batch {
                 self.read_reply()?;
             }
-            if !matches!(epsv.code, 500 | 501 | 502 | 504) {
-                return Err(FtpError::Reply {
-                    command: "EPSV".into(),
-                    code: epsv.code,
-                    text: epsv.text(),
-                });
-            }
-            self.use_epsv = false;
+            self.epsv_refused(&epsv)?;
         }
         let port = self.pasv_port()?;
         let tcp = self.start_data_connect(port)?;
