@@ -238,8 +238,10 @@ class Net:
         os.close(fd)
         return ["lftp", "-f", script]
 
-    def mount(self, mnt):
+    def mount(self, mnt, tool="ftpsfs"):
         os.makedirs(mnt, exist_ok=True)
+        if tool == "rclone":
+            return self.rclone_mount(mnt)
         spool = os.path.join(STATE["work"], "spool")
         os.makedirs(spool, exist_ok=True)
         trust = f"cafile={self.srv.ca}" if self.rtt == 0 else f"fingerprint={self.srv.fingerprint}"
@@ -247,18 +249,58 @@ class Net:
         sh([FTPSFS, url, mnt, "-o", f"{trust},password_file={self.srv.pwfile},spool_dir={spool}"],
            timeout=60)
         STATE["mounts"].add(mnt)
-        return Mount(mnt)
+        return Mount(mnt, "ftpsfs")
+
+    def rclone_config(self):
+        """A 0600 rclone config with the remote `bench:` (password obscured, not in ps)."""
+        path = os.path.join(STATE["work"], f"rclone-{self.rtt}.conf")
+        if not os.path.exists(path):
+            obscured = sh(["rclone", "obscure", "-"], input=self.srv.password.encode()).stdout
+            text = (
+                "[bench]\ntype = ftp\n"
+                f"host = {self.host}\nport = {self.srv.port}\nuser = {self.srv.user}\n"
+                f"pass = {obscured.decode().strip()}\nexplicit_tls = true\n"
+                # the certificate names 127.0.0.1; at RTT > 0 curl runs with --insecure too
+                + ("no_check_certificate = true\n" if self.rtt else "")
+            )
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, text.encode())
+            os.close(fd)
+        return path
+
+    def rclone_mount(self, mnt):
+        """`rclone mount` with its defaults (--vfs-cache-mode off: writes stream to the
+        server and close() returns once the upload is done, like ftpsfs)."""
+        cmd = ["rclone", "mount", "bench:", mnt, "--config", self.rclone_config(), "--daemon",
+               "--log-file", os.path.join(STATE["work"], "rclone.log")]
+        # rclone's FTP backend ignores --ca-cert; Go reads extra roots from SSL_CERT_FILE
+        env = dict(os.environ, SSL_CERT_FILE=self.srv.ca)
+        # the daemon keeps its parent's stdout/stderr: give it files, not pipes
+        with open(os.path.join(STATE["work"], "rclone.out"), "ab") as out:
+            r = subprocess.run(cmd, timeout=60, env=env, stdin=subprocess.DEVNULL,
+                               stdout=out, stderr=out)
+        if r.returncode:
+            raise RuntimeError(f"rclone mount -> rc {r.returncode} (see rclone.log)")
+        STATE["mounts"].add(mnt)
+        deadline = time.time() + 30
+        while not os.path.ismount(mnt):
+            if time.time() > deadline:
+                raise RuntimeError("rclone mount did not come up in 30 s")
+            time.sleep(0.05)
+        return Mount(mnt, "rclone")
 
 
-def ftpsfs_pids(mnt):
-    r = subprocess.run(["pgrep", "-f", f"ftpsfs .*{re.escape(mnt)}( |$)"], stdout=subprocess.PIPE)
+def mount_pids(mnt, tool="ftpsfs"):
+    pattern = f"ftpsfs .*{re.escape(mnt)}( |$)" if tool == "ftpsfs" else f"rclone mount .*{re.escape(mnt)}( |$)"
+    r = subprocess.run(["pgrep", "-f", pattern], stdout=subprocess.PIPE)
     return [int(x) for x in r.stdout.split()]
 
 
 class Mount:
-    def __init__(self, mnt):
+    def __init__(self, mnt, tool):
         self.mnt = mnt
-        pids = ftpsfs_pids(mnt)
+        self.tool = tool
+        pids = mount_pids(mnt, tool)
         self.pid = pids[0] if pids else None
 
     def hwm_mib(self):
@@ -279,7 +321,7 @@ class Mount:
 
 
 def unmount(mnt):
-    pids = ftpsfs_pids(mnt)
+    pids = mount_pids(mnt, "ftpsfs") + mount_pids(mnt, "rclone")
     for i in range(20):
         r = subprocess.run(["fusermount3", "-u", mnt], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if r.returncode == 0 or not os.path.ismount(mnt):
@@ -438,6 +480,13 @@ class Data:
 # scenarios
 
 
+def complete_files(d, size):
+    """How many files directly in `d` have exactly `size` bytes."""
+    if not os.path.isdir(d):
+        return 0
+    return sum(1 for e in os.scandir(d) if e.is_file() and e.stat().st_size == size)
+
+
 PREAD_SCRIPT = r"""
 import os, random, sys, time
 path, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -465,10 +514,11 @@ def sizes_for(quick, rtt):
 
 
 class Bench:
-    def __init__(self, net, data, runs, sizes, res, only):
+    def __init__(self, net, data, runs, sizes, res, only, tools):
         self.net, self.data, self.runs, self.s, self.res = net, data, runs, sizes, res
         self.mnt = os.path.join(STATE["work"], "mnt")
         self.only = only
+        self.tools = tools  # "ftpsfs", and "rclone" when installed
         self.hwm = {}
 
     def want(self, name):
@@ -490,8 +540,9 @@ class Bench:
                     unmount(m)
             log(f"scenario {name} took {time.perf_counter() - t:.1f} s")
         for scen in ("a", "b", "f"):
-            if scen in self.hwm:
-                self.res.add(f"(h) peak RSS during ({scen})", "ftpsfs", "MiB", self.hwm[scen])
+            for tool in self.tools:
+                if self.hwm.get((scen, tool)):
+                    self.res.add(f"(h) peak RSS during ({scen})", tool, "MiB", self.hwm[(scen, tool)])
 
     def run_once(self, label, tool, unit, fn, i):
         """One run of `fn`; on failure the scenario's row says so and None is returned."""
@@ -515,22 +566,34 @@ class Bench:
             vals.append(v)
         self.res.add(label, tool, unit, vals, raw=raw, note=note)
 
-    def measure_alternating(self, label, raw_tool, raw_fn, ftp_fn, unit):
-        """Runs the raw client and ftpsfs in turn (raw 0, ftpsfs 0, raw 1, ...), so that
-        a drift in the machine's load affects both columns alike; the ratio compares
-        medians from the same stretch of time."""
-        vals = {raw_tool: [], "ftpsfs": []}
+    def measure_alternating(self, label, raw_tool, raw_fn, mount_fn, unit):
+        """Runs the raw client and each mount in turn (raw 0, ftpsfs 0, rclone 0, raw 1,
+        ...), so that a drift in the machine's load affects all columns alike; the ratio
+        compares medians from the same stretch of time. `mount_fn(tool)` gives the run
+        function of a mount tool; a tool that fails drops out, the others go on."""
+        fns = [(raw_tool, raw_fn)] + [(t, mount_fn(t)) for t in self.tools]
+        vals = {tool: [] for tool, _ in fns}
+        failed = set()
         for i in range(self.runs):
-            for tool, fn in ((raw_tool, raw_fn), ("ftpsfs", ftp_fn)):
+            for tool, fn in fns:
+                if tool in failed:
+                    continue
                 v = self.run_once(label, tool, unit, fn, i)
                 if v is None:
-                    return
+                    failed.add(tool)
+                    continue
                 vals[tool].append(v)
-        self.res.add(label, raw_tool, unit, vals[raw_tool])
-        self.res.add(label, "ftpsfs", unit, vals["ftpsfs"], raw=(label, raw_tool))
+        for tool, _ in fns:
+            if tool not in failed:
+                raw = None if tool == raw_tool else (label, raw_tool)
+                self.res.add(label, tool, unit, vals[tool], raw=raw)
 
-    def fresh(self):
-        m = self.net.mount(self.mnt)
+    def measure_mounts(self, label, unit, mount_fn, raw=None, note=""):
+        for tool in self.tools:
+            self.measure(label, tool, unit, mount_fn(tool), raw=raw, note=note)
+
+    def fresh(self, tool="ftpsfs"):
+        m = self.net.mount(self.mnt, tool)
         drop_caches()
         return m
 
@@ -539,41 +602,41 @@ class Bench:
         size = self.s["a"]
         name = self.data.big(size)
         label = f"(a) seq read {size} MiB, cold"
-        raw = (label, "curl")
-        hw = []
 
-        def ftp(_):
-            with self.fresh() as m:
-                t = timed(["dd", f"if={m.mnt}/{name}", "of=/dev/null", "bs=1M"])
-                hw.append(m.hwm_mib())
-            return size * MiB / t / 1e6
+        def ftp(tool):
+            def run(_):
+                with self.fresh(tool) as m:
+                    t = timed(["dd", f"if={m.mnt}/{name}", "of=/dev/null", "bs=1M"])
+                    self.hwm.setdefault(("a", tool), []).append(m.hwm_mib())
+                return size * MiB / t / 1e6
+            return run
 
         def curl(_):
             drop_caches()
             return size * MiB / timed(self.net.curl("-o", "/dev/null", self.net.url(name))) / 1e6
 
-        self.measure_alternating(label, raw[1], curl, ftp, "MB/s")
-        if hw:
-            self.hwm["a"] = hw
+        self.measure_alternating(label, "curl", curl, ftp, "MB/s")
 
     # (b) sequential write, timed until close() returns
     def b(self):
         size = self.s["b"]
         src = self.data.local_file(size)
         label = f"(b) seq write {size} MiB"
-        hw = []
 
-        def ftp(i):
-            with self.net.mount(self.mnt) as m:
-                t = timed(["dd", f"if={src}", f"of={m.mnt}/up_b_{i}", "bs=1M"])
-                # close() has returned: the whole file must be on the server now
-                on_server = os.path.join(self.data.root, f"up_b_{i}")
-                got = os.path.getsize(on_server) if os.path.exists(on_server) else -1
-                hw.append(m.hwm_mib())
-            if got != size * MiB:
-                raise RuntimeError(f"after close() the server has {got} of {size * MiB} bytes")
-            self.data.rm_remote(f"up_b_{i}")
-            return size * MiB / t / 1e6
+        def ftp(tool):
+            def run(i):
+                with self.net.mount(self.mnt, tool) as m:
+                    t = timed(["dd", f"if={src}", f"of={m.mnt}/up_b_{i}", "bs=1M"])
+                    # close() has returned: the whole file must be on the server now,
+                    # under its final name
+                    on_server = os.path.join(self.data.root, f"up_b_{i}")
+                    got = os.path.getsize(on_server) if os.path.exists(on_server) else -1
+                    self.hwm.setdefault(("b", tool), []).append(m.hwm_mib())
+                self.data.rm_remote(f"up_b_{i}")
+                if got != size * MiB:
+                    raise RuntimeError(f"after close() the server has {got} of {size * MiB} bytes")
+                return size * MiB / t / 1e6
+            return run
 
         def curl(i):
             t = timed(self.net.curl("-T", src, self.net.url(f"up_braw_{i}")))
@@ -581,25 +644,29 @@ class Bench:
             return size * MiB / t / 1e6
 
         self.measure_alternating(label, "curl -T", curl, ftp, "MB/s")
-        if hw:
-            self.hwm["b"] = hw
 
     # (c) ls -l of a 10k directory, cold then warm
     def c(self):
         n = self.s["c"]
         d = self.data.flat_dir(n)
         label = f"(c) ls -l {n} files"
-        cold, warm = [], []
-        for i in range(self.runs):
-            with self.fresh() as m:
-                cold.append(timed(f"ls -l {m.mnt}/{d} > /dev/null", shell=True))
-                warm.append(timed(f"ls -l {m.mnt}/{d} > /dev/null", shell=True))
-            log(f"  {label}: cold {cold[-1]:.3f} s, warm {warm[-1]:.3f} s")
         self.measure(label, "curl -X MLSD (1 MLSD)", "s",
                      lambda _: timed(self.net.curl("-X", "MLSD", "-o", "/dev/null", self.net.url(d + "/"))))
         raw = (label, "curl -X MLSD (1 MLSD)")
-        self.res.add(label, "ftpsfs cold", "s", cold, raw=raw)
-        self.res.add(label, "ftpsfs warm", "s", warm, raw=raw)
+        for tool in self.tools:
+            cold, warm = [], []
+            try:
+                for i in range(self.runs):
+                    with self.fresh(tool) as m:
+                        cold.append(timed(f"ls -l {m.mnt}/{d} > /dev/null", shell=True))
+                        warm.append(timed(f"ls -l {m.mnt}/{d} > /dev/null", shell=True))
+                    log(f"  {label} / {tool}: cold {cold[-1]:.3f} s, warm {warm[-1]:.3f} s")
+            except Exception as e:  # noqa: BLE001
+                log(f"{label} / {tool}: {e}")
+                self.res.fail(label, tool, str(e).replace("|", "/").replace("\n", " ")[:300])
+                continue
+            self.res.add(label, f"{tool} cold", "s", cold, raw=raw)
+            self.res.add(label, f"{tool} warm", "s", warm, raw=raw)
 
     # (d) find over a tree, cold
     def d(self):
@@ -607,12 +674,14 @@ class Bench:
         t = self.data.tree(ndirs, nfiles)
         label = f"(d) find {nfiles} files / {ndirs} dirs, cold"
 
-        def ftp(_):
-            with self.fresh() as m:
-                return timed(f"find {m.mnt}/{t} > /dev/null", shell=True)
+        def ftp(tool):
+            def run(_):
+                with self.fresh(tool) as m:
+                    return timed(f"find {m.mnt}/{t} > /dev/null", shell=True)
+            return run
 
         self.measure(label, "lftp find", "s", lambda _: timed(self.net.lftp(f"find /{t}")))
-        self.measure(label, "ftpsfs", "s", ftp, raw=(label, "lftp find"))
+        self.measure_mounts(label, "s", ftp, raw=(label, "lftp find"))
 
     # (e) cp -r of small files into and out of the mount
     def e(self):
@@ -623,14 +692,17 @@ class Bench:
         label_in = f"(e) cp -r {n}×4 KiB into mount"
         label_out = f"(e') cp -r {n}×4 KiB out of mount, cold"
 
-        def ftp_in(i):
-            with self.net.mount(self.mnt) as m:
-                t = timed(["cp", "-r", src, f"{m.mnt}/ein_{i}"])
-            got = len(os.listdir(os.path.join(self.data.root, f"ein_{i}")))
-            self.data.rm_remote(f"ein_{i}")
-            if got != n:
-                raise RuntimeError(f"only {got} of {n} files arrived")
-            return n / t
+        def ftp_in(tool):
+            def run(i):
+                with self.net.mount(self.mnt, tool) as m:
+                    t = timed(["cp", "-r", src, f"{m.mnt}/ein_{i}"])
+                    # cp has closed every file: all must be on the server, complete
+                    got = complete_files(os.path.join(self.data.root, f"ein_{i}"), 4096)
+                self.data.rm_remote(f"ein_{i}")
+                if got != n:
+                    raise RuntimeError(f"only {got} of {n} files arrived complete")
+                return n / t
+            return run
 
         def lftp_in(i):
             t = timed(self.net.lftp(f"mirror -R {src} /einraw_{i}"))
@@ -640,13 +712,15 @@ class Bench:
                 raise RuntimeError(f"only {got} of {n} files arrived")
             return n / t
 
-        def ftp_out(_):
-            shutil.rmtree(out, ignore_errors=True)
-            with self.fresh() as m:
-                t = timed(["cp", "-r", f"{m.mnt}/{remote}", out])
-            if len(os.listdir(out)) != n:
-                raise RuntimeError("missing files")
-            return n / t
+        def ftp_out(tool):
+            def run(_):
+                shutil.rmtree(out, ignore_errors=True)
+                with self.fresh(tool) as m:
+                    t = timed(["cp", "-r", f"{m.mnt}/{remote}", out])
+                if complete_files(out, 4096) != n:
+                    raise RuntimeError("missing or short files")
+                return n / t
+            return run
 
         def lftp_out(_):
             shutil.rmtree(out, ignore_errors=True)
@@ -657,9 +731,9 @@ class Bench:
             return n / t
 
         self.measure(label_in, "lftp mirror -R", "files/s", lftp_in)
-        self.measure(label_in, "ftpsfs", "files/s", ftp_in, raw=(label_in, "lftp mirror -R"))
+        self.measure_mounts(label_in, "files/s", ftp_in, raw=(label_in, "lftp mirror -R"))
         self.measure(label_out, "lftp mirror", "files/s", lftp_out)
-        self.measure(label_out, "ftpsfs", "files/s", ftp_out, raw=(label_out, "lftp mirror"))
+        self.measure_mounts(label_out, "files/s", ftp_out, raw=(label_out, "lftp mirror"))
         shutil.rmtree(out, ignore_errors=True)
 
     # (f) 4 parallel sequential reads
@@ -667,7 +741,6 @@ class Bench:
         size = self.s["f"]
         names = [self.data.par(i, size) for i in range(4)]
         label = f"(f) 4×{size} MiB parallel read, cold (aggregate)"
-        hw = []
 
         def parallel(cmds):
             t = time.perf_counter()
@@ -681,11 +754,13 @@ class Bench:
                 raise RuntimeError("; ".join(errs))
             return time.perf_counter() - t
 
-        def ftp(_):
-            with self.fresh() as m:
-                t = parallel([["dd", f"if={m.mnt}/{nm}", "of=/dev/null", "bs=1M"] for nm in names])
-                hw.append(m.hwm_mib())
-            return 4 * size * MiB / t / 1e6
+        def ftp(tool):
+            def run(_):
+                with self.fresh(tool) as m:
+                    t = parallel([["dd", f"if={m.mnt}/{nm}", "of=/dev/null", "bs=1M"] for nm in names])
+                    self.hwm.setdefault(("f", tool), []).append(m.hwm_mib())
+                return 4 * size * MiB / t / 1e6
+            return run
 
         def curl1(_):
             drop_caches()
@@ -698,9 +773,7 @@ class Bench:
 
         self.measure(label, "curl (one download)", "MB/s", curl1)
         self.measure(label, "curl ×4 parallel", "MB/s", curl4, raw=(label, "curl (one download)"))
-        self.measure(label, "ftpsfs", "MB/s", ftp, raw=(label, "curl (one download)"))
-        if hw:
-            self.hwm["f"] = hw
+        self.measure_mounts(label, "MB/s", ftp, raw=(label, "curl (one download)"))
 
     # (g) random 4 KiB preads
     def g(self):
@@ -709,31 +782,36 @@ class Bench:
         n = self.s["g"]
         label = f"(g) {n} random 4 KiB preads in {size} MiB file, cold"
 
-        def ftp(i):
-            with self.fresh() as m:
-                r = sh([sys.executable, "-c", PREAD_SCRIPT, f"{m.mnt}/{name}", str(n), str(i)])
-            return float(r.stdout.decode().strip()) * 1000
+        def ftp(tool):
+            def run(i):
+                with self.fresh(tool) as m:
+                    r = sh([sys.executable, "-c", PREAD_SCRIPT, f"{m.mnt}/{name}", str(n), str(i)])
+                return float(r.stdout.decode().strip()) * 1000
+            return run
 
-        self.measure(label, "ftpsfs", "ms/read (mean)", ftp, note="no raw column")
+        self.measure_mounts(label, "ms/read (mean)", ftp, note="no raw column")
 
     # scaling: ls -l of 1k/10k/100k entries
     def scale(self):
         for n in self.s["scale"]:
             d = self.data.flat_dir(n)
             label = f"(scale) ls -l {n} entries, cold"
-            hw = []
+            hw = {}
 
-            def ftp(_):
-                with self.fresh() as m:
-                    t = timed(f"ls -l {m.mnt}/{d} > /dev/null", shell=True)
-                    hw.append(m.hwm_mib())
-                return t
+            def ftp(tool, d=d, hw=hw):
+                def run(_):
+                    with self.fresh(tool) as m:
+                        t = timed(f"ls -l {m.mnt}/{d} > /dev/null", shell=True)
+                        hw.setdefault(tool, []).append(m.hwm_mib())
+                    return t
+                return run
 
             self.measure(label, "curl -X MLSD", "s",
                          lambda _: timed(self.net.curl("-X", "MLSD", "-o", "/dev/null", self.net.url(d + "/"))))
-            self.measure(label, "ftpsfs", "s", ftp, raw=(label, "curl -X MLSD"))
-            if hw:
-                self.res.add(f"(scale) peak RSS, ls -l {n}", "ftpsfs", "MiB", hw)
+            self.measure_mounts(label, "s", ftp, raw=(label, "curl -X MLSD"))
+            for tool in self.tools:
+                if hw.get(tool):
+                    self.res.add(f"(scale) peak RSS, ls -l {n}", tool, "MiB", hw[tool])
 
 
 # ---------------------------------------------------------------------------
@@ -747,6 +825,8 @@ def main():
     ap.add_argument("--runs", type=int, help="runs per scenario (default 3, --quick: 1)")
     ap.add_argument("--only", default="", help="comma-separated subset: a,b,c,d,e,f,g,scale")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build")
+    ap.add_argument("--no-rclone", action="store_true",
+                    help="leave out the rclone mount column even when rclone is installed")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: must run as root (drop_caches, test server setup)")
@@ -789,6 +869,8 @@ def main():
     srv = Server()
     data = Data(srv, local)
     lftp_ok = check_lftp(srv)
+    rclone = rclone_version() if not args.no_rclone else None
+    tools = ["ftpsfs"] + (["rclone"] if rclone else [])
     os.makedirs(RESULTS_DIR, exist_ok=True)
     outputs = []
     for rtt in rtts:
@@ -796,7 +878,7 @@ def main():
         net = Net(srv, rtt)
         res = Results()
         sizes = sizes_for(args.quick, rtt)
-        Bench(net, data, runs, sizes, res, only).run_all()
+        Bench(net, data, runs, sizes, res, only, tools).run_all()
         net.stop()
         elapsed = time.perf_counter() - t_rtt
         header = (
@@ -808,7 +890,7 @@ def main():
             f"{net.measured_rtt_ms:.2f} ms\n"
             f"- runs per scenario: {runs}; sizes: {sizes}\n"
             f"- lftp TLS with session reuse: {'works' if lftp_ok else 'FAILED'}; "
-            f"rclone: {'installed but not benchmarked' if shutil.which('rclone') else 'not installed, column skipped'}\n"
+            f"rclone mount: {rclone + ' (defaults: --vfs-cache-mode off)' if rclone else 'not installed or --no-rclone, column skipped'}\n"
             f"- MB/s = 10^6 bytes/s; ratio = ftpsfs median / raw median in the same unit "
             f"(MB/s, files/s: >1 is faster than raw; seconds: >1 is slower than raw)\n"
             f"- this RTT took {elapsed:.0f} s\n\n"
@@ -834,6 +916,14 @@ def check_lftp(srv):
     except Exception as e:  # noqa: BLE001
         log(f"lftp with TLS session reuse does not work: {e}")
         return False
+
+
+def rclone_version():
+    if not shutil.which("rclone"):
+        return None
+    r = subprocess.run(["rclone", "version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    first = r.stdout.decode(errors="replace").splitlines()[:1]
+    return first[0].strip() if first else "rclone"
 
 
 def git_rev():
