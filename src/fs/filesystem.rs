@@ -9,8 +9,9 @@ use super::dircache::{DirCache, Entries};
 use super::inodes::{Inodes, ROOT_INO};
 use super::listing_prefetcher::ListingPrefetcher;
 use super::prefetcher::Prefetcher;
+use super::spool::Spool;
 use super::store::{join, split, RemoteStore};
-use super::uploader::{self, Spool, StreamUpload, Target};
+use super::uploader::{self, StreamUpload, Target};
 use crate::error::FtpError;
 use crate::ftp::entry::is_valid_name;
 use crate::ftp::{EntryKind, RemoteEntry};
@@ -596,7 +597,7 @@ impl FtpsFs {
                 };
                 spool.set_len(size)?;
                 if let Err(e) =
-                    uploader::upload(self.store.as_ref(), &spool, path, self.target(false))
+                    uploader::upload(self.store.as_ref(), &mut spool, path, self.target(false))
                 {
                     let kept = spool.keep();
                     log::error!(
@@ -763,8 +764,8 @@ impl FtpsFs {
     pub fn read_into(&self, fh: u64, offset: u64, size: usize, out: &mut Vec<u8>) -> FsResult<()> {
         let h = self.handle(fh)?;
         if let Some(state) = lock(&self.files).get(&h.ino).cloned() {
-            let st = lock(&state);
-            if let Some(sp) = &st.spool {
+            let mut st = lock(&state);
+            if let Some(sp) = st.spool.as_mut() {
                 return Ok(sp.read_into(offset, size, out)?);
             }
         }

@@ -7,5 +7,6 @@ pub mod inodes;
 pub mod listing_prefetcher;
 pub mod memstore;
 pub mod prefetcher;
+pub mod spool;
 pub mod store;
 pub mod uploader;

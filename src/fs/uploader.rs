@@ -19,148 +19,13 @@
 //! close()/fsync() and the spool file is kept on disk, its path logged: nothing a
 //! program was told was written is lost.
 
+use super::spool::Spool;
 use super::store::{join, split, RemoteStore};
 use crate::error::{FtpError, Result};
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
-use tempfile::NamedTempFile;
-
-/// A file's local copy while it is being written.
-pub struct Spool {
-    file: NamedTempFile,
-    len: u64,
-    /// Kept on disk after a failed upload (not deleted when dropped).
-    kept: bool,
-}
-
-impl Spool {
-    pub fn new(dir: &Path) -> Result<Self> {
-        let file = tempfile::Builder::new()
-            .prefix("ftpsfs-spool-")
-            .tempfile_in(dir)
-            .map_err(|e| FtpError::io(format!("creating a spool file in {}", dir.display()), e))?;
-        Ok(Spool {
-            file,
-            len: 0,
-            kept: false,
-        })
-    }
-
-    /// A spool holding the current remote content of `path`.
-    pub fn fetch(dir: &Path, store: &dyn RemoteStore, path: &str) -> Result<Self> {
-        let mut s = Spool::new(dir)?;
-        let mut err = None;
-        let f = s.file.as_file();
-        let mut off = 0u64;
-        store.read_from(path, 0, &mut |chunk| match f.write_all_at(chunk, off) {
-            Ok(()) => {
-                off += chunk.len() as u64;
-                true
-            }
-            Err(e) => {
-                err = Some(e);
-                false
-            }
-        })?;
-        if let Some(e) = err {
-            return Err(FtpError::io("writing the spool file", e));
-        }
-        s.len = off;
-        Ok(s)
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn path(&self) -> &Path {
-        self.file.path()
-    }
-
-    pub fn read_at(&self, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.read_into(offset, size, &mut buf)?;
-        Ok(buf)
-    }
-
-    /// [`Spool::read_at`] appending to `out` (the caller's reused buffer).
-    pub fn read_into(&self, offset: u64, size: usize, out: &mut Vec<u8>) -> Result<()> {
-        if offset >= self.len {
-            return Ok(());
-        }
-        let n = (size as u64).min(self.len - offset) as usize;
-        let start = out.len();
-        out.resize(start + n, 0);
-        if let Err(e) = self.file.as_file().read_exact_at(&mut out[start..], offset) {
-            out.truncate(start);
-            return Err(FtpError::io("reading the spool file", e));
-        }
-        Ok(())
-    }
-
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.file
-            .as_file()
-            .write_all_at(data, offset)
-            .map_err(|e| FtpError::io("writing the spool file", e))?;
-        self.len = self.len.max(offset + data.len() as u64);
-        Ok(())
-    }
-
-    pub fn set_len(&mut self, len: u64) -> Result<()> {
-        self.file
-            .as_file()
-            .set_len(len)
-            .map_err(|e| FtpError::io("truncating the spool file", e))?;
-        self.len = len;
-        Ok(())
-    }
-
-    /// Keeps the spool file on disk after a failed upload; returns its path.
-    pub fn keep(&mut self) -> PathBuf {
-        self.kept = true;
-        self.file.path().to_path_buf()
-    }
-
-    /// The data reached the server after all: the spool may be deleted again.
-    pub fn unkeep(&mut self) {
-        self.kept = false;
-    }
-
-    pub fn is_kept(&self) -> bool {
-        self.kept
-    }
-
-    fn reader(&self) -> Result<File> {
-        let mut f = self
-            .file
-            .reopen()
-            .map_err(|e| FtpError::io("reopening the spool file", e))?;
-        f.seek(SeekFrom::Start(0))
-            .map_err(|e| FtpError::io("seeking the spool file", e))?;
-        Ok(f)
-    }
-
-    /// Abandons the spool: deleted unless kept.
-    pub fn discard(self) {
-        if self.kept {
-            let p = self.file.path().to_path_buf();
-            match self.file.keep() {
-                Ok(_) => log::warn!("unsaved data of a failed upload kept in {}", p.display()),
-                Err(e) => log::error!("could not keep spool file {}: {e}", p.display()),
-            }
-        }
-    }
-}
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -187,7 +52,12 @@ pub enum Target {
 }
 
 /// Uploads the spool as the content of `path`.
-pub fn upload(store: &dyn RemoteStore, spool: &Spool, path: &str, target: Target) -> Result<()> {
+pub fn upload(
+    store: &dyn RemoteStore,
+    spool: &mut Spool,
+    path: &str,
+    target: Target,
+) -> Result<()> {
     let mut reader = spool.reader()?.take(spool.len());
     if target != Target::Temp {
         let stored = store
@@ -373,7 +243,7 @@ mod tests {
         let mut s = Spool::new(dir.path()).unwrap();
         s.write_at(5, b"world").unwrap();
         s.write_at(0, b"hello").unwrap();
-        upload(&store, &s, "/f", Target::Temp).unwrap();
+        upload(&store, &mut s, "/f", Target::Temp).unwrap();
         assert_eq!(store.get("/f").unwrap(), b"helloworld");
         assert_eq!(
             store.paths(),
@@ -390,7 +260,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::new(dir.path()).unwrap();
         s.write_at(0, b"new").unwrap();
-        let e = upload(&store, &s, "/f", Target::Temp).unwrap_err();
+        let e = upload(&store, &mut s, "/f", Target::Temp).unwrap_err();
         assert_eq!(e.errno(), libc::EACCES);
         assert_eq!(store.get("/f").unwrap(), b"old");
         let kept = s.keep();
@@ -404,7 +274,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::new(dir.path()).unwrap();
         s.write_at(0, b"new file").unwrap();
-        upload(&store, &s, "/n", Target::NewFile).unwrap();
+        upload(&store, &mut s, "/n", Target::NewFile).unwrap();
         assert_eq!(store.get("/n").unwrap(), b"new file");
         assert_eq!(
             store.renames.load(Ordering::Relaxed),
@@ -412,23 +282,13 @@ mod tests {
             "no rename for a new file"
         );
         *store.fail_uploads_matching.lock().unwrap() = Some("/m".into());
-        let e = upload(&store, &s, "/m", Target::NewFile).unwrap_err();
+        let e = upload(&store, &mut s, "/m", Target::NewFile).unwrap_err();
         assert_eq!(e.errno(), libc::EACCES);
         assert!(store.get("/m").is_none(), "half file removed after failure");
         // In place: a failure leaves what the server has.
         store.put("/m", b"old");
-        let e = upload(&store, &s, "/m", Target::InPlace).unwrap_err();
+        let e = upload(&store, &mut s, "/m", Target::InPlace).unwrap_err();
         assert_eq!(e.errno(), libc::EACCES);
         assert!(store.get("/m").is_some());
-    }
-
-    #[test]
-    fn fetch_copies_the_remote_file() {
-        let store = MemStore::new();
-        store.put("/f", &vec![7u8; 300_000]);
-        let dir = tempfile::tempdir().unwrap();
-        let s = Spool::fetch(dir.path(), &store, "/f").unwrap();
-        assert_eq!(s.len(), 300_000);
-        assert_eq!(s.read_at(299_990, 100).unwrap(), vec![7u8; 10]);
     }
 }

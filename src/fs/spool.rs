@@ -1,0 +1,562 @@
+//! The spool: a file's local copy, on disk, while it is being written.
+//!
+//! Design: every write lands in a temporary file in `spool_dir` (never in RAM), so
+//! writes at any offset, sparse files and truncation are plain file operations, and
+//! a failed upload can be retried or kept.
+//!
+//! The long sequential append that copying programs do (cp, dd, tar, rsync) is the
+//! one pattern written differently. Past the first [`DIRECT_AFTER`] bytes, data
+//! appended at the end is gathered into aligned [`BLOCK`]-sized blocks that a writer
+//! thread writes with `O_DIRECT`, bypassing the page cache. Measured on the
+//! reference VM (2 cores): writing 512 MiB through the page cache cost 0.12–0.9 s of
+//! system time (page allocation and copy; the high end when the pages are fresh),
+//! as much as the TLS encryption and the FUSE copy of the same bytes together, and
+//! it competed with the upload for the CPU; `O_DIRECT` cost 0.07 s. The copy is
+//! usually deleted unread once the streamed upload succeeds, so keeping it out of
+//! the page cache also spares the cache.
+//!
+//! Every other operation (a read, a write elsewhere, truncation, an upload from the
+//! spool, keeping it after a failure) is a sync point: it first waits for the
+//! writer thread and writes the partial block through the page cache, so the file
+//! on disk is whole again, then proceeds as a plain file operation. Direct mode
+//! resumes only after another [`BLOCK`] of appends, so a program that alternates
+//! appends and reads does not start a thread per write. A write error of the writer
+//! thread is returned by the next sync point (flush, fsync and close are sync
+//! points). Where `O_DIRECT` is refused (tmpfs, some network filesystems) or fails,
+//! the same blocks are written through the page cache.
+//!
+//! Memory: one staging block plus at most [`DEPTH`] blocks queued, per file being
+//! appended to past [`DIRECT_AFTER`].
+
+use crate::error::{FtpError, Result};
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+use tempfile::NamedTempFile;
+
+use super::store::RemoteStore;
+
+/// Size of a direct-written block.
+pub const BLOCK: usize = 1 << 20;
+/// Appends below this offset go through the page cache (small files never start
+/// the writer thread).
+pub const DIRECT_AFTER: u64 = BLOCK as u64;
+/// Alignment of `O_DIRECT` buffers, offsets and lengths (covers 512 B and 4 KiB
+/// logical blocks).
+const ALIGN: usize = 4096;
+/// Blocks queued for the writer thread before an append waits.
+const DEPTH: usize = 2;
+
+/// A file's local copy while it is being written.
+pub struct Spool {
+    file: NamedTempFile,
+    /// Logical length, including bytes still staged or queued.
+    len: u64,
+    /// Kept on disk after a failed upload (not deleted when dropped).
+    kept: bool,
+    appender: Option<DirectAppender>,
+    /// Where direct appends may start again after a sync point.
+    direct_from: u64,
+    /// `O_DIRECT` was refused here: never try again for this spool.
+    direct_refused: bool,
+}
+
+impl Spool {
+    pub fn new(dir: &Path) -> Result<Self> {
+        let file = tempfile::Builder::new()
+            .prefix("ftpsfs-spool-")
+            .tempfile_in(dir)
+            .map_err(|e| FtpError::io(format!("creating a spool file in {}", dir.display()), e))?;
+        Ok(Spool {
+            file,
+            len: 0,
+            kept: false,
+            appender: None,
+            direct_from: DIRECT_AFTER,
+            direct_refused: false,
+        })
+    }
+
+    /// A spool holding the current remote content of `path`.
+    pub fn fetch(dir: &Path, store: &dyn RemoteStore, path: &str) -> Result<Self> {
+        let mut s = Spool::new(dir)?;
+        let mut err = None;
+        store.read_from(path, 0, &mut |chunk| {
+            let at = s.len;
+            match s.write_at(at, chunk) {
+                Ok(()) => true,
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        s.sync()?;
+        Ok(s)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Whether appends currently go to the direct writer (for tests).
+    pub fn is_direct(&self) -> bool {
+        self.appender.is_some()
+    }
+
+    pub fn read_at(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_into(offset, size, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// [`Spool::read_at`] appending to `out` (the caller's reused buffer).
+    pub fn read_into(&mut self, offset: u64, size: usize, out: &mut Vec<u8>) -> Result<()> {
+        if offset >= self.len {
+            return Ok(());
+        }
+        self.sync()?;
+        let n = (size as u64).min(self.len - offset) as usize;
+        let start = out.len();
+        out.resize(start + n, 0);
+        if let Err(e) = self.file.as_file().read_exact_at(&mut out[start..], offset) {
+            out.truncate(start);
+            return Err(FtpError::io("reading the spool file", e));
+        }
+        Ok(())
+    }
+
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if offset == self.len && self.append_direct(data)? {
+            return Ok(());
+        }
+        self.sync()?;
+        self.file
+            .as_file()
+            .write_all_at(data, offset)
+            .map_err(|e| FtpError::io("writing the spool file", e))?;
+        self.len = self.len.max(offset + data.len() as u64);
+        Ok(())
+    }
+
+    /// Appends through the direct writer when this spool is in (or may enter)
+    /// direct mode; false when the caller should write normally.
+    fn append_direct(&mut self, data: &[u8]) -> Result<bool> {
+        if self.appender.is_none() {
+            if self.direct_refused || self.len < self.direct_from || data.is_empty() {
+                return Ok(false);
+            }
+            match DirectAppender::start(self.file.path(), self.file.as_file(), self.len) {
+                Ok(a) => self.appender = Some(a),
+                Err(e) => {
+                    log::debug!(
+                        "spool {}: O_DIRECT refused ({e}); writing through the page cache",
+                        self.file.path().display()
+                    );
+                    self.direct_refused = true;
+                    return Ok(false);
+                }
+            }
+        }
+        let Some(a) = self.appender.as_mut() else {
+            return Ok(false);
+        };
+        a.append(data)?;
+        self.len += data.len() as u64;
+        Ok(true)
+    }
+
+    /// Sync point: the file on disk holds every byte written so far.
+    pub fn sync(&mut self) -> Result<()> {
+        let Some(a) = self.appender.take() else {
+            return Ok(());
+        };
+        self.direct_from = self.len + BLOCK as u64;
+        a.finish(self.file.as_file())
+    }
+
+    pub fn set_len(&mut self, len: u64) -> Result<()> {
+        self.sync()?;
+        self.file
+            .as_file()
+            .set_len(len)
+            .map_err(|e| FtpError::io("truncating the spool file", e))?;
+        self.len = len;
+        Ok(())
+    }
+
+    /// Keeps the spool file on disk after a failed upload; returns its path.
+    pub fn keep(&mut self) -> PathBuf {
+        if let Err(e) = self.sync() {
+            log::error!(
+                "spool {}: could not write all of it: {e}",
+                self.file.path().display()
+            );
+        }
+        self.kept = true;
+        self.file.path().to_path_buf()
+    }
+
+    /// The data reached the server after all: the spool may be deleted again.
+    pub fn unkeep(&mut self) {
+        self.kept = false;
+    }
+
+    pub fn is_kept(&self) -> bool {
+        self.kept
+    }
+
+    /// A reader from offset 0, after a sync point.
+    pub fn reader(&mut self) -> Result<File> {
+        self.sync()?;
+        let mut f = self
+            .file
+            .reopen()
+            .map_err(|e| FtpError::io("reopening the spool file", e))?;
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| FtpError::io("seeking the spool file", e))?;
+        Ok(f)
+    }
+
+    /// Abandons the spool: deleted unless kept.
+    pub fn discard(mut self) {
+        if !self.kept {
+            // Unread and about to be deleted: stop the writer without waiting.
+            if let Some(a) = self.appender.take() {
+                a.abandon();
+            }
+            return;
+        }
+        let p = self.keep();
+        match self.file.keep() {
+            Ok(_) => log::warn!("unsaved data of a failed upload kept in {}", p.display()),
+            Err(e) => log::error!("could not keep spool file {}: {e}", p.display()),
+        }
+    }
+}
+
+/// A `BLOCK`-sized buffer aligned for `O_DIRECT`, without unsafe code: an
+/// over-allocated Vec and the aligned window inside it.
+struct AlignedBlock {
+    raw: Vec<u8>,
+    start: usize,
+}
+
+impl AlignedBlock {
+    fn new() -> Self {
+        let raw = vec![0u8; BLOCK + ALIGN];
+        let start = raw.as_ptr().align_offset(ALIGN);
+        AlignedBlock { raw, start }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.start..self.start + BLOCK]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + BLOCK]
+    }
+}
+
+/// A full block on its way to the disk, or back to the appender for reuse.
+struct Queued {
+    offset: u64,
+    block: AlignedBlock,
+}
+
+/// Gathers appended bytes into aligned blocks; a thread writes full ones with
+/// `O_DIRECT` (or, where that fails, through the page cache).
+struct DirectAppender {
+    staging: AlignedBlock,
+    /// File offset of `staging`'s first byte (aligned).
+    base: u64,
+    filled: usize,
+    to_writer: SyncSender<Queued>,
+    /// Written blocks come back for reuse; an error ends the writer.
+    from_writer: Receiver<std::result::Result<AlignedBlock, std::io::Error>>,
+    in_flight: usize,
+    spare: Vec<AlignedBlock>,
+    worker: JoinHandle<()>,
+}
+
+impl DirectAppender {
+    /// Starts at `len`: the staging block begins at the aligned offset below it,
+    /// holding the bytes already in the file between the two.
+    fn start(path: &Path, buffered: &File, len: u64) -> std::io::Result<Self> {
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)?;
+        let fallback = buffered.try_clone()?;
+        let base = len - len % ALIGN as u64;
+        let mut staging = AlignedBlock::new();
+        let filled = (len - base) as usize;
+        buffered.read_exact_at(&mut staging.bytes_mut()[..filled], base)?;
+        let (to_writer, jobs) = sync_channel::<Queued>(DEPTH);
+        let (done, from_writer) = sync_channel(DEPTH + 1);
+        let worker = std::thread::Builder::new()
+            .name("ftpsfs-spool".into())
+            .spawn(move || write_blocks(direct, fallback, jobs, done))?;
+        Ok(DirectAppender {
+            staging,
+            base,
+            filled,
+            to_writer,
+            from_writer,
+            in_flight: 0,
+            spare: Vec::new(),
+            worker,
+        })
+    }
+
+    fn append(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let n = data.len().min(BLOCK - self.filled);
+            self.staging.bytes_mut()[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            self.filled += n;
+            data = &data[n..];
+            if self.filled == BLOCK {
+                self.queue_full_block()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_full_block(&mut self) -> Result<()> {
+        // Reuse a written block when one is back; wait for one when DEPTH are out.
+        while let Ok(r) = self.from_writer.try_recv() {
+            self.took_back(r)?;
+        }
+        let next = match self.spare.pop() {
+            Some(b) => b,
+            None if self.in_flight < DEPTH => AlignedBlock::new(),
+            None => {
+                let r = self.from_writer.recv().map_err(|_| writer_gone())?;
+                self.took_back(r)?;
+                self.spare.pop().ok_or_else(writer_gone)?
+            }
+        };
+        let full = std::mem::replace(&mut self.staging, next);
+        self.to_writer
+            .send(Queued {
+                offset: self.base,
+                block: full,
+            })
+            .map_err(|_| writer_gone())?;
+        self.in_flight += 1;
+        self.base += BLOCK as u64;
+        self.filled = 0;
+        Ok(())
+    }
+
+    fn took_back(&mut self, r: std::result::Result<AlignedBlock, std::io::Error>) -> Result<()> {
+        self.in_flight -= 1;
+        let block = r.map_err(|e| FtpError::io("writing the spool file", e))?;
+        self.spare.push(block);
+        Ok(())
+    }
+
+    /// Waits for every queued block, then writes the partial one through `file`.
+    fn finish(self, file: &File) -> Result<()> {
+        let DirectAppender {
+            staging,
+            base,
+            filled,
+            to_writer,
+            from_writer,
+            mut in_flight,
+            worker,
+            ..
+        } = self;
+        drop(to_writer);
+        let mut first_err = None;
+        while in_flight > 0 {
+            match from_writer.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(std::io::Error::other("spool writer ended early"));
+                    break;
+                }
+            }
+            in_flight -= 1;
+        }
+        let _ = worker.join();
+        if let Some(e) = first_err {
+            return Err(FtpError::io("writing the spool file", e));
+        }
+        file.write_all_at(&staging.bytes()[..filled], base)
+            .map_err(|e| FtpError::io("writing the spool file", e))
+    }
+
+    /// Stops without waiting (the spool is being deleted).
+    fn abandon(self) {
+        drop(self.to_writer);
+    }
+}
+
+fn writer_gone() -> FtpError {
+    FtpError::io(
+        "writing the spool file",
+        std::io::Error::other("spool writer thread ended"),
+    )
+}
+
+/// The writer thread: writes each block at its offset, `O_DIRECT` first; after a
+/// refusal, through the page cache. Sends each block back (or the error, then
+/// stops taking work: the appender reports it at the next sync point).
+fn write_blocks(
+    direct: File,
+    fallback: File,
+    jobs: Receiver<Queued>,
+    done: SyncSender<std::result::Result<AlignedBlock, std::io::Error>>,
+) {
+    let mut use_direct = true;
+    for q in jobs {
+        let data = q.block.bytes();
+        let mut r = if use_direct {
+            direct.write_all_at(data, q.offset)
+        } else {
+            Err(std::io::Error::other("direct writes stopped"))
+        };
+        if r.is_err() {
+            use_direct = false;
+            r = fallback.write_all_at(data, q.offset);
+        }
+        let failed = r.is_err();
+        if done.send(r.map(|()| q.block)).is_err() || failed {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::memstore::MemStore;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+            .collect()
+    }
+
+    #[test]
+    fn fetch_copies_the_remote_file() {
+        let store = MemStore::new();
+        let big = pattern(3 * BLOCK + 12_345, 1);
+        store.put("/f", &big);
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::fetch(dir.path(), &store, "/f").unwrap();
+        assert_eq!(s.len(), big.len() as u64);
+        assert!(!s.is_direct(), "fetch ends with a sync point");
+        assert_eq!(std::fs::read(s.path()).unwrap(), big);
+        assert_eq!(
+            s.read_at(big.len() as u64 - 10, 100).unwrap(),
+            &big[big.len() - 10..]
+        );
+    }
+
+    #[test]
+    fn long_appends_go_direct_and_every_sync_point_sees_all_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::new(dir.path()).unwrap();
+        // Odd-sized appends (tar's 10 KiB records) so blocks never line up with writes.
+        let data = pattern(5 * BLOCK + 777, 2);
+        let mut off = 0;
+        let mut went_direct = false;
+        for chunk in data.chunks(10_240) {
+            s.write_at(off, chunk).unwrap();
+            off += chunk.len() as u64;
+            went_direct |= s.is_direct();
+        }
+        assert!(
+            went_direct,
+            "appends past DIRECT_AFTER use the direct writer"
+        );
+        assert_eq!(s.len(), data.len() as u64);
+        // A read is a sync point: the file holds everything, staged tail included.
+        assert_eq!(
+            s.read_at(data.len() as u64 - 1000, 4096).unwrap(),
+            &data[data.len() - 1000..]
+        );
+        assert!(!s.is_direct());
+        assert_eq!(std::fs::read(s.path()).unwrap(), data);
+    }
+
+    #[test]
+    fn direct_mode_resumes_after_a_block_and_keeps_earlier_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::new(dir.path()).unwrap();
+        let mut all = pattern(2 * BLOCK + 100, 3);
+        s.write_at(0, &all[..BLOCK]).unwrap();
+        s.write_at(BLOCK as u64, &all[BLOCK..]).unwrap();
+        assert!(s.is_direct());
+        // A write elsewhere: sync point, then a plain write.
+        s.write_at(10, b"middle").unwrap();
+        all[10..16].copy_from_slice(b"middle");
+        assert!(!s.is_direct());
+        // Appends resume direct mode only a BLOCK later, starting from an unaligned end.
+        let more = pattern(2 * BLOCK + 5, 4);
+        let mut off = all.len() as u64;
+        for chunk in more.chunks(65_536) {
+            s.write_at(off, chunk).unwrap();
+            off += chunk.len() as u64;
+        }
+        all.extend_from_slice(&more);
+        assert!(s.is_direct(), "direct again after another BLOCK of appends");
+        let mut r = s.reader().unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut got).unwrap();
+        assert_eq!(got.len(), all.len());
+        assert!(got == all, "content after direct, plain and direct again");
+    }
+
+    #[test]
+    fn truncation_and_keep_are_sync_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::new(dir.path()).unwrap();
+        let data = pattern(3 * BLOCK + 999, 5);
+        s.write_at(0, &data[..BLOCK]).unwrap();
+        s.write_at(BLOCK as u64, &data[BLOCK..]).unwrap();
+        assert!(s.is_direct());
+        s.set_len(BLOCK as u64 + 3).unwrap();
+        assert_eq!(std::fs::read(s.path()).unwrap(), &data[..BLOCK + 3]);
+
+        let mut s = Spool::new(dir.path()).unwrap();
+        s.write_at(0, &data[..BLOCK]).unwrap();
+        s.write_at(BLOCK as u64, &data[BLOCK..]).unwrap();
+        assert!(s.is_direct());
+        let kept = s.keep();
+        assert_eq!(std::fs::read(&kept).unwrap(), data, "kept spool is whole");
+        s.discard();
+        assert!(kept.exists(), "kept spool stays");
+        std::fs::remove_file(kept).unwrap();
+    }
+
+    #[test]
+    fn small_files_never_start_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::new(dir.path()).unwrap();
+        s.write_at(0, &pattern(BLOCK, 6)).unwrap();
+        assert!(!s.is_direct());
+        s.write_at(BLOCK as u64, b"x").unwrap();
+        assert!(s.is_direct(), "the first append past DIRECT_AFTER does");
+    }
+}
