@@ -601,6 +601,42 @@ fn small_writes(spec: ServerSpec) {
         );
         assert_eq!(e.ok(r#"stat -c %s "$MNT/mid""#).trim(), "5000");
 
+        // A write-only handle (page cache bypassed) and a reader that cached the
+        // file before: the reader sees the new bytes, in the middle and past the
+        // old end, on its open handle.
+        {
+            use std::os::unix::fs::FileExt;
+            fs::write(m.path("coherent"), vec![b'A'; 5000]).unwrap();
+            let reader = fs::File::open(m.path("coherent")).unwrap();
+            let mut buf = vec![0u8; 10_000];
+            assert_eq!(reader.read_at(&mut buf, 0).unwrap(), 5000);
+            let writer = fs::OpenOptions::new()
+                .write(true)
+                .open(m.path("coherent"))
+                .unwrap();
+            writer.write_all_at(&[b'B'; 100], 5000).unwrap();
+            writer.write_all_at(&[b'C'; 10], 100).unwrap();
+            drop(writer);
+            let mut want = vec![b'A'; 5100];
+            want[100..110].fill(b'C');
+            want[5000..].fill(b'B');
+            let mut got = Vec::new();
+            let mut off = 0;
+            loop {
+                let n = reader.read_at(&mut buf, off).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                off += n as u64;
+            }
+            assert!(got == want, "reader sees the write-only handle's bytes");
+            assert!(
+                fs::read(root.join("coherent")).unwrap() == want,
+                "on server"
+            );
+        }
+
         // touch -d: both views show the time.
         e.ok(r#"touch -d "2001-02-03 04:05:06" "$MNT/log.txt""#);
         let want = "981173106";

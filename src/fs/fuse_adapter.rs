@@ -229,7 +229,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -431,9 +431,20 @@ impl Filesystem for FuseAdapter {
                 &to_fuse(&a),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                open_flags(flags),
             ),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+/// Write-only handles bypass the kernel's page cache (`FOPEN_DIRECT_IO`): the
+/// writer's bytes go straight from its buffer to the daemon, instead of being
+/// copied into freshly allocated cache pages that nobody reads.
+fn open_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
     }
 }

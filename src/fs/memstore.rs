@@ -5,7 +5,6 @@ use super::store::{split, RemoteStore};
 use crate::error::{FtpError, Result};
 use crate::ftp::{EntryKind, RemoteEntry};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -170,7 +169,7 @@ impl RemoteStore for MemStore {
         Ok(())
     }
 
-    fn write_file(&self, path: &str, data: &mut dyn Read) -> Result<u64> {
+    fn write_file(&self, path: &str, data: &mut dyn std::io::BufRead) -> Result<u64> {
         self.uploads.fetch_add(1, Ordering::Relaxed);
         let mut buf = Vec::new();
         data.read_to_end(&mut buf)

@@ -386,7 +386,7 @@ mod tests {
             sink(&self.0[off + 4096..]);
             Ok(())
         }
-        fn write_file(&self, _: &str, _: &mut dyn std::io::Read) -> Result<u64> {
+        fn write_file(&self, _: &str, _: &mut dyn std::io::BufRead) -> Result<u64> {
             Ok(0)
         }
         fn delete(&self, _: &str) -> Result<()> {

@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::ftp::RemoteEntry;
-use std::io::Read;
+use std::io::BufRead;
 use std::time::SystemTime;
 
 pub trait RemoteStore: Send + Sync + 'static {
@@ -16,8 +16,10 @@ pub trait RemoteStore: Send + Sync + 'static {
     fn read_from(&self, path: &str, offset: u64, sink: &mut dyn FnMut(&[u8]) -> bool)
         -> Result<()>;
 
-    /// Stores `data` as the whole content of `path` (replacing it).
-    fn write_file(&self, path: &str, data: &mut dyn Read) -> Result<u64>;
+    /// Stores `data` as the whole content of `path` (replacing it); returns how
+    /// many bytes were sent. A `BufRead`, so that the implementation sends the
+    /// source's own buffers instead of copying them.
+    fn write_file(&self, path: &str, data: &mut dyn BufRead) -> Result<u64>;
 
     fn delete(&self, path: &str) -> Result<()>;
     fn mkdir(&self, path: &str) -> Result<()>;

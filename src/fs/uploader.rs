@@ -22,10 +22,13 @@
 use super::spool::Spool;
 use super::store::{join, split, RemoteStore};
 use crate::error::{FtpError, Result};
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
+
+/// Read size when uploading a spool file.
+const UPLOAD_BUF: usize = 256 * 1024;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -58,7 +61,7 @@ pub fn upload(
     path: &str,
     target: Target,
 ) -> Result<()> {
-    let mut reader = spool.reader()?.take(spool.len());
+    let mut reader = BufReader::with_capacity(UPLOAD_BUF, spool.reader()?.take(spool.len()));
     if target != Target::Temp {
         let stored = store
             .write_file(path, &mut reader)
@@ -107,8 +110,8 @@ struct FeedReader {
     recycle: Sender<Vec<u8>>,
 }
 
-impl Read for FeedReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl BufRead for FeedReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.at == self.current.len() {
             match self.rx.recv() {
                 Ok(Feed::Data(d)) => {
@@ -119,12 +122,23 @@ impl Read for FeedReader {
                 Ok(Feed::Abort) => {
                     return Err(std::io::Error::other("upload abandoned"));
                 }
-                Err(_) => return Ok(0),
+                Err(_) => return Ok(&[]),
             }
         }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
+        Ok(&self.current[self.at..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at = (self.at + n).min(self.current.len());
+    }
+}
+
+impl Read for FeedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = buf.len().min(avail.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
         Ok(n)
     }
 }

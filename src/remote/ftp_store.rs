@@ -4,7 +4,7 @@ use super::pool::{Pool, Use};
 use crate::error::{FtpError, Result};
 use crate::fs::store::RemoteStore;
 use crate::ftp::RemoteEntry;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -63,18 +63,20 @@ impl RemoteStore for FtpStore {
         })
     }
 
-    fn write_file(&self, path: &str, data: &mut dyn Read) -> Result<u64> {
+    fn write_file(&self, path: &str, data: &mut dyn BufRead) -> Result<u64> {
         let mut c = self.pool.get(Use::Transfer)?;
         let mut up = c.stor(path, false)?;
-        let mut buf = vec![0u8; IO_BUF];
         loop {
-            let n = data
-                .read(&mut buf)
-                .map_err(|e| FtpError::io("reading the spool file", e))?;
-            if n == 0 {
+            let chunk = data
+                .fill_buf()
+                .map_err(|e| FtpError::io("reading the data to upload", e))?;
+            if chunk.is_empty() {
                 break;
             }
-            if let Err(e) = up.write_all(&buf[..n]) {
+            let n = chunk.len();
+            let sent = up.write_all(chunk);
+            data.consume(n);
+            if let Err(e) = sent {
                 return Err(
                     match e.get_ref().and_then(|i| i.downcast_ref::<FtpError>()) {
                         Some(FtpError::Reply {
