@@ -1,6 +1,8 @@
 //! The server's FEAT answer (RFC 2389) and what the client does with it.
 
-/// Capabilities the client acts on.
+/// Capabilities the client acts on. SITE subcommands are not among them: servers
+/// list them unevenly (proftpd lists SITE UTIME but not SITE CHMOD, which it has),
+/// so the session learns from the first answer instead (`set_mtime`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Features {
     /// Every feature line as the server sent it (trimmed), for `check`.
@@ -12,8 +14,6 @@ pub struct Features {
     pub size: bool,
     pub mdtm: bool,
     pub epsv: bool,
-    pub site_utime: bool,
-    pub site_chmod: bool,
     /// The MLST facts the server offers, as spelled in FEAT (without `*`).
     pub mlst_facts: Vec<String>,
 }
@@ -48,15 +48,6 @@ impl Features {
                 "SIZE" => f.size = true,
                 "MDTM" => f.mdtm = true,
                 "EPSV" => f.epsv = true,
-                "SITE" => {
-                    for w in words {
-                        match w.trim_end_matches(',') {
-                            "UTIME" => f.site_utime = true,
-                            "CHMOD" => f.site_chmod = true,
-                            _ => {}
-                        }
-                    }
-                }
                 _ => {}
             }
         }
@@ -113,7 +104,7 @@ mod tests {
             " UTF8",
             "End",
         ]));
-        assert!(f.mlst && f.mfmt && f.rest_stream && f.size && f.utf8 && f.site_utime);
+        assert!(f.mlst && f.mfmt && f.rest_stream && f.size && f.utf8);
         assert!(!f.mdtm && !f.epsv);
         assert_eq!(f.raw.len(), 9);
         assert_eq!(
