@@ -1,11 +1,13 @@
 //! The filesystem's logic, free of FUSE types so it can be unit-tested over an
 //! in-memory store. The fuser adapter (`fuse_adapter.rs`) only translates.
 //!
-//! Metadata comes from directory listings (see `dircache.rs`); reads stream through
+//! Metadata comes from directory listings (see `dircache.rs`; a directory being read
+//! streams in through a `DirStream`, see `dirstream.rs`); reads stream through
 //! a per-handle [`Prefetcher`]; writes go to a per-inode [`Spool`] uploaded on
 //! flush/fsync/release (see `uploader.rs`). SEMANTICS.md states the guarantees.
 
 use super::dircache::{DirCache, Entries};
+use super::dirstream::DirStream;
 use super::inodes::{Inodes, ROOT_INO};
 use super::listing_prefetcher::ListingPrefetcher;
 use super::prefetcher::Prefetcher;
@@ -98,22 +100,29 @@ struct FileHandle {
     reader: Mutex<Option<Prefetcher>>,
 }
 
-/// One entry of a directory snapshot taken at opendir.
+/// One entry of a directory as `readdir` hands it out (for tests; the adapter
+/// takes them one by one from [`FtpsFs::read_dir`]).
+#[cfg(test)]
 #[derive(Debug, Clone)]
 pub struct DirEntry {
     pub name: String,
     pub attr: Attr,
 }
 
+/// Listings in flight, by directory path (see `dirstream.rs`).
+type InFlight = Arc<Mutex<HashMap<String, Arc<DirStream>>>>;
+
 pub struct FtpsFs {
     store: Arc<dyn RemoteStore>,
     cfg: FsConfig,
     inodes: Inodes,
     cache: Arc<DirCache>,
-    prefetch: Option<ListingPrefetcher>,
+    prefetch: Option<Arc<ListingPrefetcher>>,
     files: Mutex<HashMap<u64, Arc<Mutex<FileState>>>>,
     handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Open directory handles: the directory's inode and its stream.
+    dirs: Mutex<HashMap<u64, (u64, Arc<DirStream>)>>,
+    listing_now: InFlight,
     next_fh: AtomicU64,
 }
 
@@ -149,8 +158,13 @@ fn name_ok(name: &str) -> FsResult<()> {
 impl FtpsFs {
     pub fn new(store: Arc<dyn RemoteStore>, cfg: FsConfig) -> Self {
         let cache = Arc::new(DirCache::new(cfg.cache_entries, cfg.cache_timeout));
-        let prefetch = (cfg.prefetch_workers > 0)
-            .then(|| ListingPrefetcher::new(store.clone(), cache.clone(), cfg.prefetch_workers));
+        let prefetch = (cfg.prefetch_workers > 0).then(|| {
+            Arc::new(ListingPrefetcher::new(
+                store.clone(),
+                cache.clone(),
+                cfg.prefetch_workers,
+            ))
+        });
         FtpsFs {
             inodes: Inodes::new(&cfg.root),
             cache,
@@ -160,6 +174,7 @@ impl FtpsFs {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            listing_now: Arc::default(),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -188,6 +203,35 @@ impl FtpsFs {
         if let Some(l) = self.cache.get(dir) {
             return Ok(l);
         }
+        let streaming = lock(&self.listing_now).get(dir).cloned();
+        if let Some(s) = streaming {
+            // Being read by a program right now: wait for that listing.
+            s.wait_done().map_err(Errno)?;
+            if let Some(l) = self.cache.get(dir) {
+                return Ok(l);
+            }
+        }
+        self.wait_for_prefetch(dir);
+        if let Some(l) = self.cache.get(dir) {
+            return Ok(l);
+        }
+        let ticket = self.cache.begin_fill(dir);
+        let listed = self.store.list(dir);
+        let entries = match listed {
+            Ok(entries) => Some(entries),
+            Err(e) => {
+                self.cache.finish_fill(ticket, None::<Vec<RemoteEntry>>);
+                return Err(e.into());
+            }
+        };
+        self.cache
+            .finish_fill(ticket, entries)
+            .ok_or(Errno(libc::EIO))
+    }
+
+    /// A prefetch worker queued or listing `dir`: wait for it (bounded) rather
+    /// than list it a second time.
+    fn wait_for_prefetch(&self, dir: &str) {
         if let Some(p) = &self.prefetch {
             // Being listed by a prefetch worker right now: wait for it (bounded).
             let mut waited = 0;
@@ -195,12 +239,7 @@ impl FtpsFs {
                 std::thread::sleep(Duration::from_millis(1));
                 waited += 1;
             }
-            if let Some(l) = self.cache.get(dir) {
-                return Ok(l);
-            }
         }
-        let entries = self.store.list(dir)?;
-        Ok(self.cache.put(dir, entries))
     }
 
     fn entry(&self, path: &str) -> FsResult<RemoteEntry> {
@@ -312,46 +351,102 @@ impl FtpsFs {
         }
     }
 
-    /// Takes a snapshot of a directory for readdir; returns a handle.
+    /// Opens a directory for readdir; returns a handle. A cached listing is read
+    /// from a copy; otherwise the listing starts streaming in (`dirstream.rs`).
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let path = self.path_of(ino)?;
         if ino != ROOT_INO && !matches!(self.entry(&path)?.kind, EntryKind::Dir) {
             return Err(Errno(libc::ENOTDIR));
         }
-        let listing = self.listing(&path)?;
-        if let Some(p) = &self.prefetch {
-            p.queue(
-                listing
-                    .values()
-                    .filter(|e| e.kind == EntryKind::Dir)
-                    .map(|e| join(&path, &e.name)),
-            );
-        }
-        let entries: Vec<DirEntry> = listing
-            .values()
-            .map(|e| {
-                let child = join(&path, &e.name);
-                let cino = self.inodes.get_or_create(&child, false);
-                DirEntry {
-                    name: e.name.clone(),
-                    attr: self.make_attr(cino, e),
-                }
-            })
-            .collect();
+        let stream = self.dir_stream(&path)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, Arc::new(entries));
+        lock(&self.dirs).insert(fh, (ino, stream));
         Ok(fh)
     }
 
-    /// The snapshot taken by `opendir`.
-    pub fn dir_entries(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
-        lock(&self.dirs).get(&fh).cloned().ok_or(Errno(libc::EBADF))
+    fn dir_stream(&self, path: &str) -> FsResult<Arc<DirStream>> {
+        let cached = self.cache.get(path).or_else(|| {
+            self.wait_for_prefetch(path);
+            self.cache.get(path)
+        });
+        if let Some(l) = cached {
+            queue_subdirs(self.prefetch.as_deref(), path, l.values());
+            return Ok(DirStream::complete(l.values().cloned().collect()));
+        }
+        let mut now = lock(&self.listing_now);
+        if let Some(s) = now.get(path) {
+            return Ok(s.clone());
+        }
+        let stream = DirStream::filling();
+        now.insert(path.to_string(), stream.clone());
+        drop(now);
+        let job = ListingJob {
+            store: self.store.clone(),
+            cache: self.cache.clone(),
+            prefetch: self.prefetch.clone(),
+            listing_now: self.listing_now.clone(),
+            dir: path.to_string(),
+            stream: stream.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("ftpsfs-readdir".into())
+            .spawn({
+                let job = job.clone();
+                move || job.run()
+            });
+        if spawned.is_err() {
+            job.run(); // no thread to spare: list it here
+        }
+        Ok(stream)
     }
 
-    /// readdirplus hands out a reference per entry, like lookup.
-    pub fn count_lookup(&self, parent: u64, name: &str) {
-        if let Ok(p) = self.path_of(parent) {
-            self.inodes.get_or_create(&join(&p, name), true);
+    /// Hands the entries of directory handle `fh` from position `index` on to
+    /// `add(name, attr, next_offset)` until it returns true (the reply is full);
+    /// waits for the listing when it has not got that far. `plus` (readdirplus)
+    /// counts a lookup for each entry handed out, as the kernel then holds one.
+    pub fn read_dir(
+        &self,
+        fh: u64,
+        index: usize,
+        plus: bool,
+        mut add: impl FnMut(&str, &Attr, u64) -> bool,
+    ) -> FsResult<()> {
+        let (ino, stream) = lock(&self.dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno(libc::EBADF))?;
+        let dir = self.path_of(ino)?;
+        stream
+            .read_from(index, |i, e| {
+                let child = join(&dir, &e.name);
+                let cino = self.inodes.get_or_create(&child, false);
+                if add(&e.name, &self.make_attr(cino, e), (i + 1) as u64) {
+                    return true;
+                }
+                if plus {
+                    self.inodes.get_or_create(&child, true);
+                }
+                false
+            })
+            .map_err(Errno)
+    }
+
+    /// Every entry of directory handle `fh` (waits for the whole listing).
+    #[cfg(test)]
+    pub fn dir_entries(&self, fh: u64) -> FsResult<Vec<DirEntry>> {
+        let mut all = Vec::new();
+        loop {
+            let before = all.len();
+            self.read_dir(fh, before, false, |name, attr, _| {
+                all.push(DirEntry {
+                    name: name.to_string(),
+                    attr: *attr,
+                });
+                false
+            })?;
+            if all.len() == before {
+                return Ok(all);
+            }
         }
     }
 
@@ -1012,6 +1107,66 @@ impl FtpsFs {
         let blocks = (1u64 << 44) / u64::from(bsize); // 16 TiB
         let files = 1u64 << 32;
         (blocks, blocks, blocks, files, files, bsize, 255)
+    }
+}
+
+/// Queues the subdirectories among `entries` (of `dir`) for listing ahead.
+fn queue_subdirs<'a>(
+    prefetch: Option<&ListingPrefetcher>,
+    dir: &str,
+    entries: impl Iterator<Item = &'a RemoteEntry>,
+) {
+    if let Some(p) = prefetch {
+        p.queue(
+            entries
+                .filter(|e| e.kind == EntryKind::Dir)
+                .map(|e| join(dir, &e.name)),
+        );
+    }
+}
+
+/// The listing of a directory a program is reading, run on a thread of its own.
+#[derive(Clone)]
+struct ListingJob {
+    store: Arc<dyn RemoteStore>,
+    cache: Arc<DirCache>,
+    prefetch: Option<Arc<ListingPrefetcher>>,
+    listing_now: InFlight,
+    dir: String,
+    stream: Arc<DirStream>,
+}
+
+impl ListingJob {
+    fn run(self) {
+        let ticket = self.cache.begin_fill(&self.dir);
+        let listed = self
+            .store
+            .list_each(&self.dir, &mut |e| self.stream.push(e))
+            .map_err(|e| {
+                log::debug!("listing {}: {e}", self.dir);
+                Errno::from(e).0
+            });
+        // Cache first, then wake the readers and waiting lookups, which look there.
+        if listed.is_ok() {
+            self.stream.input_complete(|all| {
+                queue_subdirs(self.prefetch.as_deref(), &self.dir, all.iter());
+                self.cache.finish_fill(ticket, Some(all.iter().cloned()));
+            });
+        } else {
+            self.cache.finish_fill(ticket, None::<Vec<RemoteEntry>>);
+        }
+        {
+            // Gone from the in-flight list before it is marked done: a later opendir
+            // finds the cache, or (after a failure) lists anew.
+            let mut now = lock(&self.listing_now);
+            if now
+                .get(&self.dir)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.stream))
+            {
+                now.remove(&self.dir);
+            }
+        }
+        self.stream.finish(listed);
     }
 }
 

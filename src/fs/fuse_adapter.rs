@@ -330,30 +330,22 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.fs.dir_entries(fh.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let mut idx = offset as usize;
-        if idx == 0 {
-            if reply.add(ino, 1, FileType::Directory, ".") {
-                return reply.ok();
-            }
-            idx = 1;
+        // Offsets: 1 after ".", 2 after "..", then 2 + the position in the stream.
+        if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
+            return reply.ok();
         }
-        if idx == 1 {
-            if reply.add(ino, 2, FileType::Directory, "..") {
-                return reply.ok();
-            }
-            idx = 2;
+        if offset <= 1 && reply.add(ino, 2, FileType::Directory, "..") {
+            return reply.ok();
         }
-        for (i, e) in entries.iter().enumerate().skip(idx - 2) {
-            let a = to_fuse(&e.attr);
-            if reply.add(a.ino, (i + 3) as u64, a.kind, &e.name) {
-                break;
-            }
+        let index = offset.saturating_sub(2) as usize;
+        let r = self.fs.read_dir(fh.0, index, false, |name, attr, next| {
+            let a = to_fuse(attr);
+            reply.add(a.ino, next + 2, a.kind, name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -364,36 +356,29 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.fs.dir_entries(fh.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let dir_attr = match self.fs.getattr(ino.0) {
-            Ok(a) => to_fuse(&a),
-            Err(e) => return reply.error(errno(e)),
-        };
-        let mut idx = offset as usize;
-        // "." and ".." do not count as lookups: the kernel ignores their attributes.
-        if idx == 0 {
-            if reply.add(ino, 1, ".", &Duration::ZERO, &dir_attr, Generation(0)) {
+        if offset <= 1 {
+            // "." and ".." do not count as lookups: the kernel ignores their attributes.
+            let dir_attr = match self.fs.getattr(ino.0) {
+                Ok(a) => to_fuse(&a),
+                Err(e) => return reply.error(errno(e)),
+            };
+            if offset == 0 && reply.add(ino, 1, ".", &Duration::ZERO, &dir_attr, Generation(0)) {
                 return reply.ok();
             }
-            idx = 1;
-        }
-        if idx == 1 {
             if reply.add(ino, 2, "..", &Duration::ZERO, &dir_attr, Generation(0)) {
                 return reply.ok();
             }
-            idx = 2;
         }
-        for (i, e) in entries.iter().enumerate().skip(idx - 2) {
-            let a = to_fuse(&e.attr);
-            if reply.add(a.ino, (i + 3) as u64, &e.name, &self.ttl, &a, Generation(0)) {
-                break;
-            }
-            self.fs.count_lookup(ino.0, &e.name);
+        let index = offset.saturating_sub(2) as usize;
+        let ttl = self.ttl;
+        let r = self.fs.read_dir(fh.0, index, true, |name, attr, next| {
+            let a = to_fuse(attr);
+            reply.add(a.ino, next + 2, name, &ttl, &a, Generation(0))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
-        reply.ok();
     }
 
     fn releasedir(

@@ -49,11 +49,15 @@ impl ListingPrefetcher {
                         }
                     };
                     if cache.get(&dir).is_none() {
+                        let ticket = cache.begin_fill(&dir);
                         match store.list(&dir) {
                             Ok(entries) => {
-                                cache.put(&dir, entries);
+                                cache.finish_fill(ticket, Some(entries));
                             }
-                            Err(e) => log::debug!("prefetching the listing of {dir}: {e}"),
+                            Err(e) => {
+                                cache.finish_fill(ticket, None::<Vec<_>>);
+                                log::debug!("prefetching the listing of {dir}: {e}");
+                            }
                         }
                     }
                     q.0.lock()

@@ -34,6 +34,10 @@ pub struct MemStore {
     pub renames: AtomicUsize,
     /// What `is_contended` answers.
     pub contended: AtomicBool,
+    /// While set, `list_each` stops after this many entries of a listing and waits
+    /// for a message (then goes on), or fails with a lost connection if the sender
+    /// is gone: a listing still on the wire, or cut off.
+    pub list_pause: Mutex<Option<(usize, std::sync::mpsc::Receiver<()>)>>,
 }
 
 fn refused(cmd: &str, code: u16, text: &str) -> FtpError {
@@ -148,6 +152,24 @@ impl RemoteStore for MemStore {
                 }
             })
             .collect())
+    }
+
+    fn list_each(&self, dir: &str, sink: &mut dyn FnMut(RemoteEntry)) -> Result<()> {
+        let entries = self.list(dir)?;
+        let pause = self
+            .list_pause
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        for (i, e) in entries.into_iter().enumerate() {
+            if let Some((at, rx)) = &pause {
+                if i == *at && rx.recv().is_err() {
+                    return Err(FtpError::Closed("listing cut off".into()));
+                }
+            }
+            sink(e);
+        }
+        Ok(())
     }
 
     fn read_from(

@@ -1,6 +1,7 @@
 //! The filesystem: logic over a [`store::RemoteStore`], and the fuser adapter.
 
 pub mod dircache;
+pub mod dirstream;
 pub mod filesystem;
 pub mod fuse_adapter;
 pub mod inodes;

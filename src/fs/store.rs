@@ -11,6 +11,13 @@ pub trait RemoteStore: Send + Sync + 'static {
     /// The entries of a directory (never `.` or `..`).
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>>;
 
+    /// The entries of `dir` handed to `sink` as they arrive; an error after some
+    /// of them means the listing is incomplete.
+    fn list_each(&self, dir: &str, sink: &mut dyn FnMut(RemoteEntry)) -> Result<()> {
+        self.list(dir)?.into_iter().for_each(sink);
+        Ok(())
+    }
+
     /// Streams a file from `offset` into `sink` until the end of the file or until
     /// `sink` returns false (the transfer is then aborted).
     fn read_from(&self, path: &str, offset: u64, sink: &mut dyn FnMut(&[u8]) -> bool)

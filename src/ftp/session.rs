@@ -647,6 +647,17 @@ impl FtpConnection {
     /// Lists a directory: MLSD where the server has it, else `LIST -a`. Lines that do
     /// not parse or carry unsafe names are skipped (and logged).
     pub fn list_dir(&mut self, path: &str) -> Result<Vec<RemoteEntry>> {
+        let mut entries = Vec::new();
+        self.list_dir_each(path, &mut |e| entries.push(e))?;
+        Ok(entries)
+    }
+
+    /// [`FtpConnection::list_dir`] handing each entry to `sink` as soon as it is
+    /// parsed (MLSD), so a caller can use the first entries while the rest are still
+    /// on the wire. LIST entries come once the listing is complete, because their
+    /// exact times are asked with MDTM afterwards. An error after some entries means
+    /// the listing is incomplete.
+    pub fn list_dir_each(&mut self, path: &str, sink: &mut dyn FnMut(RemoteEntry)) -> Result<()> {
         check_path(path)?;
         let use_mlsd = self.features.mlst;
         let cmd = if use_mlsd {
@@ -703,8 +714,10 @@ impl FtpConnection {
                 } else {
                     list::parse_list_line(text, now)
                 };
-                if let Some(e) = parsed {
-                    entries.push(e);
+                match parsed {
+                    Some(e) if use_mlsd => sink(e),
+                    Some(e) => entries.push(e),
+                    None => {}
                 }
             }
         }
@@ -712,7 +725,8 @@ impl FtpConnection {
         if !use_mlsd && self.features.mdtm {
             self.exact_mtimes(path, &mut entries)?;
         }
-        Ok(entries)
+        entries.into_iter().for_each(sink);
+        Ok(())
     }
 
     /// LIST gives minutes at best (days for older files): ask MDTM for the exact

@@ -26,6 +26,20 @@ impl RemoteStore for FtpStore {
         self.pool.run(Use::Transfer, |c| c.list_dir(dir))
     }
 
+    fn list_each(&self, dir: &str, sink: &mut dyn FnMut(RemoteEntry)) -> Result<()> {
+        let mut sent_any = false;
+        self.pool.run(Use::Transfer, |c| {
+            if sent_any {
+                // Entries already went out: a retry would repeat them.
+                return Err(FtpError::Closed("connection lost during a listing".into()));
+            }
+            c.list_dir_each(dir, &mut |e| {
+                sent_any = true;
+                sink(e)
+            })
+        })
+    }
+
     fn read_from(
         &self,
         path: &str,

@@ -1416,3 +1416,104 @@ fn inplace_uploads_straight_to_the_name() {
     fs.write(fh, 0, b"x").unwrap();
     assert_eq!(err(fs.release(fh)), libc::EACCES);
 }
+
+/// A directory of `n` files `/big/fNNNN` in the store, not yet listed.
+fn big_dir(store: &MemStore, n: usize) {
+    store.mkdir("/big").unwrap();
+    for i in 0..n {
+        store.put(&format!("/big/f{i:04}"), b"x");
+    }
+}
+
+#[test]
+fn readdir_hands_out_entries_while_the_listing_streams_in() {
+    let (store, fs, _d) = setup();
+    big_dir(&store, 300);
+    let dir = lookup(&fs, "big").ino;
+    let (go, wait) = std::sync::mpsc::channel();
+    *store.list_pause.lock().unwrap() = Some((100, wait));
+    let lists_before = store.lists.load(Ordering::Relaxed);
+    let fs = Arc::new(fs);
+    let dh = {
+        let fs = fs.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(fs.opendir(dir)));
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("opendir returns before the listing is complete")
+            .unwrap()
+    };
+    // The first 100 entries are readable while the rest is still "on the wire".
+    let mut first = Vec::new();
+    while first.len() < 100 {
+        fs.read_dir(dh, first.len(), true, |name, attr, next| {
+            assert_eq!(attr.kind, FileType::File);
+            first.push((name.to_string(), next));
+            false
+        })
+        .unwrap();
+    }
+    assert_eq!(
+        first.len(),
+        100,
+        "what has arrived, without waiting for the rest"
+    );
+    assert_eq!(first[99].1, 100, "offsets are stream positions");
+    // A lookup in that directory waits for this listing instead of listing again.
+    let looker = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.lookup(dir, "f0250").map(|a| a.size))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !looker.is_finished(),
+        "lookup waits for the listing in flight"
+    );
+    go.send(()).unwrap();
+    assert_eq!(looker.join().unwrap(), Ok(1));
+    let mut rest = Vec::new();
+    fs.read_dir(dh, 100, true, |name, _, _| {
+        rest.push(name.to_string());
+        false
+    })
+    .unwrap();
+    assert_eq!(rest.len(), 200);
+    assert_eq!(
+        store.lists.load(Ordering::Relaxed) - lists_before,
+        1,
+        "one listing served readdir and lookup"
+    );
+    // Complete and cached: a second reader gets the same entries from the cache.
+    let dh2 = fs.opendir(dir).unwrap();
+    assert_eq!(fs.dir_entries(dh2).unwrap().len(), 300);
+    assert_eq!(store.lists.load(Ordering::Relaxed) - lists_before, 1);
+    fs.releasedir(dh);
+    fs.releasedir(dh2);
+}
+
+#[test]
+fn a_listing_cut_off_fails_readdir_past_what_arrived_and_is_not_cached() {
+    let (store, fs, _d) = setup();
+    big_dir(&store, 50);
+    let dir = lookup(&fs, "big").ino;
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    *store.list_pause.lock().unwrap() = Some((20, wait));
+    let dh = fs.opendir(dir).unwrap();
+    let mut got = 0;
+    while got < 20 {
+        fs.read_dir(dh, got, false, |_, _, _| {
+            got += 1;
+            false
+        })
+        .unwrap();
+    }
+    assert_eq!(got, 20);
+    drop(go); // the connection is lost
+    let e = fs.read_dir(dh, 20, false, |_, _, _| false).unwrap_err();
+    assert_eq!(e, Errno(libc::EIO));
+    fs.releasedir(dh);
+    // Not cached: the next opendir lists again, completely.
+    let before = store.lists.load(Ordering::Relaxed);
+    let dh = fs.opendir(dir).unwrap();
+    assert_eq!(fs.dir_entries(dh).unwrap().len(), 50);
+    assert_eq!(store.lists.load(Ordering::Relaxed) - before, 1);
+}

@@ -1,0 +1,254 @@
+//! Directory reads that start before the listing is complete.
+//!
+//! Design: `opendir` of a directory that is not cached starts its listing on a
+//! thread of its own and returns at once. Entries go into a [`DirStream`] as the
+//! server sends them (MLSD lines are parsed one at a time), and `readdir` hands out
+//! whatever has arrived, waiting only when it has caught up. A program reading a
+//! large directory (`ls -l` of 100,000 entries: the kernel builds an inode per
+//! entry, ls stats each) thus does its per-entry work while the rest of the listing
+//! is still on the wire, instead of after it.
+//!
+//! Offsets are positions in the stream (the server's order, duplicate names
+//! dropped), so they stay valid for the handle whatever happens to the cache. When
+//! the listing completes it goes into the listing cache (through a fill ticket, so a
+//! directory changed meanwhile is not cached stale); until then, lookups in that
+//! directory wait for it instead of listing it a second time. A failed listing
+//! fails the `readdir` that reaches the missing part, with the listing's errno.
+//! A directory already cached is read from a complete stream holding a copy of the
+//! cached entries (a snapshot: edits of the cache do not move the offsets).
+
+use crate::ftp::RemoteEntry;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Entries between wake-ups of a waiting reader (one FUSE reply holds fewer)...
+const NOTIFY_EVERY: usize = 64;
+/// ...and the longest a reader waits while fewer have come (a slow server).
+const WAIT_AT_MOST: Duration = Duration::from_millis(10);
+
+pub struct DirStream {
+    state: Mutex<State>,
+    grown: Condvar,
+}
+
+struct State {
+    entries: Vec<RemoteEntry>,
+    /// Hash of each name so far → its position, to drop duplicates while the
+    /// listing streams in (a repeated hash is checked against that entry's name).
+    names: HashMap<u64, usize>,
+    /// `Some` once the listing is over: `Err(errno)` if it failed.
+    done: Option<Result<(), i32>>,
+}
+
+fn name_hash(name: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(name)
+}
+
+impl DirStream {
+    /// A stream holding a complete listing.
+    pub fn complete(entries: Vec<RemoteEntry>) -> Arc<Self> {
+        Arc::new(DirStream {
+            state: Mutex::new(State {
+                entries,
+                names: HashMap::new(),
+                done: Some(Ok(())),
+            }),
+            grown: Condvar::new(),
+        })
+    }
+
+    /// An empty stream that a listing will fill ([`DirStream::push`], then
+    /// [`DirStream::finish`]).
+    pub fn filling() -> Arc<Self> {
+        Arc::new(DirStream {
+            state: Mutex::new(State {
+                entries: Vec::new(),
+                names: HashMap::new(),
+                done: None,
+            }),
+            grown: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds an entry that just arrived (ignored if its name came before).
+    pub fn push(&self, e: RemoteEntry) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.done.is_some() {
+            return;
+        }
+        let at = st.entries.len();
+        match st.names.entry(name_hash(&e.name)) {
+            Entry::Occupied(o) if st.entries[*o.get()].name == e.name => {
+                return; // a broken server listed it twice
+            }
+            Entry::Occupied(_) => {} // two names, one hash: keep both
+            Entry::Vacant(v) => {
+                v.insert(at);
+            }
+        }
+        st.entries.push(e);
+        if st.entries.len() % NOTIFY_EVERY == 0 {
+            self.grown.notify_all();
+        }
+    }
+
+    /// The listing has come in completely: frees what only streaming needed (the
+    /// duplicate index, spare capacity), then runs `f` over the entries (to fill
+    /// the cache without an intermediate copy). Readers wait for [`DirStream::finish`].
+    pub fn input_complete<T>(&self, f: impl FnOnce(&[RemoteEntry]) -> T) -> T {
+        let mut st = self.lock();
+        st.names = HashMap::new();
+        st.entries.shrink_to_fit();
+        f(&st.entries)
+    }
+
+    /// Ends the listing and wakes every reader.
+    pub fn finish(&self, result: Result<(), i32>) {
+        let mut st = self.lock();
+        st.done = Some(result);
+        st.names = HashMap::new();
+        self.grown.notify_all();
+    }
+
+    /// Waits until the listing is over; its result.
+    pub fn wait_done(&self) -> Result<(), i32> {
+        let mut st = self.lock();
+        loop {
+            if let Some(r) = st.done {
+                return r;
+            }
+            st = self.grown.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Calls `f(position, entry)` for the entries from `index` on, in order, until
+    /// it returns true (the reply is full) or the entries that have arrived run out;
+    /// waits first if none from `index` on has arrived yet. Nothing is called at the
+    /// end of a complete listing; `Err(errno)` if the listing failed before `index`.
+    pub fn read_from(
+        &self,
+        index: usize,
+        mut f: impl FnMut(usize, &RemoteEntry) -> bool,
+    ) -> Result<(), i32> {
+        let mut st = self.lock();
+        while st.entries.len() <= index {
+            match st.done {
+                Some(r) => return r,
+                None => {
+                    st = self
+                        .grown
+                        .wait_timeout(st, WAIT_AT_MOST)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            }
+        }
+        for (i, e) in st.entries.iter().enumerate().skip(index) {
+            if f(i, e) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ftp::EntryKind;
+
+    fn entry(name: &str) -> RemoteEntry {
+        RemoteEntry {
+            name: name.into(),
+            kind: EntryKind::File,
+            size: 1,
+            mtime: None,
+            mode: None,
+            unique: None,
+        }
+    }
+
+    /// One read: what has arrived from `index` on (waits for the first).
+    fn names_from(s: &DirStream, index: usize) -> Result<Vec<String>, i32> {
+        let mut v = Vec::new();
+        s.read_from(index, |_, e| {
+            v.push(e.name.clone());
+            false
+        })?;
+        Ok(v)
+    }
+
+    /// Reads until the end of the listing, as readdir calls do.
+    fn all_from(s: &DirStream, index: usize) -> Result<Vec<String>, i32> {
+        let mut v = Vec::new();
+        loop {
+            let more = names_from(s, index + v.len())?;
+            if more.is_empty() {
+                return Ok(v);
+            }
+            v.extend(more);
+        }
+    }
+
+    #[test]
+    fn a_reader_gets_entries_while_the_listing_streams_in() {
+        let s = DirStream::filling();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let first = names_from(&s, 0).unwrap();
+                tx.send(first.len()).unwrap();
+                let rest = all_from(&s, first.len()).unwrap();
+                (first, rest)
+            })
+        };
+        for i in 0..NOTIFY_EVERY {
+            s.push(entry(&format!("f{i}")));
+        }
+        // The reader got the first batch before the listing is over.
+        let got = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(got >= 1, "entries handed out before the listing is over");
+        s.push(entry("f0")); // a duplicate from a broken server is dropped
+        s.push(entry("last"));
+        assert_eq!(s.input_complete(|e| e.len()), NOTIFY_EVERY + 1);
+        s.finish(Ok(()));
+        let (first, rest) = reader.join().unwrap();
+        assert_eq!(first.len() + rest.len(), NOTIFY_EVERY + 1);
+        assert_eq!(rest.last().map(String::as_str), Some("last"));
+        assert_eq!(
+            names_from(&s, NOTIFY_EVERY + 1).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_failed_listing_fails_only_past_what_arrived() {
+        let s = DirStream::filling();
+        s.push(entry("a"));
+        s.finish(Err(libc::EIO));
+        assert_eq!(names_from(&s, 0).unwrap(), vec!["a".to_string()]);
+        assert_eq!(names_from(&s, 1), Err(libc::EIO));
+        assert_eq!(s.wait_done(), Err(libc::EIO));
+    }
+
+    #[test]
+    fn reading_stops_when_the_reply_is_full() {
+        let s = DirStream::complete(vec![entry("a"), entry("b"), entry("c")]);
+        let mut seen = Vec::new();
+        s.read_from(1, |i, e| {
+            seen.push((i, e.name.clone()));
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(1, "b".to_string())]);
+    }
+}
