@@ -13,7 +13,13 @@
 //! as much as the TLS encryption and the FUSE copy of the same bytes together, and
 //! it competed with the upload for the CPU; `O_DIRECT` cost 0.07 s. The copy is
 //! usually deleted unread once the streamed upload succeeds, so keeping it out of
-//! the page cache also spares the cache.
+//! the page cache also spares the cache. (On this VM freed memory goes back to the
+//! host, so page-cache pages are "fresh", and expensive, on every new spool.)
+//!
+//! A disk slower than the upload (a hard disk, an SD card) must not slow the upload
+//! down to its speed: when [`DEPTH`] blocks are still queued for the writer thread,
+//! the next full block is written through the page cache at once instead, as every
+//! block was before direct mode, and the program goes on.
 //!
 //! Every other operation (a read, a write elsewhere, truncation, an upload from the
 //! spool, keeping it after a failure) is a sync point: it first waits for the
@@ -35,6 +41,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use tempfile::NamedTempFile;
 
 use super::store::RemoteStore;
@@ -62,6 +69,8 @@ pub struct Spool {
     direct_from: u64,
     /// `O_DIRECT` was refused here: never try again for this spool.
     direct_refused: bool,
+    /// Tests: the writer thread sleeps this long before each block (a slow disk).
+    writer_delay: Duration,
 }
 
 impl Spool {
@@ -77,6 +86,7 @@ impl Spool {
             appender: None,
             direct_from: DIRECT_AFTER,
             direct_refused: false,
+            writer_delay: Duration::ZERO,
         })
     }
 
@@ -114,8 +124,22 @@ impl Spool {
     }
 
     /// Whether appends currently go to the direct writer (for tests).
+    #[cfg(test)]
     pub fn is_direct(&self) -> bool {
         self.appender.is_some()
+    }
+
+    /// Blocks of the current direct run that went through the page cache because
+    /// the disk was behind (for tests).
+    #[cfg(test)]
+    pub fn blocks_buffered(&self) -> u64 {
+        self.appender.as_ref().map_or(0, |a| a.buffered_blocks)
+    }
+
+    /// Tests: makes the writer thread as slow as a slow disk.
+    #[cfg(test)]
+    fn slow_writer(&mut self, per_block: Duration) {
+        self.writer_delay = per_block;
     }
 
     pub fn read_at(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
@@ -160,7 +184,13 @@ impl Spool {
             if self.direct_refused || self.len < self.direct_from || data.is_empty() {
                 return Ok(false);
             }
-            match DirectAppender::start(self.file.path(), self.file.as_file(), self.len) {
+            let started = DirectAppender::start(
+                self.file.path(),
+                self.file.as_file(),
+                self.len,
+                self.writer_delay,
+            );
+            match started {
                 Ok(a) => self.appender = Some(a),
                 Err(e) => {
                     log::debug!(
@@ -281,6 +311,10 @@ struct Queued {
 /// Gathers appended bytes into aligned blocks; a thread writes full ones with
 /// `O_DIRECT` (or, where that fails, through the page cache).
 struct DirectAppender {
+    /// The spool through the page cache, for blocks the disk cannot take fast enough.
+    buffered: File,
+    /// Blocks written that way (for the log and tests).
+    buffered_blocks: u64,
     staging: AlignedBlock,
     /// File offset of `staging`'s first byte (aligned).
     base: u64,
@@ -296,12 +330,13 @@ struct DirectAppender {
 impl DirectAppender {
     /// Starts at `len`: the staging block begins at the aligned offset below it,
     /// holding the bytes already in the file between the two.
-    fn start(path: &Path, buffered: &File, len: u64) -> std::io::Result<Self> {
+    fn start(path: &Path, buffered: &File, len: u64, delay: Duration) -> std::io::Result<Self> {
         let direct = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)?;
         let fallback = buffered.try_clone()?;
+        let own_buffered = buffered.try_clone()?;
         let base = len - len % ALIGN as u64;
         let mut staging = AlignedBlock::new();
         let filled = (len - base) as usize;
@@ -310,8 +345,10 @@ impl DirectAppender {
         let (done, from_writer) = sync_channel(DEPTH + 1);
         let worker = std::thread::Builder::new()
             .name("ftpsfs-spool".into())
-            .spawn(move || write_blocks(direct, fallback, jobs, done))?;
+            .spawn(move || write_blocks(direct, fallback, jobs, done, delay))?;
         Ok(DirectAppender {
+            buffered: own_buffered,
+            buffered_blocks: 0,
             staging,
             base,
             filled,
@@ -337,7 +374,7 @@ impl DirectAppender {
     }
 
     fn queue_full_block(&mut self) -> Result<()> {
-        // Reuse a written block when one is back; wait for one when DEPTH are out.
+        // Reuse a written block when one is back.
         while let Ok(r) = self.from_writer.try_recv() {
             self.took_back(r)?;
         }
@@ -345,9 +382,16 @@ impl DirectAppender {
             Some(b) => b,
             None if self.in_flight < DEPTH => AlignedBlock::new(),
             None => {
-                let r = self.from_writer.recv().map_err(|_| writer_gone())?;
-                self.took_back(r)?;
-                self.spare.pop().ok_or_else(writer_gone)?
+                // DEPTH blocks are still on their way to the disk: it is slower than
+                // the writer (a hard disk, an SD card). This block goes through the
+                // page cache instead of making the program wait for the disk.
+                self.buffered
+                    .write_all_at(self.staging.bytes(), self.base)
+                    .map_err(|e| FtpError::io("writing the spool file", e))?;
+                self.buffered_blocks += 1;
+                self.base += BLOCK as u64;
+                self.filled = 0;
+                return Ok(());
             }
         };
         let full = std::mem::replace(&mut self.staging, next);
@@ -372,6 +416,12 @@ impl DirectAppender {
 
     /// Waits for every queued block, then writes the partial one through `file`.
     fn finish(self, file: &File) -> Result<()> {
+        if self.buffered_blocks > 0 {
+            log::debug!(
+                "spool: {} block(s) went through the page cache, the disk being slower",
+                self.buffered_blocks
+            );
+        }
         let DirectAppender {
             staging,
             base,
@@ -426,9 +476,13 @@ fn write_blocks(
     fallback: File,
     jobs: Receiver<Queued>,
     done: SyncSender<std::result::Result<AlignedBlock, std::io::Error>>,
+    delay: Duration,
 ) {
     let mut use_direct = true;
     for q in jobs {
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let data = q.block.bytes();
         let mut r = if use_direct {
             direct.write_all_at(data, q.offset)
@@ -548,6 +602,33 @@ mod tests {
         s.discard();
         assert!(kept.exists(), "kept spool stays");
         std::fs::remove_file(kept).unwrap();
+    }
+
+    #[test]
+    fn a_slow_disk_does_not_hold_the_writer_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::new(dir.path()).unwrap();
+        s.slow_writer(Duration::from_millis(300));
+        let data = pattern(12 * BLOCK + 5, 7);
+        let t = std::time::Instant::now();
+        let mut off = 0;
+        for chunk in data.chunks(BLOCK) {
+            s.write_at(off, chunk).unwrap();
+            off += chunk.len() as u64;
+        }
+        let took = t.elapsed();
+        // The writer thread took at most a few blocks (300 ms each); the rest went
+        // through the page cache without waiting for it.
+        assert!(s.blocks_buffered() >= 6, "{} buffered", s.blocks_buffered());
+        assert!(
+            took < Duration::from_millis(2000),
+            "appends waited for the disk: {took:?}"
+        );
+        s.sync().unwrap();
+        assert!(
+            std::fs::read(s.path()).unwrap() == data,
+            "content whole after sync"
+        );
     }
 
     #[test]
