@@ -509,6 +509,37 @@ fn find_lists_same_paths_vsftpd() {
 }
 
 // ---------------------------------------------------------------------------
+// A directory of 3,000 entries: read while its listing streams in (MLSD on
+// proftpd) or once complete (LIST on vsftpd), in many readdir calls.
+
+fn many_entries(spec: ServerSpec) {
+    with_mount(spec, |srv, m| {
+        let e = Env::new(srv, m);
+        let dir = srv.root.join("many");
+        fs::create_dir(&dir).unwrap();
+        for i in 0..3000 {
+            fs::write(dir.join(format!("entry {i:04}.dat")), vec![b'x'; i % 7]).unwrap();
+        }
+        let names = r#"ls -f "$D/many" | grep -v '^\.\.\?$' | sort"#;
+        let sizes = r#"ls -l "$D/many" | tail -n +2 | awk '{print $5, $NF}' | sort"#;
+        let on_mount = e.ok(&format!("D=\"$MNT\"; {names}; {sizes}"));
+        let on_root = e.ok(&format!("D=\"$ROOT\"; {names}; {sizes}"));
+        assert_eq!(on_mount.lines().count(), 6000);
+        assert_eq!(on_mount, on_root);
+    });
+}
+
+#[test]
+fn many_entries_listed_whole_proftpd() {
+    many_entries(ServerSpec::proftpd());
+}
+
+#[test]
+fn many_entries_listed_whole_vsftpd() {
+    many_entries(ServerSpec::vsftpd());
+}
+
+// ---------------------------------------------------------------------------
 // mv, rm -r, mkdir -p
 
 fn mv_rm_mkdir(spec: ServerSpec) {
