@@ -194,7 +194,6 @@ mod tests {
             size: 1,
             mtime: None,
             mode: None,
-            unique: None,
         }
     }
 

@@ -172,7 +172,6 @@ mod tests {
             size: 1,
             mtime: None,
             mode: None,
-            unique: None,
         }
     }
 

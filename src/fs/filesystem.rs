@@ -471,7 +471,6 @@ impl FtpsFs {
             size: 0,
             mtime: Some(SystemTime::now()),
             mode: None,
-            unique: None,
         };
         self.cache.edit(&dir, |l| {
             l.insert(name.to_string(), e.clone());
@@ -832,7 +831,6 @@ impl FtpsFs {
             size: 0,
             mtime: Some(SystemTime::now()),
             mode: Some(mode & 0o7777),
-            unique: None,
         };
         self.cache.edit(&dir, |l| {
             l.insert(name.to_string(), e.clone());

@@ -139,7 +139,6 @@ impl RemoteStore for MemStore {
                         size: 0,
                         mtime: Some(*mtime),
                         mode: Some(0o755),
-                        unique: None,
                     },
                     Node::File { data, mtime, mode } => RemoteEntry {
                         name,
@@ -147,7 +146,6 @@ impl RemoteStore for MemStore {
                         size: data.len() as u64,
                         mtime: Some(*mtime),
                         mode: Some(*mode),
-                        unique: None,
                     },
                 }
             })

@@ -1,23 +1,19 @@
-//! Write spooling and upload.
+//! Uploads: a file's spool (see `spool.rs`) to the server, and streaming uploads.
 //!
-//! Design: every file opened for writing gets a spool file on disk (in `spool_dir`,
-//! never in RAM); writes at any offset, sparse writes and truncation are plain file
-//! operations on it. A file that already exists and is not truncated is first
-//! fetched into the spool, so writes in the middle and O_APPEND keep the rest.
-//! On flush/fsync/release the spool of a file that already exists on the server is
-//! uploaded to a temporary name in the same directory and renamed over the real
-//! name (RNFR/RNTO), so an interrupted upload never replaces a good file with half
-//! of a new one. A file created through the mount (the name was free) goes
+//! Design: on flush/fsync/release the spool of a file that already exists on the
+//! server is uploaded to a temporary name in the same directory and renamed over the
+//! real name (RNFR/RNTO), so an interrupted upload never replaces a good file with
+//! half of a new one. A file created through the mount (the name was free) goes
 //! straight to its name, which saves the rename's round trip on every new file
-//! (cp, tar, unzip); if that upload fails, what it wrote is deleted, so the name
-//! is free again rather than holding half a file. `inplace` uploads every file
-//! straight to its name, for servers that forbid rename. A file written sequentially from offset 0
-//! (cp, dd, tar, rsync's temporary files) is also streamed to the server while it is
-//! written ([`StreamUpload`]), so close() waits only for the tail; the spool is still
-//! written and is uploaded instead if the stream fails or the writer seeks.
-//! If the upload fails, the error goes back to
-//! close()/fsync() and the spool file is kept on disk, its path logged: nothing a
-//! program was told was written is lost.
+//! (cp, tar, unzip); if that upload fails, what it wrote is deleted, so the name is
+//! free again rather than holding half a file. `inplace` uploads every file straight
+//! to its name, for servers that forbid rename. A file written sequentially from
+//! offset 0 (cp, dd, tar, rsync's temporary files) is also streamed to the server
+//! while it is written ([`StreamUpload`]), so close() waits only for the tail; the
+//! spool still gets every byte and is uploaded instead if the stream fails or the
+//! writer seeks. If the upload fails, the error goes back to close()/fsync() and
+//! the spool file is kept on disk, its path logged: nothing a program was told was
+//! written is lost.
 
 use super::spool::Spool;
 use super::store::{join, split, RemoteStore};

@@ -23,8 +23,6 @@ pub struct RemoteEntry {
     pub mtime: Option<SystemTime>,
     /// Permission bits (0o7777 at most) when the listing gave them.
     pub mode: Option<u32>,
-    /// MLSD `unique` fact: stable identity of the object on the server.
-    pub unique: Option<String>,
 }
 
 /// Longest file name accepted from a server (bytes), as Linux's NAME_MAX.

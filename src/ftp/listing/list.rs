@@ -222,7 +222,6 @@ fn parse_unix(line: &str, now: SystemTime) -> Option<RemoteEntry> {
         size,
         mtime: date.mtime,
         mode: Some(mode),
-        unique: None,
     })
 }
 
@@ -303,7 +302,6 @@ fn parse_dos(line: &str) -> Option<RemoteEntry> {
         size,
         mtime: utc_to_system_time(year, month, day, hour, min, 0, 0),
         mode: None,
-        unique: None,
     })
 }
 

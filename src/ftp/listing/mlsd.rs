@@ -116,7 +116,6 @@ struct Facts {
     mtime: Option<SystemTime>,
     unix_mode: Option<u32>,
     perm: Option<String>,
-    unique: Option<String>,
 }
 
 /// Splits `facts; name` and parses the facts. Returns the facts and the raw name.
@@ -136,7 +135,6 @@ fn split_and_parse(line: &str) -> Result<(Facts, &str), ListingError> {
         mtime: None,
         unix_mode: None,
         perm: None,
-        unique: None,
     };
     for fact in fact_text.split(';').filter(|f| !f.is_empty()) {
         let Some((key, value)) = fact.split_once('=') else {
@@ -156,7 +154,6 @@ fn split_and_parse(line: &str) -> Result<(Facts, &str), ListingError> {
             "modify" => facts.mtime = parse_mdtm_time(value),
             "unix.mode" => facts.unix_mode = parse_unix_mode(value),
             "perm" => facts.perm = Some(value.to_string()),
-            "unique" => facts.unique = (!value.is_empty()).then(|| value.to_string()),
             _ => {}
         }
     }
@@ -179,7 +176,6 @@ fn build_entry(name: &str, kind: EntryKind, facts: Facts) -> RemoteEntry {
         size,
         mtime: facts.mtime,
         mode,
-        unique: facts.unique,
     }
 }
 
@@ -276,7 +272,6 @@ mod tests {
         assert_eq!(e.kind, EntryKind::File);
         assert_eq!(e.size, 1234);
         assert_eq!(e.mode, Some(0o644));
-        assert_eq!(e.unique.as_deref(), Some("803U1A2B3"));
         assert_eq!(e.mtime, utc_to_system_time(2021, 3, 4, 12, 30, 0, 0));
 
         let e = ok("modify=20210304123000;perm=flcdmpe;type=dir;unique=803U1A2B4;UNIX.mode=02775; sub dir\r\n");
