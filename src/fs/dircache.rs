@@ -79,35 +79,57 @@ impl DirCache {
     }
 
     /// The fetched listing: cached unless the mount changed the directory since
-    /// `begin_fill` (or the fetch failed: `entries` None).
+    /// `begin_fill`.
     pub fn finish_fill(
         &self,
         ticket: FillTicket,
-        entries: Option<impl IntoIterator<Item = RemoteEntry>>,
-    ) -> Option<Arc<Entries>> {
-        let unchanged = {
-            let mut fills = self.fills();
-            let (changes, last) = match fills.get_mut(&ticket.dir) {
-                Some(e) => {
-                    e.0 -= 1;
-                    (e.1, e.0 == 0)
-                }
-                None => (ticket.changes_at_start, false),
-            };
-            if last {
-                fills.remove(&ticket.dir);
-            }
-            changes == ticket.changes_at_start
-        };
-        let entries = entries?;
-        if unchanged {
-            Some(self.put(&ticket.dir, entries))
+        entries: impl IntoIterator<Item = RemoteEntry>,
+    ) -> Arc<Entries> {
+        if self.end_fill(&ticket) {
+            self.put(&ticket.dir, entries)
         } else {
             log::debug!(
                 "listing of {} changed while it was fetched: used once, not cached",
                 ticket.dir
             );
-            Some(Arc::new(to_map(entries)))
+            Arc::new(to_map(entries))
+        }
+    }
+
+    /// The fetch failed: nothing to cache.
+    pub fn abandon_fill(&self, ticket: FillTicket) {
+        self.end_fill(&ticket);
+    }
+
+    /// Releases a ticket; true when the directory did not change meanwhile.
+    fn end_fill(&self, ticket: &FillTicket) -> bool {
+        let mut fills = self.fills();
+        let (changes, last) = match fills.get_mut(&ticket.dir) {
+            Some(e) => {
+                e.0 -= 1;
+                (e.1, e.0 == 0)
+            }
+            None => (ticket.changes_at_start, false),
+        };
+        if last {
+            fills.remove(&ticket.dir);
+        }
+        changes == ticket.changes_at_start
+    }
+
+    /// Fetches the listing of `dir` with `list` through a fill ticket.
+    pub fn fill<E>(
+        &self,
+        dir: &str,
+        list: impl FnOnce() -> Result<Vec<RemoteEntry>, E>,
+    ) -> Result<Arc<Entries>, E> {
+        let ticket = self.begin_fill(dir);
+        match list() {
+            Ok(entries) => Ok(self.finish_fill(ticket, entries)),
+            Err(e) => {
+                self.abandon_fill(ticket);
+                Err(e)
+            }
         }
     }
 
@@ -185,16 +207,9 @@ fn to_map(entries: impl IntoIterator<Item = RemoteEntry>) -> Entries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ftp::EntryKind;
 
     fn entry(name: &str) -> RemoteEntry {
-        RemoteEntry {
-            name: name.into(),
-            kind: EntryKind::File,
-            size: 1,
-            mtime: None,
-            mode: None,
-        }
+        RemoteEntry::test_file(name)
     }
 
     #[test]
@@ -221,32 +236,31 @@ mod tests {
     fn a_listing_changed_while_fetched_is_used_but_not_cached() {
         let c = DirCache::new(8, Duration::from_secs(60));
         let t = c.begin_fill("/a");
-        let got = c.finish_fill(t, Some(vec![entry("x")])).unwrap();
+        let got = c.finish_fill(t, vec![entry("x")]);
         assert!(got.contains_key("x"));
         assert!(c.get("/a").is_some(), "unchanged: cached");
 
         let t = c.begin_fill("/b");
         let other = c.begin_fill("/c");
         c.edit("/b", |_| {});
-        let got = c.finish_fill(t, Some(vec![entry("y")])).unwrap();
+        let got = c.finish_fill(t, vec![entry("y")]);
         assert!(
             got.contains_key("y"),
             "the caller still gets the server's answer"
         );
         assert!(c.get("/b").is_none(), "changed meanwhile: not cached");
-        c.finish_fill(other, Some(vec![])).unwrap();
+        c.finish_fill(other, vec![]);
         assert!(c.get("/c").is_some(), "a change elsewhere does not count");
 
         let t = c.begin_fill("/d/e");
         c.invalidate_tree("/d");
-        c.finish_fill(t, Some(vec![]));
+        c.finish_fill(t, vec![]);
         assert!(
             c.get("/d/e").is_none(),
             "tree invalidation counts for subdirectories"
         );
-        assert!(c
-            .finish_fill(c.begin_fill("/f"), None::<Vec<RemoteEntry>>)
-            .is_none());
+        c.abandon_fill(c.begin_fill("/f"));
+        assert!(c.get("/f").is_none());
         assert!(c.fills().is_empty(), "no ticket left behind");
     }
 }

@@ -163,16 +163,9 @@ impl DirStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ftp::EntryKind;
 
     fn entry(name: &str) -> RemoteEntry {
-        RemoteEntry {
-            name: name.into(),
-            kind: EntryKind::File,
-            size: 1,
-            mtime: None,
-            mode: None,
-        }
+        RemoteEntry::test_file(name)
     }
 
     /// One read: what has arrived from `index` on (waits for the first).

@@ -215,18 +215,7 @@ impl FtpsFs {
         if let Some(l) = self.cache.get(dir) {
             return Ok(l);
         }
-        let ticket = self.cache.begin_fill(dir);
-        let listed = self.store.list(dir);
-        let entries = match listed {
-            Ok(entries) => Some(entries),
-            Err(e) => {
-                self.cache.finish_fill(ticket, None::<Vec<RemoteEntry>>);
-                return Err(e.into());
-            }
-        };
-        self.cache
-            .finish_fill(ticket, entries)
-            .ok_or(Errno(libc::EIO))
+        Ok(self.cache.fill(dir, || self.store.list(dir))?)
     }
 
     /// A prefetch worker queued or listing `dir`: wait for it (bounded) rather
@@ -1148,10 +1137,10 @@ impl ListingJob {
         if listed.is_ok() {
             self.stream.input_complete(|all| {
                 queue_subdirs(self.prefetch.as_deref(), &self.dir, all.iter());
-                self.cache.finish_fill(ticket, Some(all.iter().cloned()));
+                self.cache.finish_fill(ticket, all.iter().cloned());
             });
         } else {
-            self.cache.finish_fill(ticket, None::<Vec<RemoteEntry>>);
+            self.cache.abandon_fill(ticket);
         }
         {
             // Gone from the in-flight list before it is marked done: a later opendir

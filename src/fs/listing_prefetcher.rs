@@ -49,15 +49,8 @@ impl ListingPrefetcher {
                         }
                     };
                     if cache.get(&dir).is_none() {
-                        let ticket = cache.begin_fill(&dir);
-                        match store.list(&dir) {
-                            Ok(entries) => {
-                                cache.finish_fill(ticket, Some(entries));
-                            }
-                            Err(e) => {
-                                cache.finish_fill(ticket, None::<Vec<_>>);
-                                log::debug!("prefetching the listing of {dir}: {e}");
-                            }
+                        if let Err(e) = cache.fill(&dir, || store.list(&dir)) {
+                            log::debug!("prefetching the listing of {dir}: {e}");
                         }
                     }
                     q.0.lock()

@@ -25,6 +25,20 @@ pub struct RemoteEntry {
     pub mode: Option<u32>,
 }
 
+#[cfg(test)]
+impl RemoteEntry {
+    /// A one-byte file without time or mode (unit tests).
+    pub fn test_file(name: &str) -> Self {
+        RemoteEntry {
+            name: name.into(),
+            kind: EntryKind::File,
+            size: 1,
+            mtime: None,
+            mode: None,
+        }
+    }
+}
+
 /// Longest file name accepted from a server (bytes), as Linux's NAME_MAX.
 pub const MAX_NAME_LEN: usize = 255;
 

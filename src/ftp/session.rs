@@ -414,14 +414,9 @@ impl FtpConnection {
         self.send_batch(&batch)?;
         for cmd in &batch {
             let r = self.read_reply()?;
-            if cmd == "TYPE I" && r.code != 200 {
-                return Err(FtpError::Reply {
-                    command: "TYPE".into(),
-                    code: r.code,
-                    text: r.text(),
-                });
-            }
-            if !r.is_positive() {
+            if cmd == "TYPE I" {
+                accepted(cmd, r, |c| c == 200)?;
+            } else if !r.is_positive() {
                 log::debug!("{cmd} refused: {} {}", r.code, r.text());
             }
         }
