@@ -6,6 +6,7 @@ use crate::config::{OptionList, SiteConfig};
 use crate::error::{FtpError, Result};
 use crate::fs::filesystem::{FsConfig, FtpsFs};
 use crate::fs::fuse_adapter::FuseAdapter;
+use crate::fs::journal;
 use crate::ftp::TlsContext;
 use crate::remote::ftp_store::FtpStore;
 use crate::remote::pool::Pool;
@@ -107,6 +108,7 @@ impl MountPlan {
             spool_dir,
             inplace: opts.has("inplace"),
             prefetch_workers: 0,
+            site: format!("{}@{}:{}", site.connect.user, site.url.host, site.url.port),
         };
         let u = &site.url;
         let fsname = match opts.value("fsname")? {
@@ -194,6 +196,12 @@ pub fn mount(plan: &MountPlan) -> Result<Mounted> {
             }
         });
     let store = Arc::new(FtpStore::new(pool.clone()));
+    // What a crashed mount of this site left in the spool directory: finished or
+    // reported before the new mount serves anything.
+    for line in journal::recover(&plan.fs.spool_dir, &plan.fs.site, store.as_ref()) {
+        log::warn!("recovery: {line}");
+        eprintln!("ftpsfs: recovery: {line}");
+    }
     let fs = Arc::new(FtpsFs::new(store, plan.fs.clone()));
     let session = fuser::spawn_mount(
         FuseAdapter::new(fs.clone()),
@@ -241,7 +249,7 @@ impl Mounted {
         if self.is_running() {
             log::warn!("files are still open after {UNMOUNT_GRACE:?}; stopping anyway");
         }
-        let flushed = flushed.and(self.fs.flush_all());
+        let flushed = flushed.and(self.fs.shutdown());
         if let Some(s) = self.session.take() {
             if s.guard.is_finished() {
                 let _ = s.join();
@@ -346,7 +354,7 @@ fn serve(mounted: Mounted, mountpoint: &Path, set: libc::sigset_t) -> Result<()>
         }
         if !mounted.is_running() {
             log::info!("unmounted");
-            let _ = mounted.fs.flush_all();
+            let _ = mounted.fs.shutdown();
             mounted.pool.close_all();
             return Ok(());
         }

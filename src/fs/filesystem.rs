@@ -9,6 +9,7 @@
 use super::dircache::{DirCache, Entries};
 use super::dirstream::DirStream;
 use super::inodes::{Inodes, ROOT_INO};
+use super::journal::{self, Base, Journal, Record};
 use super::listing_prefetcher::ListingPrefetcher;
 use super::prefetcher::Prefetcher;
 use super::spool::Spool;
@@ -19,7 +20,7 @@ use crate::ftp::entry::is_valid_name;
 use crate::ftp::{EntryKind, RemoteEntry};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -74,6 +75,8 @@ pub struct FsConfig {
     pub inplace: bool,
     /// Threads listing subdirectories ahead of a tree walker (0: none).
     pub prefetch_workers: usize,
+    /// The site (`user@host:port`) the write journal's records belong to.
+    pub site: String,
 }
 
 /// What a write-opened file holds while open: its spool and pending metadata.
@@ -91,6 +94,14 @@ struct FileState {
     stream: Option<StreamUpload>,
     /// A stream was tried since the last upload (not restarted after a seek).
     stream_tried: bool,
+    /// A local write to the spool failed (errno): the data a program wrote is
+    /// incomplete, so nothing of it is uploaded; every write, fsync and close of
+    /// the file returns this until its last handle is closed.
+    failed: Option<i32>,
+    /// What the server had under the name when the unsent data began.
+    base: Base,
+    /// The journal record of the unsent data (see `journal.rs`).
+    record: Option<Record>,
 }
 
 struct FileHandle {
@@ -124,6 +135,10 @@ pub struct FtpsFs {
     dirs: Mutex<HashMap<u64, (u64, Arc<DirStream>)>>,
     listing_now: InFlight,
     next_fh: AtomicU64,
+    /// None when the journal could not be opened (logged at mount).
+    journal: Option<Journal>,
+    /// The server refused a rename of an upload: replace files in place.
+    renames_refused: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -165,7 +180,19 @@ impl FtpsFs {
                 cfg.prefetch_workers,
             ))
         });
+        let journal = match Journal::open(&cfg.spool_dir, &cfg.site) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                log::error!(
+                    "write journal in {}: {e}; a crash may leave files the next mount cannot clean up",
+                    cfg.spool_dir.display()
+                );
+                None
+            }
+        };
         FtpsFs {
+            journal,
+            renames_refused: AtomicBool::new(false),
             inodes: Inodes::new(&cfg.root),
             cache,
             prefetch,
@@ -257,7 +284,8 @@ impl FtpsFs {
         if let EntryKind::Symlink(Some(t)) = &e.kind {
             attr.size = t.len() as u64;
         }
-        if let Some(state) = lock(&self.files).get(&ino).cloned() {
+        let state = lock(&self.files).get(&ino).cloned();
+        if let Some(state) = state {
             let st = lock(&state);
             if let Some(sp) = &st.spool {
                 attr.size = sp.len();
@@ -316,7 +344,8 @@ impl FtpsFs {
             }
         }
         // Unlinked while open: describe it from its spool.
-        if let Some(state) = lock(&self.files).get(&ino).cloned() {
+        let state = lock(&self.files).get(&ino).cloned();
+        if let Some(state) = state {
             let st = lock(&state);
             return Ok(Attr {
                 ino,
@@ -489,6 +518,7 @@ impl FtpsFs {
             self.abandon_stream(&mut st);
             st.dirty = false; // unlinked: nothing to upload any more
             st.is_new = false;
+            st.record = None;
         }
         self.cache.edit(&dir, |l| {
             l.remove(name);
@@ -619,22 +649,31 @@ impl FtpsFs {
             self.truncate(ino, &path, size)?;
         }
         let state = lock(&self.files).get(&ino).cloned();
-        if let Some(mode) = mode {
+        // While data is unsent, the change is recorded in the same critical section
+        // that sees it unsent: the upload applies it (an upload ending in between
+        // cannot drop it).
+        let deferred = |apply: &dyn Fn(&mut FileState)| -> bool {
             match &state {
-                Some(s) if lock(s).dirty => lock(s).pending_mode = Some(mode),
-                _ => {
-                    self.store.chmod(&path, mode).map_err(refused_as_eperm)?;
-                    self.update_entry(&path, |e| e.mode = Some(mode & 0o7777));
+                Some(s) => {
+                    let mut st = lock(s);
+                    if st.dirty {
+                        apply(&mut st);
+                    }
+                    st.dirty
                 }
+                None => false,
+            }
+        };
+        if let Some(mode) = mode {
+            if !deferred(&|st| st.pending_mode = Some(mode)) {
+                self.store.chmod(&path, mode).map_err(refused_as_eperm)?;
+                self.update_entry(&path, |e| e.mode = Some(mode & 0o7777));
             }
         }
         if let Some(t) = mtime {
-            match &state {
-                Some(s) if lock(s).dirty => lock(s).pending_mtime = Some(t),
-                _ => {
-                    self.store.set_mtime(&path, t).map_err(refused_as_eperm)?;
-                    self.update_entry(&path, |e| e.mtime = Some(t));
-                }
+            if !deferred(&|st| st.pending_mtime = Some(t)) {
+                self.store.set_mtime(&path, t).map_err(refused_as_eperm)?;
+                self.update_entry(&path, |e| e.mtime = Some(t));
             }
         }
         self.getattr(ino)
@@ -650,6 +689,12 @@ impl FtpsFs {
         }
     }
 
+    /// The cached entry of `path`, without asking the server.
+    fn cached_entry(&self, path: &str) -> Option<RemoteEntry> {
+        let (dir, name) = split(path)?;
+        self.cache.get(dir)?.get(name).cloned()
+    }
+
     fn truncate(&self, ino: u64, path: &str, size: u64) -> FsResult<()> {
         let existing = lock(&self.files).get(&ino).cloned();
         // Deferred to the next flush only when a writer holds a spool; a file open
@@ -661,14 +706,21 @@ impl FtpsFs {
         match deferred {
             Some(state) => {
                 let mut st = lock(&state);
+                if let Some(e) = st.failed {
+                    return Err(Errno(e));
+                }
                 if st.stream.as_ref().is_some_and(|s| s.pos() != size) {
                     self.abandon_stream(&mut st);
                 }
                 self.ensure_spool(&mut st, path, size == 0)?;
-                if let Some(sp) = st.spool.as_mut() {
-                    sp.set_len(size)?;
+                let r = match st.spool.as_mut() {
+                    Some(sp) => sp.set_len(size),
+                    None => Ok(()),
+                };
+                if let Err(e) = r {
+                    return Err(self.spool_failed(&mut st, path, e));
                 }
-                st.dirty = true;
+                self.mark_dirty(&mut st, path);
                 Ok(())
             }
             None => {
@@ -679,15 +731,23 @@ impl FtpsFs {
                     Spool::fetch(&self.cfg.spool_dir, self.store.as_ref(), path)?
                 };
                 spool.set_len(size)?;
-                if let Err(e) =
-                    uploader::upload(self.store.as_ref(), &mut spool, path, self.target(false))
-                {
+                let mut record = self.journal.as_ref().map(|j| {
+                    j.record(
+                        spool.path(),
+                        path,
+                        journal::base_of(self.cached_entry(path).as_ref()),
+                    )
+                });
+                if let Err(e) = self.upload_spool(&mut spool, path, false, record.as_mut()) {
                     let kept = spool.keep();
                     log::error!(
                         "truncate of {path} failed ({e}); data kept in {}",
                         kept.display()
                     );
                     spool.discard();
+                    if let Some(r) = record {
+                        r.keep();
+                    }
                     return Err(e.into());
                 }
                 self.update_entry(path, |e| {
@@ -710,6 +770,48 @@ impl FtpsFs {
             });
         }
         Ok(())
+    }
+
+    /// The file holds data the server does not have yet: journal it (see
+    /// `journal.rs`) unless already journaled.
+    fn mark_dirty(&self, st: &mut FileState, path: &str) {
+        st.dirty = true;
+        if st.record.is_some() {
+            return;
+        }
+        let (Some(j), Some(sp)) = (&self.journal, &st.spool) else {
+            return;
+        };
+        let mut r = j.record(sp.path(), path, st.base);
+        if let Err(e) = r.write(j, false) {
+            log::warn!("journal record for {path}: {e}");
+        }
+        st.record = Some(r);
+    }
+
+    /// A local write to the spool failed: the program's data is incomplete, so
+    /// none of it may reach the server. Frees the spool (it must not keep filling
+    /// the disk), ends any upload under way and remembers the error for every
+    /// later write, fsync and close of the file. The server keeps its content.
+    fn spool_failed(&self, st: &mut FileState, path: &str, e: FtpError) -> Errno {
+        let errno = match e.errno() {
+            0 => libc::EIO,
+            n => n,
+        };
+        self.abandon_stream(st);
+        let written = st.spool.as_ref().map_or(0, Spool::len);
+        if let Some(sp) = st.spool.take() {
+            sp.discard();
+        }
+        st.record = None;
+        st.dirty = false;
+        st.failed = Some(errno);
+        log::error!(
+            "writing {path}: the local spool failed ({e}); the {written} bytes written since the last \
+             upload are dropped and the server keeps its previous content; close() and fsync() \
+             report the error"
+        );
+        Errno(errno)
     }
 
     fn new_handle(&self, ino: u64, path: &str, writable: bool, append: bool) -> u64 {
@@ -738,6 +840,9 @@ impl FtpsFs {
                     is_new: false,
                     stream: None,
                     stream_tried: false,
+                    failed: None,
+                    base: Base::Absent,
+                    record: None,
                 }))
             })
             .clone()
@@ -751,28 +856,35 @@ impl FtpsFs {
             self.writable()?;
         }
         let path = self.path_of(ino)?;
-        if self.entry(&path)?.kind == EntryKind::Dir {
+        let entry = self.entry(&path)?;
+        if entry.kind == EntryKind::Dir {
             return Err(Errno(libc::EISDIR));
         }
         let state = self.state(ino);
         {
             let mut st = lock(&state);
+            if st.handles == 0 && !st.dirty && !st.is_new {
+                st.base = journal::base_of(Some(&entry));
+            }
             st.handles += 1;
             if writable {
                 st.writers += 1;
             }
             if writable && flags & libc::O_TRUNC != 0 {
-                let r = self.ensure_spool(&mut st, &path, true).and_then(|_| {
-                    st.spool
-                        .as_mut()
-                        .map_or(Ok(()), |s| s.set_len(0).map_err(Errno::from))
-                });
+                let r = match st.failed {
+                    Some(e) => Err(Errno(e)),
+                    None => self.ensure_spool(&mut st, &path, true).and_then(|_| {
+                        st.spool
+                            .as_mut()
+                            .map_or(Ok(()), |s| s.set_len(0).map_err(Errno::from))
+                    }),
+                };
                 if let Err(e) = r {
                     st.handles -= 1;
                     st.writers -= 1;
                     return Err(e);
                 }
-                st.dirty = true;
+                self.mark_dirty(&mut st, &path);
             }
         }
         Ok(self.new_handle(ino, &path, writable, flags & libc::O_APPEND != 0))
@@ -803,12 +915,13 @@ impl FtpsFs {
             st.handles += 1;
             st.writers += 1;
             st.is_new = true;
-            st.dirty = true;
+            st.base = Base::Absent;
             if let Err(e) = self.ensure_spool(&mut st, &path, true) {
                 st.handles -= 1;
                 st.writers -= 1;
                 return Err(e);
             }
+            self.mark_dirty(&mut st, &path);
             let default = 0o666 & !self.cfg.umask;
             if mode & 0o7777 != default && mode & 0o7777 != 0o644 {
                 st.pending_mode = Some(mode & 0o7777);
@@ -845,8 +958,12 @@ impl FtpsFs {
     /// allocation per read).
     pub fn read_into(&self, fh: u64, offset: u64, size: usize, out: &mut Vec<u8>) -> FsResult<()> {
         let h = self.handle(fh)?;
-        if let Some(state) = lock(&self.files).get(&h.ino).cloned() {
+        let state = lock(&self.files).get(&h.ino).cloned();
+        if let Some(state) = state {
             let mut st = lock(&state);
+            if let Some(e) = st.failed {
+                return Err(Errno(e));
+            }
             if let Some(sp) = st.spool.as_mut() {
                 return Ok(sp.read_into(offset, size, out)?);
             }
@@ -866,12 +983,17 @@ impl FtpsFs {
         let (path, _) = self.inodes.path(h.ino).ok_or(Errno(libc::ENOENT))?;
         let state = self.state(h.ino);
         let mut st = lock(&state);
+        if let Some(e) = st.failed {
+            return Err(Errno(e));
+        }
         self.ensure_spool(&mut st, &path, false)?;
         let sp = st.spool.as_mut().ok_or(Errno(libc::EIO))?;
         let off = if h.append { sp.len() } else { offset };
         let was_empty = sp.is_empty();
-        sp.write_at(off, data)?;
-        st.dirty = true;
+        if let Err(e) = sp.write_at(off, data) {
+            return Err(self.spool_failed(&mut st, &path, e));
+        }
+        self.mark_dirty(&mut st, &path);
         self.stream_write(&mut st, &path, off, was_empty, data);
         Ok(data.len())
     }
@@ -895,7 +1017,19 @@ impl FtpsFs {
             Some(false) => self.abandon_stream(st),
             None if off == 0 && was_empty && !st.stream_tried => {
                 st.stream_tried = true;
-                st.stream = StreamUpload::start(self.store.clone(), path, self.target(st.is_new));
+                let target = self.target(st.is_new);
+                if target == Target::InPlace {
+                    return;
+                }
+                let name = uploader::upload_name(path, target);
+                // The journal knows the name before the server does.
+                if let (Some(j), Some(r)) = (&self.journal, st.record.as_mut()) {
+                    if let Err(e) = r.uploading(j, None, &name) {
+                        log::warn!("journal record for {path}: {e}; not streaming it");
+                        return;
+                    }
+                }
+                st.stream = StreamUpload::start(self.store.clone(), &name);
                 if let Some(s) = st.stream.as_mut() {
                     if !s.push(data) {
                         self.abandon_stream(st);
@@ -907,9 +1041,10 @@ impl FtpsFs {
     }
 
     /// Where the upload of a file goes: see `uploader` (new files straight to
-    /// their name, others through a temporary name unless `inplace`).
+    /// their name, others through a temporary name unless `inplace` or the server
+    /// refuses renames).
     fn target(&self, is_new: bool) -> Target {
-        if self.cfg.inplace {
+        if self.cfg.inplace || self.renames_refused.load(Ordering::Relaxed) {
             Target::InPlace
         } else if is_new {
             Target::NewFile
@@ -924,13 +1059,58 @@ impl FtpsFs {
         }
     }
 
+    /// Uploads `spool` as `path`, journaling each remote name before it is
+    /// written. A refused rename (a server or account without rename permission)
+    /// is learnt for the mount, logged once, and the upload goes in place.
+    fn upload_spool(
+        &self,
+        spool: &mut Spool,
+        path: &str,
+        is_new: bool,
+        mut record: Option<&mut Record>,
+    ) -> crate::error::Result<()> {
+        let len = spool.len();
+        let mut target = self.target(is_new);
+        loop {
+            let mut before = |name: &str| -> crate::error::Result<()> {
+                match (&self.journal, record.as_deref_mut()) {
+                    (Some(j), Some(r)) => r
+                        .uploading(j, Some(len), name)
+                        .map_err(|e| FtpError::io("writing the journal", e)),
+                    _ => Ok(()),
+                }
+            };
+            let r = uploader::upload(self.store.as_ref(), spool, path, target, &mut before);
+            match r {
+                Err(e) if target == Target::Temp && uploader::is_rename_refusal(&e) => {
+                    self.learn_renames_refused(path, &e);
+                    target = Target::InPlace;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn learn_renames_refused(&self, path: &str, e: &FtpError) {
+        if !self.renames_refused.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "the server refused to rename an upload over {path} ({e}); files are now \
+                 replaced in place for the rest of this mount (not atomic: see SEMANTICS.md)"
+            );
+        }
+    }
+
     /// Uploads the file's spool if it holds unsent data. Errors go back to the
     /// caller (close, fsync) and the spool is kept on disk.
     fn upload_if_dirty(&self, ino: u64) -> FsResult<()> {
-        let Some(state) = lock(&self.files).get(&ino).cloned() else {
+        let state = lock(&self.files).get(&ino).cloned();
+        let Some(state) = state else {
             return Ok(());
         };
         let mut st = lock(&state);
+        if let Some(e) = st.failed {
+            return Err(Errno(e));
+        }
         if !st.dirty {
             return Ok(());
         }
@@ -938,15 +1118,26 @@ impl FtpsFs {
         if detached {
             self.abandon_stream(&mut st);
             st.dirty = false;
+            st.record = None;
             return Ok(());
         }
         if st.spool.is_none() {
             self.ensure_spool(&mut st, &path, false)?;
         }
         let len = st.spool.as_ref().map_or(0, Spool::len);
+        if let Err(e) = st.spool.as_mut().map_or(Ok(()), Spool::sync) {
+            return Err(self.spool_failed(&mut st, &path, e));
+        }
         let mut streamed = false;
         if let Some(stream) = st.stream.take() {
             let store = self.store.as_ref();
+            // The program has finished these bytes: say so before the rename.
+            if let (Some(j), Some(r)) = (&self.journal, st.record.as_mut()) {
+                let partial = r.entry().partial.clone().unwrap_or_else(|| path.clone());
+                if let Err(e) = r.uploading(j, Some(len), &partial) {
+                    log::warn!("journal record for {path}: {e}");
+                }
+            }
             let done = stream.finish(store, len).and_then(|name| {
                 if name == path {
                     Ok(())
@@ -956,17 +1147,19 @@ impl FtpsFs {
             });
             match done {
                 Ok(()) => streamed = true,
+                Err(e) if uploader::is_rename_refusal(&e) => self.learn_renames_refused(&path, &e),
                 Err(e) => log::warn!("streamed upload of {path} failed ({e}); uploading the spool"),
             }
         }
-        let target = self.target(st.is_new);
-        let Some(sp) = st.spool.as_mut() else {
+        let is_new = st.is_new;
+        let FileState { spool, record, .. } = &mut *st;
+        let Some(sp) = spool.as_mut() else {
             return Err(Errno(libc::EIO));
         };
         let uploaded = if streamed {
             Ok(())
         } else {
-            uploader::upload(self.store.as_ref(), sp, &path, target)
+            self.upload_spool(sp, &path, is_new, record.as_mut())
         };
         if let Err(e) = uploaded {
             let kept = sp.keep();
@@ -980,6 +1173,8 @@ impl FtpsFs {
             log::info!("upload of {path} succeeded on retry; its spool copy is released");
             sp.unkeep();
         }
+        // The server holds the complete file: the record is done.
+        st.record = None;
         st.dirty = false;
         st.is_new = false;
         st.stream_tried = false;
@@ -1002,6 +1197,13 @@ impl FtpsFs {
                 }
             }
         }
+        st.base = Base::Present(
+            len,
+            mtime
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs()),
+        );
         self.update_entry(&path, |e| {
             e.size = len;
             e.mtime = Some(mtime);
@@ -1026,7 +1228,7 @@ impl FtpsFs {
     }
 
     /// Last close of a handle: uploads what is left, then frees the spool (kept on
-    /// disk if the upload failed).
+    /// disk, with its journal record, if the upload failed).
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let Some(h) = lock(&self.handles).remove(&fh) else {
             return Err(Errno(libc::EBADF));
@@ -1046,7 +1248,7 @@ impl FtpsFs {
             }
             if st.handles == 0 {
                 self.abandon_stream(&mut st);
-                if st.dirty && st.is_new {
+                if (st.dirty || st.failed.is_some()) && st.is_new {
                     // Never reached the server: do not keep showing it as an empty file.
                     if let Some(((dir, name), _)) = self
                         .inodes
@@ -1059,16 +1261,7 @@ impl FtpsFs {
                         });
                     }
                 }
-                if let Some(sp) = st.spool.take() {
-                    if st.dirty {
-                        let mut sp = sp;
-                        let kept = sp.keep();
-                        log::error!("closing with unsaved data: kept in {}", kept.display());
-                        sp.discard();
-                    } else {
-                        sp.discard();
-                    }
-                }
+                self.keep_unsent(&mut st, "closing with unsaved data");
                 drop(st);
                 files.remove(&h.ino);
             }
@@ -1076,14 +1269,72 @@ impl FtpsFs {
         result
     }
 
-    /// Uploads everything still pending (unmount).
+    /// Frees the spool of a file whose last handle is gone; data the server does
+    /// not have is kept on disk with its journal record (for the next mount).
+    fn keep_unsent(&self, st: &mut FileState, why: &str) {
+        let record = st.record.take();
+        if let Some(mut sp) = st.spool.take() {
+            if st.dirty {
+                let kept = sp.keep();
+                log::error!("{why}: kept in {}", kept.display());
+                sp.discard();
+                if let Some(r) = record {
+                    r.keep();
+                }
+            } else {
+                sp.discard();
+            }
+        }
+    }
+
+    /// Uploads everything still pending of files no program has open for
+    /// writing (unmount). A file still open for writing is not uploaded: its
+    /// writer has not finished; see [`FtpsFs::shutdown`].
     pub fn flush_all(&self) -> FsResult<()> {
-        let inos: Vec<u64> = lock(&self.files).keys().copied().collect();
+        let states: Vec<(u64, Arc<Mutex<FileState>>)> = lock(&self.files)
+            .iter()
+            .map(|(i, s)| (*i, s.clone()))
+            .collect();
         let mut result = Ok(());
-        for ino in inos {
+        for (ino, state) in states {
+            let open_for_writing = {
+                let st = lock(&state);
+                st.writers > 0 && st.dirty
+            };
+            if open_for_writing {
+                continue;
+            }
             if let Err(e) = self.upload_if_dirty(ino) {
                 result = Err(e);
             }
+        }
+        result
+    }
+
+    /// The daemon stops: uploads what programs have closed ([`FtpsFs::flush_all`]),
+    /// then keeps, with their journal records, the spools of files still open for
+    /// writing; nothing of them is uploaded (the next mount reports them).
+    pub fn shutdown(&self) -> FsResult<()> {
+        let result = self.flush_all();
+        let states: Vec<(u64, Arc<Mutex<FileState>>)> = lock(&self.files)
+            .iter()
+            .map(|(i, s)| (*i, s.clone()))
+            .collect();
+        for (ino, state) in states {
+            let mut st = lock(&state);
+            if !st.dirty {
+                continue;
+            }
+            self.abandon_stream(&mut st);
+            let path = self.inodes.path(ino).map(|(p, _)| p).unwrap_or_default();
+            self.keep_unsent(
+                &mut st,
+                &format!(
+                    "stopping while {path} is still open for writing: not uploaded (the server \
+                     keeps its previous content); its data"
+                ),
+            );
+            st.dirty = false;
         }
         result
     }

@@ -5,6 +5,7 @@ pub mod dirstream;
 pub mod filesystem;
 pub mod fuse_adapter;
 pub mod inodes;
+pub mod journal;
 pub mod listing_prefetcher;
 pub mod memstore;
 pub mod prefetcher;

@@ -71,6 +71,9 @@ pub struct Spool {
     direct_refused: bool,
     /// Tests: the writer thread sleeps this long before each block (a slow disk).
     writer_delay: Duration,
+    /// The first local write error (errno, message): the file on disk may miss
+    /// bytes that `len` counts, so every later operation fails with it.
+    broken: Option<(i32, String)>,
 }
 
 impl Spool {
@@ -87,6 +90,67 @@ impl Spool {
             direct_from: DIRECT_AFTER,
             direct_refused: false,
             writer_delay: Duration::ZERO,
+            broken: None,
+        })
+    }
+
+    /// Fails when an earlier local write failed: the copy is incomplete.
+    fn check(&self) -> Result<()> {
+        match &self.broken {
+            Some((errno, msg)) => Err(FtpError::io(
+                msg.clone(),
+                std::io::Error::from_raw_os_error(*errno),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the first write error of `r` (see `broken`).
+    fn note<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if self.broken.is_none() {
+                let errno = e.errno();
+                self.broken = Some((
+                    if errno == 0 { libc::EIO } else { errno },
+                    format!(
+                        "spool {} is incomplete after: {e}",
+                        self.file.path().display()
+                    ),
+                ));
+            }
+        }
+        r
+    }
+
+    /// The first local write error, as an errno (the spool cannot be uploaded).
+    pub fn failure(&self) -> Option<i32> {
+        self.broken.as_ref().map(|(e, _)| *e)
+    }
+
+    /// The spool file a crashed mount left at `path` (journal recovery). Deleted
+    /// when discarded, unless kept.
+    pub fn adopt(path: &Path) -> Result<Self> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| FtpError::io(format!("opening {}", path.display()), e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| FtpError::io(format!("reading {}", path.display()), e))?
+            .len();
+        let temp_path = tempfile::TempPath::try_from_path(path)
+            .map_err(|e| FtpError::io(format!("adopting {}", path.display()), e))?;
+        let file = NamedTempFile::from_parts(f, temp_path);
+        Ok(Spool {
+            file,
+            len,
+            kept: false,
+            appender: None,
+            direct_from: DIRECT_AFTER,
+            direct_refused: false,
+            writer_delay: Duration::ZERO,
+            broken: None,
         })
     }
 
@@ -150,6 +214,7 @@ impl Spool {
 
     /// [`Spool::read_at`] appending to `out` (the caller's reused buffer).
     pub fn read_into(&mut self, offset: u64, size: usize, out: &mut Vec<u8>) -> Result<()> {
+        self.check()?;
         if offset >= self.len {
             return Ok(());
         }
@@ -165,6 +230,12 @@ impl Spool {
     }
 
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check()?;
+        let r = self.write_unchecked(offset, data);
+        self.note(r)
+    }
+
+    fn write_unchecked(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         if offset == self.len && self.append_direct(data)? {
             return Ok(());
         }
@@ -212,19 +283,23 @@ impl Spool {
 
     /// Sync point: the file on disk holds every byte written so far.
     pub fn sync(&mut self) -> Result<()> {
+        self.check()?;
         let Some(a) = self.appender.take() else {
             return Ok(());
         };
         self.direct_from = self.len + BLOCK as u64;
-        a.finish(self.file.as_file())
+        let r = a.finish(self.file.as_file());
+        self.note(r)
     }
 
     pub fn set_len(&mut self, len: u64) -> Result<()> {
         self.sync()?;
-        self.file
+        let r = self
+            .file
             .as_file()
             .set_len(len)
-            .map_err(|e| FtpError::io("truncating the spool file", e))?;
+            .map_err(|e| FtpError::io("truncating the spool file", e));
+        self.note(r)?;
         self.len = len;
         Ok(())
     }

@@ -50,45 +50,64 @@ pub enum Target {
     InPlace,
 }
 
-/// Uploads the spool as the content of `path`.
+/// The remote name an upload of `path` with `target` writes first (a fresh
+/// temporary name for `Temp`).
+pub fn upload_name(path: &str, target: Target) -> String {
+    match target {
+        Target::Temp => temp_name(path),
+        Target::NewFile | Target::InPlace => path.to_string(),
+    }
+}
+
+/// Uploads the spool as the content of `path`. `before(name)` is called with the
+/// remote name about to be written, before its first byte is sent (the journal
+/// records it durably); an error there stops the upload.
 pub fn upload(
     store: &dyn RemoteStore,
     spool: &mut Spool,
     path: &str,
     target: Target,
+    before: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<()> {
+    let name = upload_name(path, target);
+    before(&name)?;
     let mut reader = BufReader::with_capacity(UPLOAD_BUF, spool.reader()?.take(spool.len()));
-    if target != Target::Temp {
-        let stored = store
-            .write_file(path, &mut reader)
-            .and_then(|n| check_len(n, spool.len(), path));
-        if stored.is_err() && target == Target::NewFile {
-            let _ = store.delete(path);
-        }
-        return stored;
-    }
-    let tmp = temp_name(path);
     let stored = store
-        .write_file(&tmp, &mut reader)
+        .write_file(&name, &mut reader)
         .and_then(|n| check_len(n, spool.len(), path));
     if let Err(e) = stored {
-        let _ = store.delete(&tmp);
+        if target != Target::InPlace {
+            let _ = store.delete(&name);
+        }
         return Err(e);
     }
-    commit(store, &tmp, path)
-}
-
-/// Renames an uploaded temporary file over `path`; removes it if that fails.
-pub fn commit(store: &dyn RemoteStore, tmp: &str, path: &str) -> Result<()> {
-    if let Err(e) = store.rename(tmp, path) {
-        // Some servers refuse to rename over an existing file: replace it explicitly.
-        let retried = store.delete(path).and_then(|_| store.rename(tmp, path));
-        if retried.is_err() {
-            let _ = store.delete(tmp);
-            return Err(e);
-        }
+    if target == Target::Temp {
+        return commit(store, &name, path);
     }
     Ok(())
+}
+
+/// No journal: for uploads that need no record (tests, recovery itself).
+pub fn no_journal(_: &str) -> Result<()> {
+    Ok(())
+}
+
+/// Renames an uploaded temporary file over `path`; removes it if that fails. The
+/// file under `path` is never deleted first: if the rename is refused, the old
+/// content stays and the caller still has the new one in its spool.
+pub fn commit(store: &dyn RemoteStore, tmp: &str, path: &str) -> Result<()> {
+    if let Err(e) = store.rename(tmp, path) {
+        let _ = store.delete(tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// True when the server refused a rename (an account or a server without rename
+/// permission), as opposed to a lost connection: uploads then go in place.
+pub fn is_rename_refusal(e: &FtpError) -> bool {
+    matches!(e, FtpError::Reply { command, code, .. }
+        if (command.starts_with("RNFR") || command.starts_with("RNTO")) && *code != 421)
 }
 
 enum Feed {
@@ -158,17 +177,13 @@ pub struct StreamUpload {
 }
 
 impl StreamUpload {
-    /// Starts uploading to a temporary name beside `path` (`Target::Temp`) or to
-    /// `path` itself (`Target::NewFile`; `InPlace` files are not streamed: an
-    /// abandoned stream deletes what it wrote).
-    pub fn start(store: Arc<dyn RemoteStore>, path: &str, target: Target) -> Option<Self> {
+    /// Starts uploading to `name`: a temporary name beside the file
+    /// (`Target::Temp`) or the name of a new file (`Target::NewFile`; `InPlace`
+    /// files are not streamed: an abandoned stream deletes what it wrote).
+    pub fn start(store: Arc<dyn RemoteStore>, name: &str) -> Option<Self> {
         let (tx, rx) = sync_channel(STREAM_DEPTH);
         let (recycle, recycled) = channel();
-        let tmp = match target {
-            Target::Temp => temp_name(path),
-            Target::NewFile => path.to_string(),
-            Target::InPlace => return None,
-        };
+        let tmp = name.to_string();
         let name = tmp.clone();
         let worker = std::thread::Builder::new()
             .name("ftpsfs-upload".into())
@@ -255,7 +270,7 @@ mod tests {
         let mut s = Spool::new(dir.path()).unwrap();
         s.write_at(5, b"world").unwrap();
         s.write_at(0, b"hello").unwrap();
-        upload(&store, &mut s, "/f", Target::Temp).unwrap();
+        upload(&store, &mut s, "/f", Target::Temp, &mut no_journal).unwrap();
         assert_eq!(store.get("/f").unwrap(), b"helloworld");
         assert_eq!(
             store.paths(),
@@ -272,7 +287,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::new(dir.path()).unwrap();
         s.write_at(0, b"new").unwrap();
-        let e = upload(&store, &mut s, "/f", Target::Temp).unwrap_err();
+        let e = upload(&store, &mut s, "/f", Target::Temp, &mut no_journal).unwrap_err();
         assert_eq!(e.errno(), libc::EACCES);
         assert_eq!(store.get("/f").unwrap(), b"old");
         let kept = s.keep();
@@ -286,7 +301,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::new(dir.path()).unwrap();
         s.write_at(0, b"new file").unwrap();
-        upload(&store, &mut s, "/n", Target::NewFile).unwrap();
+        upload(&store, &mut s, "/n", Target::NewFile, &mut no_journal).unwrap();
         assert_eq!(store.get("/n").unwrap(), b"new file");
         assert_eq!(
             store.renames.load(Ordering::Relaxed),
@@ -294,12 +309,12 @@ mod tests {
             "no rename for a new file"
         );
         *store.fail_uploads_matching.lock().unwrap() = Some("/m".into());
-        let e = upload(&store, &mut s, "/m", Target::NewFile).unwrap_err();
+        let e = upload(&store, &mut s, "/m", Target::NewFile, &mut no_journal).unwrap_err();
         assert_eq!(e.errno(), libc::EACCES);
         assert!(store.get("/m").is_none(), "half file removed after failure");
         // In place: a failure leaves what the server has.
         store.put("/m", b"old");
-        let e = upload(&store, &mut s, "/m", Target::InPlace).unwrap_err();
+        let e = upload(&store, &mut s, "/m", Target::InPlace, &mut no_journal).unwrap_err();
         assert_eq!(e.errno(), libc::EACCES);
         assert!(store.get("/m").is_some());
     }
