@@ -591,12 +591,7 @@ impl FtpsFs {
         }
         if let Err(e) = self.store.rename(&from, &to) {
             let replaced = match &target {
-                Some(t) if t.kind != EntryKind::Dir => {
-                    // Servers that refuse to rename over a file: replace it.
-                    self.store
-                        .delete(&to)
-                        .and_then(|_| self.store.rename(&from, &to))
-                }
+                Some(t) if t.kind != EntryKind::Dir => self.rename_over_file(&from, &to, e),
                 Some(_) => self
                     .store
                     .rmdir(&to)
@@ -618,6 +613,27 @@ impl FtpsFs {
             self.cache.invalidate_tree(&to);
         }
         self.inodes.rename(&from, &to);
+        Ok(())
+    }
+
+    /// For servers that refuse to rename over an existing file: the file at `to`
+    /// is first moved aside (never deleted before `from` has taken its name), then
+    /// removed; if any step is refused, everything is put back as it was and the
+    /// rename fails with the server's first refusal.
+    fn rename_over_file(&self, from: &str, to: &str, first: FtpError) -> crate::error::Result<()> {
+        let aside = uploader::temp_name(to);
+        if self.store.rename(to, &aside).is_err() {
+            return Err(first);
+        }
+        if let Err(e) = self.store.rename(from, to) {
+            if let Err(back) = self.store.rename(&aside, to) {
+                log::error!("rename {from} -> {to} failed ({e}) and {to} could not be put back from {aside}: {back}");
+            }
+            return Err(first);
+        }
+        if let Err(e) = self.store.delete(&aside) {
+            log::warn!("rename {from} -> {to}: the replaced file is left as {aside}: {e}");
+        }
         Ok(())
     }
 
@@ -1339,6 +1355,38 @@ impl FtpsFs {
         result
     }
 
+    /// Tests: the daemon dies here (kill -9): nothing is cleaned up, its locks go.
+    #[cfg(test)]
+    pub fn crash(mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            j.drop_owner_lock();
+        }
+        let files: Vec<_> = lock(&self.files).values().cloned().collect();
+        for f in files {
+            let mut st = lock(&f);
+            if let Some(s) = st.stream.take() {
+                std::mem::forget(s);
+            }
+            if let Some(sp) = st.spool.take() {
+                std::mem::forget(sp);
+            }
+            if let Some(r) = st.record.take() {
+                r.keep();
+            }
+        }
+        std::mem::forget(self);
+    }
+
+    /// Tests: the spool of an open file fails writes past `bytes` (a full disk).
+    #[cfg(test)]
+    pub fn limit_spool(&self, ino: u64, bytes: u64) {
+        if let Some(f) = lock(&self.files).get(&ino) {
+            if let Some(sp) = lock(f).spool.as_mut() {
+                sp.capacity = Some(bytes);
+            }
+        }
+    }
+
     /// statfs: FTP has no way to ask; report a large, mostly free filesystem.
     pub fn statfs(&self) -> (u64, u64, u64, u64, u64, u32, u32) {
         let bsize = 4096u32;
@@ -1408,5 +1456,7 @@ impl ListingJob {
     }
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

@@ -203,6 +203,12 @@ impl Journal {
         }
     }
 
+    /// Tests: lets go of the owner lock as a crashed process would.
+    #[cfg(test)]
+    pub fn drop_owner_lock(&mut self) {
+        self._owner_lock = None;
+    }
+
     fn sync_dir(&self) {
         if self.dir_synced.swap(true, Ordering::Relaxed) {
             return;

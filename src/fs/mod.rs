@@ -2,6 +2,8 @@
 
 pub mod dircache;
 pub mod dirstream;
+#[cfg(test)]
+pub mod faultstore;
 pub mod filesystem;
 pub mod fuse_adapter;
 pub mod inodes;

@@ -15,6 +15,13 @@
 //! (its RETR is stopped with ABOR, which keeps the control connection) and starts a
 //! new one at the new offset (EPSV, REST and RETR sent together): a random read
 //! costs about one round trip plus its bytes, never the whole file.
+//!
+//! A read returns all the bytes it asks for, or fewer only at the true end of the
+//! file, or an error: never a short read in the middle, which the kernel would take
+//! for the end of the file (and shrink its size). A download cut short (reset,
+//! early EOF without the TLS close_notify, timeout, 421/426) is resumed where it
+//! stopped with REST on a fresh connection, up to `MAX_RESUMES` times in a row
+//! without progress; then the read fails with the error.
 
 use super::store::RemoteStore;
 use crate::error::{FtpError, Result};
@@ -34,6 +41,17 @@ pub const KEEP_BEHIND: u64 = 1024 * 1024;
 pub const SKIP_AHEAD: u64 = 2 * 1024 * 1024;
 /// A stream whose reader left it idle this long gives its connection to a waiter.
 pub const YIELD_AFTER: Duration = Duration::from_millis(500);
+/// Resumes of a cut download in a row (without progress in between) before a
+/// read fails.
+pub const MAX_RESUMES: u32 = 3;
+/// Pause before the n-th resume: n times this.
+const RESUME_PAUSE: Duration = Duration::from_millis(200);
+
+/// A download that failed this way may be resumed at its offset on a new
+/// connection; a refusal (no such file, permission) may not.
+fn resumable(e: &FtpError) -> bool {
+    e.is_connection_lost() || matches!(e.reply_code(), Some(421 | 425 | 426 | 450 | 451))
+}
 
 enum Msg {
     Data(Vec<u8>),
@@ -230,6 +248,22 @@ impl Prefetcher {
         }
     }
 
+    /// Restarts the stream where it stopped (REST), keeping the window.
+    fn resume(&mut self, want_end: u64) {
+        let Some(s) = self.stream.as_mut() else {
+            return;
+        };
+        let (start, len, end) = (s.buf_start, s.buf_len, s.end());
+        let buf = std::mem::take(&mut s.buf);
+        self.stream = None;
+        self.start(end, want_end);
+        if let Some(n) = self.stream.as_mut() {
+            n.buf = buf;
+            n.buf_start = start;
+            n.buf_len = len;
+        }
+    }
+
     /// Reads up to `size` bytes at `offset`; fewer only at the end of the file.
     pub fn read(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
         let mut out = Vec::new();
@@ -255,12 +289,38 @@ impl Prefetcher {
             self.start(offset, offset + size as u64);
         }
         let want_end = offset + size as u64;
+        // Resumes of a cut download for this read, and where the last one started.
+        let mut resumes = 0u32;
+        let mut resumed_at = u64::MAX;
         loop {
             let Some(s) = self.stream.as_mut() else {
                 return Err(FtpError::Protocol("no read stream".into()));
             };
-            if s.end() >= want_end || s.eof || s.error.is_some() {
+            if s.end() >= want_end || s.eof {
                 break;
+            }
+            if s.error.is_some() {
+                // Cut short: a read returns all its bytes or fails, never fewer
+                // (the kernel would take a short read for the end of the file).
+                let at = s.end();
+                if resumed_at != at {
+                    resumes = 0; // progress since the last resume
+                }
+                let Some(e) = s.error.take() else { break };
+                if !resumable(&e) || resumes >= MAX_RESUMES {
+                    self.stream = None;
+                    log::error!("reading {} at {at}: {e}; giving up", self.path);
+                    return Err(e);
+                }
+                resumes += 1;
+                resumed_at = at;
+                log::warn!(
+                    "reading {} at {at}: {e}; resuming there (attempt {resumes} of {MAX_RESUMES})",
+                    self.path
+                );
+                std::thread::sleep(RESUME_PAUSE * resumes);
+                self.resume(want_end);
+                continue;
             }
             s.needed.store(want_end, Ordering::Relaxed);
             let msg = s.rx.recv();
@@ -272,15 +332,7 @@ impl Prefetcher {
                 Err(_) if s.yielded.load(Ordering::Relaxed) => {
                     // It gave its connection away while we were idle: go on from
                     // where it stopped, keeping the window.
-                    let (start, len, end) = (s.buf_start, s.buf_len, s.end());
-                    let buf = std::mem::take(&mut s.buf);
-                    self.stream = None;
-                    self.start(end, want_end);
-                    if let Some(n) = self.stream.as_mut() {
-                        n.buf = buf;
-                        n.buf_start = start;
-                        n.buf_len = len;
-                    }
+                    self.resume(want_end);
                 }
                 Err(_) => s.error = Some(FtpError::Closed("read thread ended".into())),
             }
@@ -289,13 +341,8 @@ impl Prefetcher {
             return Err(FtpError::Protocol("no read stream".into()));
         };
         if offset >= s.end() {
-            if let Some(e) = s.error.take() {
-                self.stream = None;
-                return Err(e);
-            }
-            return Ok(());
+            return Ok(()); // at or past the true end of the file
         }
-        // Partial data before an error is returned as it is; the next read fails.
         s.copy_out(offset, want_end.min(s.end()), out);
         // Trim the window: keep KEEP_BEHIND bytes behind this read.
         s.trim(offset.saturating_sub(KEEP_BEHIND));

@@ -74,6 +74,9 @@ pub struct Spool {
     /// The first local write error (errno, message): the file on disk may miss
     /// bytes that `len` counts, so every later operation fails with it.
     broken: Option<(i32, String)>,
+    /// Tests: writes past this length fail with ENOSPC (a full disk).
+    #[cfg(test)]
+    pub capacity: Option<u64>,
 }
 
 impl Spool {
@@ -91,6 +94,8 @@ impl Spool {
             direct_refused: false,
             writer_delay: Duration::ZERO,
             broken: None,
+            #[cfg(test)]
+            capacity: None,
         })
     }
 
@@ -151,6 +156,8 @@ impl Spool {
             direct_refused: false,
             writer_delay: Duration::ZERO,
             broken: None,
+            #[cfg(test)]
+            capacity: None,
         })
     }
 
@@ -236,6 +243,16 @@ impl Spool {
     }
 
     fn write_unchecked(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        #[cfg(test)]
+        if self
+            .capacity
+            .is_some_and(|c| offset + data.len() as u64 > c)
+        {
+            return Err(FtpError::io(
+                "writing the spool file",
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
         if offset == self.len && self.append_direct(data)? {
             return Ok(());
         }

@@ -1,0 +1,150 @@
+//! A failure-injecting [`RemoteStore`] over [`MemStore`], for the unit tests of the
+//! filesystem: downloads cut after some bytes, uploads cut (leaving the partial
+//! file a server keeps), refused renames, and failures of the next call of a kind.
+
+use super::memstore::MemStore;
+use super::store::RemoteStore;
+use crate::error::{FtpError, Result};
+use crate::ftp::RemoteEntry;
+use std::io::BufRead;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+#[derive(Default)]
+pub struct FaultStore {
+    pub inner: MemStore,
+    /// Downloads stop with a lost connection after this many bytes (0: off)...
+    pub cut_reads_after: AtomicU64,
+    /// ...this many more times (u32::MAX: always).
+    pub cut_reads_times: AtomicU32,
+    /// Uploads stop with a lost connection after this many bytes, leaving them on
+    /// the server (0: off), this many more times.
+    pub cut_uploads_after: AtomicU64,
+    pub cut_uploads_times: AtomicU32,
+    /// Every rename is refused (550), as on an account without rename permission.
+    pub refuse_renames: AtomicBool,
+    /// The next call whose name is listed fails with a lost connection.
+    pub fail_next: Mutex<Vec<&'static str>>,
+}
+
+fn lost(what: &str) -> FtpError {
+    FtpError::Closed(format!("{what}: connection reset (injected)"))
+}
+
+impl FaultStore {
+    pub fn new() -> Self {
+        FaultStore {
+            inner: MemStore::new(),
+            ..Default::default()
+        }
+    }
+
+    fn take_failure(&self, op: &str) -> Result<()> {
+        let mut next = self.fail_next.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = next.iter().position(|o| *o == op) {
+            next.remove(i);
+            return Err(lost(op));
+        }
+        Ok(())
+    }
+
+    /// Takes one use of a "cut after N, so many times" fault; the N if it applies.
+    fn take_cut(after: &AtomicU64, times: &AtomicU32) -> Option<u64> {
+        let n = after.load(Ordering::SeqCst);
+        if n == 0 {
+            return None;
+        }
+        let t = times.load(Ordering::SeqCst);
+        if t == 0 {
+            return None;
+        }
+        if t != u32::MAX {
+            times.store(t - 1, Ordering::SeqCst);
+        }
+        Some(n)
+    }
+}
+
+impl RemoteStore for FaultStore {
+    fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
+        self.take_failure("list")?;
+        self.inner.list(dir)
+    }
+
+    fn read_from(
+        &self,
+        path: &str,
+        offset: u64,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
+        self.take_failure("read")?;
+        let Some(limit) = Self::take_cut(&self.cut_reads_after, &self.cut_reads_times) else {
+            return self.inner.read_from(path, offset, sink);
+        };
+        let mut sent = 0u64;
+        let mut cut = false;
+        self.inner.read_from(path, offset, &mut |chunk| {
+            let room = (limit - sent) as usize;
+            if chunk.len() >= room {
+                cut = true;
+                if room > 0 {
+                    sink(&chunk[..room]);
+                }
+                return false;
+            }
+            sent += chunk.len() as u64;
+            sink(chunk)
+        })?;
+        if cut {
+            return Err(lost("RETR"));
+        }
+        Ok(())
+    }
+
+    fn write_file(&self, path: &str, data: &mut dyn BufRead) -> Result<u64> {
+        self.take_failure("write")?;
+        let Some(limit) = Self::take_cut(&self.cut_uploads_after, &self.cut_uploads_times) else {
+            return self.inner.write_file(path, data);
+        };
+        let mut all = Vec::new();
+        data.read_to_end(&mut all)
+            .map_err(|e| FtpError::io("reading the upload", e))?;
+        all.truncate(limit as usize);
+        self.inner.put(path, &all);
+        Err(lost("STOR"))
+    }
+
+    fn delete(&self, path: &str) -> Result<()> {
+        self.take_failure("delete")?;
+        self.inner.delete(path)
+    }
+
+    fn mkdir(&self, path: &str) -> Result<()> {
+        self.inner.mkdir(path)
+    }
+
+    fn rmdir(&self, path: &str) -> Result<()> {
+        self.inner.rmdir(path)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.take_failure("rename")?;
+        if self.refuse_renames.load(Ordering::SeqCst) {
+            return Err(FtpError::Reply {
+                command: "RNFR".into(),
+                code: 550,
+                text: "Permission denied".into(),
+            });
+        }
+        self.inner.rename(from, to)
+    }
+
+    fn chmod(&self, path: &str, mode: u32) -> Result<()> {
+        self.inner.chmod(path, mode)
+    }
+
+    fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()> {
+        self.inner.set_mtime(path, mtime)
+    }
+}

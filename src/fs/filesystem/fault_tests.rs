@@ -1,0 +1,395 @@
+//! The filesystem under injected faults (see `faultstore.rs`): cut downloads and
+//! uploads, refused renames, a full spool, shutdown with open writers, crashes and
+//! the next mount's recovery. The invariant: every call that returned success told
+//! the truth, and every name on the store holds its old or its complete new content.
+
+use super::*;
+use crate::fs::faultstore::FaultStore;
+use std::sync::atomic::Ordering::SeqCst;
+
+const SITE: &str = "test@memstore:21";
+
+fn setup() -> (Arc<FaultStore>, FtpsFs, tempfile::TempDir) {
+    let store = Arc::new(FaultStore::new());
+    let spool = tempfile::tempdir().expect("tempdir");
+    let fs = FtpsFs::new(store.clone(), config(spool.path()));
+    (store, fs, spool)
+}
+
+fn config(spool: &std::path::Path) -> FsConfig {
+    FsConfig {
+        root: "/".into(),
+        uid: 1000,
+        gid: 1000,
+        umask: 0o022,
+        read_only: false,
+        cache_timeout: Duration::from_secs(60),
+        cache_entries: 100,
+        spool_dir: spool.to_path_buf(),
+        inplace: false,
+        prefetch_workers: 0,
+        site: SITE.into(),
+    }
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
+        .collect()
+}
+
+fn open_name(fs: &FtpsFs, name: &str, flags: i32) -> (u64, u64) {
+    let a = fs.lookup(ROOT_INO, name).expect("lookup");
+    (a.ino, fs.open(a.ino, flags).expect("open"))
+}
+
+/// Regular files directly in the spool directory (spool copies).
+fn spool_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn journal_records(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("journal"))
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "rec"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn no_part_files(store: &FaultStore) {
+    let paths = store.inner.paths();
+    assert!(
+        !paths.iter().any(|p| p.ends_with(".part")),
+        "temporary upload left: {paths:?}"
+    );
+}
+
+// ---- reads -------------------------------------------------------------------------
+
+#[test]
+fn a_cut_download_is_resumed_and_every_byte_read() {
+    let (store, fs, _d) = setup();
+    let data = pattern(5 << 20, 1);
+    store.inner.put("/big", &data);
+    // Every connection is cut after 700 KB: the read resumes each time.
+    store.cut_reads_after.store(700_000, SeqCst);
+    store.cut_reads_times.store(u32::MAX, SeqCst);
+    let (ino, fh) = open_name(&fs, "big", libc::O_RDONLY);
+    let mut got = Vec::new();
+    while got.len() < data.len() + 1 {
+        let r = fs.read(fh, got.len() as u64, 131_072).expect("read");
+        if r.is_empty() {
+            break;
+        }
+        assert!(
+            r.len() == 131_072 || got.len() + r.len() == data.len(),
+            "short read in the middle at {}",
+            got.len()
+        );
+        got.extend_from_slice(&r);
+    }
+    assert!(got == data, "content differs");
+    assert_eq!(fs.getattr(ino).unwrap().size, data.len() as u64);
+    fs.release(fh).unwrap();
+}
+
+#[test]
+fn a_download_that_cannot_resume_fails_instead_of_reading_short() {
+    let (store, fs, _d) = setup();
+    let data = pattern(2 << 20, 2);
+    store.inner.put("/f", &data);
+    store.cut_reads_after.store(100_000, SeqCst);
+    store.cut_reads_times.store(1, SeqCst);
+    // Every resume fails too.
+    *store.fail_next.lock().unwrap() =
+        vec!["read"; crate::fs::prefetcher::MAX_RESUMES as usize + 1];
+    let (ino, fh) = open_name(&fs, "f", libc::O_RDONLY);
+    let e = fs
+        .read(fh, 0, 131_072)
+        .expect_err("a short read would be a lie");
+    assert_eq!(e, Errno(libc::EIO));
+    // The size the mount reports is untouched, and the file reads once the
+    // connection works again.
+    assert_eq!(fs.getattr(ino).unwrap().size, data.len() as u64);
+    assert_eq!(fs.read(fh, 0, 131_072).unwrap(), data[..131_072]);
+    fs.release(fh).unwrap();
+}
+
+// ---- a full spool --------------------------------------------------------------------
+
+#[test]
+fn a_full_spool_fails_writes_and_close_and_the_server_keeps_the_old_file() {
+    let (store, fs, d) = setup();
+    let old = pattern(4096, 3);
+    store.inner.put("/f", &old);
+    let (ino, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_TRUNC);
+    fs.limit_spool(ino, 10_000);
+    let chunk = pattern(4096, 4);
+    assert!(fs.write(fh, 0, &chunk).is_ok());
+    assert!(fs.write(fh, 4096, &chunk).is_ok());
+    assert_eq!(fs.write(fh, 8192, &chunk), Err(Errno(libc::ENOSPC)));
+    // Later writes fail too: what the program wrote has a hole.
+    assert_eq!(fs.write(fh, 12288, b"x"), Err(Errno(libc::ENOSPC)));
+    assert_eq!(fs.flush(fh), Err(Errno(libc::ENOSPC)));
+    assert_eq!(fs.fsync(fh), Err(Errno(libc::ENOSPC)));
+    let _ = fs.release(fh);
+    assert_eq!(store.inner.get("/f").unwrap(), old, "old content kept");
+    assert!(
+        spool_files(d.path()).is_empty(),
+        "the broken spool is freed"
+    );
+    assert_eq!(journal_records(d.path()), 0);
+    no_part_files(&store);
+    // The file works again afterwards.
+    let (_, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_TRUNC);
+    fs.write(fh, 0, b"new").unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/f").unwrap(), b"new");
+}
+
+#[test]
+fn a_full_spool_on_a_new_file_leaves_no_file() {
+    let (store, fs, d) = setup();
+    let (attr, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_WRONLY).unwrap();
+    // Sequential from 0: a streamed upload to the name is under way.
+    fs.write(fh, 0, &pattern(3000, 5)).unwrap();
+    fs.limit_spool(attr.ino, 5000);
+    assert_eq!(
+        fs.write(fh, 3000, &pattern(3000, 6)),
+        Err(Errno(libc::ENOSPC))
+    );
+    assert_eq!(fs.flush(fh), Err(Errno(libc::ENOSPC)));
+    let _ = fs.release(fh);
+    assert!(
+        store.inner.get("/n").is_none(),
+        "no partial file under the name"
+    );
+    assert_eq!(fs.lookup(ROOT_INO, "n"), Err(Errno(libc::ENOENT)));
+    assert!(spool_files(d.path()).is_empty());
+}
+
+// ---- refused renames -------------------------------------------------------------------
+
+#[test]
+fn a_refused_rename_never_deletes_the_old_file() {
+    let (store, fs, _d) = setup();
+    store.inner.put("/f", b"old content");
+    store.inner.put("/g", b"other");
+    store.refuse_renames.store(true, SeqCst);
+    // Overwrite: learnt at the first refusal, then uploaded in place.
+    let (_, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_TRUNC);
+    fs.write(fh, 0, b"new content").unwrap();
+    assert_eq!(fs.flush(fh), Ok(()));
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/f").unwrap(), b"new content");
+    no_part_files(&store);
+    // Append.
+    let (_, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_APPEND);
+    fs.write(fh, 0, b"+more").unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/f").unwrap(), b"new content+more");
+    // mv over an existing file: refused, and both files are still there.
+    let e = fs.rename(ROOT_INO, "g", ROOT_INO, "f", false);
+    assert!(e.is_err());
+    assert_eq!(store.inner.get("/f").unwrap(), b"new content+more");
+    assert_eq!(store.inner.get("/g").unwrap(), b"other");
+}
+
+#[test]
+fn a_refused_rename_of_a_streamed_overwrite_keeps_the_data() {
+    let (store, fs, _d) = setup();
+    store.inner.put("/f", b"old");
+    store.refuse_renames.store(true, SeqCst);
+    let (_, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_TRUNC);
+    let data = pattern(3 << 20, 7);
+    for (i, c) in data.chunks(128 << 10).enumerate() {
+        fs.write(fh, (i * (128 << 10)) as u64, c).unwrap();
+    }
+    assert_eq!(fs.flush(fh), Ok(()));
+    fs.release(fh).unwrap();
+    assert!(store.inner.get("/f").unwrap() == data);
+    no_part_files(&store);
+}
+
+// ---- uploads cut -------------------------------------------------------------------------
+
+#[test]
+fn a_cut_upload_fails_close_and_keeps_the_old_file() {
+    let (store, fs, _d) = setup();
+    store.inner.put("/f", b"old");
+    store.cut_uploads_after.store(5, SeqCst);
+    store.cut_uploads_times.store(2, SeqCst); // the stream, then the spool upload
+    let (_, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_TRUNC);
+    fs.write(fh, 0, b"brand new content").unwrap();
+    assert_eq!(fs.flush(fh), Err(Errno(libc::EIO)));
+    assert_eq!(store.inner.get("/f").unwrap(), b"old");
+    no_part_files(&store);
+    // The connection is back: the next close uploads.
+    assert_eq!(fs.flush(fh), Ok(()));
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/f").unwrap(), b"brand new content");
+}
+
+// ---- chmod/utimens racing an upload ----------------------------------------------------
+
+#[test]
+fn chmod_and_utimens_racing_uploads_are_never_lost() {
+    let (store, fs, _d) = setup();
+    let fs = Arc::new(fs);
+    let (attr, fh) = fs.create(ROOT_INO, "r", 0o644, libc::O_RDWR).unwrap();
+    for round in 0..200u32 {
+        fs.write(fh, 0, &round.to_le_bytes()).unwrap();
+        let mode = 0o600 | ((round % 2) * 0o040);
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + u64::from(round));
+        let uploader = {
+            let fs = fs.clone();
+            std::thread::spawn(move || fs.fsync(fh))
+        };
+        fs.setattr(attr.ino, Some(mode), None, None, None, Some(t))
+            .unwrap();
+        uploader.join().unwrap().unwrap();
+        fs.fsync(fh).unwrap();
+        let e = store.inner.list("/").unwrap();
+        let r = e.iter().find(|e| e.name == "r").unwrap();
+        assert_eq!(r.mode, Some(mode), "round {round}: chmod lost");
+        assert_eq!(
+            store.inner.mtime("/r"),
+            Some(t),
+            "round {round}: utimens lost"
+        );
+    }
+    fs.release(fh).unwrap();
+}
+
+// ---- shutdown, crashes and recovery ------------------------------------------------------
+
+#[test]
+fn shutdown_keeps_a_file_still_open_for_writing_and_recovery_reports_it() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    let (_, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_TRUNC);
+    fs.write(fh, 0, b"half of what the program meant").unwrap();
+    // A second file, closed: uploaded.
+    let (_, fh2) = fs.create(ROOT_INO, "done", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh2, 0, b"complete").unwrap();
+    fs.release(fh2).unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    assert_eq!(store.inner.get("/f").unwrap(), b"old", "not uploaded");
+    assert_eq!(store.inner.get("/done").unwrap(), b"complete");
+    no_part_files(&store);
+    assert_eq!(journal_records(d.path()), 1);
+    let report = journal::recover(d.path(), SITE, store.as_ref());
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert!(report[0].contains("/f: not uploaded"), "{report:?}");
+    assert!(report[0].contains("had not finished"), "{report:?}");
+    let kept = d.path().join("recovered");
+    let files: Vec<_> = std::fs::read_dir(&kept).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(
+        std::fs::read(files[0].path()).unwrap(),
+        b"half of what the program meant"
+    );
+    assert_eq!(store.inner.get("/f").unwrap(), b"old");
+    assert_eq!(journal_records(d.path()), 0);
+    assert!(spool_files(d.path()).is_empty());
+}
+
+#[test]
+fn crash_while_streaming_a_new_file_leaves_no_partial_file_after_recovery() {
+    let (store, fs, d) = setup();
+    let (_, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_WRONLY).unwrap();
+    let data = pattern(3 << 20, 8);
+    fs.write(fh, 0, &data[..2 << 20]).unwrap();
+    fs.crash();
+    // What the server got of the stream before the daemon died.
+    store.inner.put("/n", &data[..1 << 20]);
+    // Another mount of the same spool directory and site.
+    let report = journal::recover(d.path(), SITE, store.as_ref());
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert!(
+        report[0].contains("removed its incomplete upload"),
+        "{report:?}"
+    );
+    assert!(
+        store.inner.get("/n").is_none(),
+        "partial file left under its name"
+    );
+    assert_eq!(journal_records(d.path()), 0);
+}
+
+#[test]
+fn crash_after_close_finishes_the_upload_at_the_next_mount() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    let (_, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_TRUNC);
+    fs.write(fh, 100, b"written out of order").unwrap();
+    fs.write(fh, 0, b"new").unwrap();
+    // The upload to the temporary name is cut and its removal fails: the .part
+    // stays, as after a crash mid-upload.
+    store.cut_uploads_after.store(7, SeqCst);
+    store.cut_uploads_times.store(1, SeqCst);
+    *store.fail_next.lock().unwrap() = vec!["delete"];
+    assert!(fs.flush(fh).is_err());
+    fs.crash();
+    assert_eq!(store.inner.get("/f").unwrap(), b"old");
+    assert!(store.inner.paths().iter().any(|p| p.ends_with(".part")));
+    let report = journal::recover(d.path(), SITE, store.as_ref());
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert!(report[0].contains("finished the upload"), "{report:?}");
+    let mut want = b"new".to_vec();
+    want.resize(100, 0);
+    want.extend_from_slice(b"written out of order");
+    assert_eq!(store.inner.get("/f").unwrap(), want);
+    no_part_files(&store);
+    assert!(spool_files(d.path()).is_empty());
+    assert_eq!(journal_records(d.path()), 0);
+}
+
+#[test]
+fn crash_after_close_with_a_changed_server_file_keeps_both() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    let (_, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_TRUNC);
+    fs.write(fh, 0, b"ours").unwrap();
+    *store.fail_next.lock().unwrap() = vec!["write", "write"];
+    assert!(fs.flush(fh).is_err());
+    fs.crash();
+    store.inner.put("/f", b"someone else's newer version");
+    let report = journal::recover(d.path(), SITE, store.as_ref());
+    assert!(report[0].contains("changed on the server"), "{report:?}");
+    assert_eq!(
+        store.inner.get("/f").unwrap(),
+        b"someone else's newer version"
+    );
+    let sibling = store
+        .inner
+        .paths()
+        .into_iter()
+        .find(|p| p.starts_with("/f.ftpsfs-recovered-"))
+        .expect("sibling");
+    assert_eq!(store.inner.get(&sibling).unwrap(), b"ours");
+}
+
+#[test]
+fn recovery_leaves_the_records_of_a_live_mount_alone() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    let (_, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_TRUNC);
+    fs.write(fh, 0, b"in progress").unwrap();
+    // A second mount of the same site and spool directory starts meanwhile.
+    let report = journal::recover(d.path(), SITE, store.as_ref());
+    assert!(report.is_empty(), "{report:?}");
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/f").unwrap(), b"in progress");
+    assert_eq!(journal_records(d.path()), 0);
+}
