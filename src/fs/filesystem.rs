@@ -1459,4 +1459,6 @@ impl ListingJob {
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ fn setup() -> (Arc<FaultStore>, FtpsFs, tempfile::TempDir) {
     (store, fs, spool)
 }
 
-fn config(spool: &std::path::Path) -> FsConfig {
+pub(super) fn config(spool: &std::path::Path) -> FsConfig {
     FsConfig {
         root: "/".into(),
         uid: 1000,
