@@ -75,21 +75,34 @@ pub fn init_logging(debug: bool, quiet_level: &str, to_syslog: bool) {
     let _ = b.try_init();
 }
 
+/// `ftpsfs.log` beside the default spool, readable by its owner only (paths and
+/// server replies are nobody else's business).
 fn fallback_log_file() -> Option<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = crate::mount::default_spool_dir().parent()?.to_path_buf();
     std::fs::create_dir_all(&dir).ok()?;
-    std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(dir.join("ftpsfs.log"))
-        .ok()
+        .ok()?;
+    // An older log may have been created world-readable.
+    let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+    Some(f)
 }
 
 /// The password has been read: keep it out of the environment that the mount's
 /// processes (and /proc/PID/environ) would otherwise carry for their whole life.
+/// Also makes the process non-dumpable: no core file, and other processes of the
+/// same user cannot read its memory (the password) through /proc or ptrace.
 pub fn forget_password_env() {
     // Single-threaded here: before the mount starts any thread.
     std::env::remove_var("FTPSFS_PASSWORD");
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
 }
 
 /// `ftpsfs URL MOUNTPOINT [-o opts]`.

@@ -21,6 +21,7 @@ pub const MOUNT_OPTIONS: &[&str] = &[
     "ro",
     "allow_other",
     "default_permissions",
+    "no_default_permissions",
     "uid",
     "gid",
     "umask",
@@ -60,6 +61,27 @@ pub struct MountPlan {
     pub allow_other: bool,
     pub default_permissions: bool,
     pub fsname: String,
+}
+
+/// Whether the kernel checks access against the modes shown. `allow_other` alone
+/// would let every local user read and change every file (ftpsfs checks nothing
+/// itself), so it implies `default_permissions` unless `no_default_permissions`
+/// says otherwise (warned).
+fn default_permissions(opts: &OptionList) -> bool {
+    if opts.has("no_default_permissions") {
+        if opts.has("allow_other") {
+            log::warn!(
+                "allow_other with no_default_permissions: every local user may read, change \
+                 and delete every file of this mount"
+            );
+            eprintln!(
+                "ftpsfs: warning: allow_other with no_default_permissions lets every local user \
+                 read, change and delete every file of this mount"
+            );
+        }
+        return false;
+    }
+    opts.has("default_permissions") || opts.has("allow_other")
 }
 
 /// `$XDG_CACHE_HOME/ftpsfs/spool`, else `~/.cache/ftpsfs/spool`.
@@ -139,7 +161,7 @@ impl MountPlan {
         Ok(MountPlan {
             max_conns,
             allow_other: opts.has("allow_other"),
-            default_permissions: opts.has("default_permissions"),
+            default_permissions: default_permissions(opts),
             mountpoint: mountpoint.to_path_buf(),
             fsname,
             site,

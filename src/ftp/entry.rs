@@ -13,7 +13,7 @@ pub enum EntryKind {
 }
 
 /// A listed remote object. Names are validated: never empty, `.`, `..`, and never
-/// contain `/` or NUL (see [`is_valid_name`]).
+/// contain `/`, NUL, CR or LF (see [`is_valid_name`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteEntry {
     pub name: String,
@@ -43,14 +43,14 @@ impl RemoteEntry {
 pub const MAX_NAME_LEN: usize = 255;
 
 /// True when `name` is acceptable as one path component coming from a server:
-/// not empty, not `.` or `..`, no `/` or NUL, at most [`MAX_NAME_LEN`] bytes.
+/// not empty, not `.` or `..`, no `/`, NUL, CR or LF (a name that cannot be sent
+/// back in a command), at most [`MAX_NAME_LEN`] bytes.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."
         && name.len() <= MAX_NAME_LEN
-        && !name.contains('/')
-        && !name.contains('\0')
+        && !name.contains(['/', '\0', '\r', '\n'])
 }
 
 #[cfg(test)]
@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn rejects_hostile_names() {
-        for bad in ["", ".", "..", "a/b", "/", "a\0b"] {
+        for bad in ["", ".", "..", "a/b", "/", "a\0b", "cr\rname", "lf\nname"] {
             assert!(!is_valid_name(bad), "{bad:?} accepted");
         }
         assert!(!is_valid_name(&"x".repeat(256)));
