@@ -485,3 +485,399 @@ fn session_reuse_requirement() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Fault injection: the forwarder (tests/support/forwarder.rs) and Server::restart/kill.
+// curl reaches the forwarder on 127.0.0.2 by the name `localhost` (which the server's
+// certificate names) with --resolve; its EPSV data connections go to the same address.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+use support::forwarder::{Cut, Forwarder};
+use support::FORWARD_HOST;
+
+const MIB: usize = 1 << 20;
+
+/// A proftpd with `big.bin` (`size` bytes of a pattern) in its root.
+fn server_with_file(size: usize) -> (Server, Vec<u8>) {
+    let srv = started(ServerSpec::proftpd());
+    let data: Vec<u8> = (0..size)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8)
+        .collect();
+    fs::write(srv.root.join("big.bin"), &data).unwrap();
+    (srv, data)
+}
+
+/// curl through the forwarder of `srv` (127.0.0.2, same ports).
+fn curl_via(srv: &Server, args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["--ssl-reqd", "-sS", "--max-time", "30", "--cacert"])
+        .arg(&support::pki().ca_cert)
+        .arg("-u")
+        .arg(format!("{}:{}", srv.user, srv.password))
+        .arg("--resolve")
+        .arg(format!("localhost:{}:{FORWARD_HOST}", srv.port))
+        .args(args)
+        .output()
+        .expect("run curl")
+}
+
+fn url_via(srv: &Server, path: &str) -> String {
+    format!("ftp://localhost:{}/{path}", srv.port)
+}
+
+/// Downloads `name` through the forwarder: curl's output, the bytes it wrote, the time.
+fn download_via(srv: &Server, name: &str) -> (Output, Vec<u8>, Duration) {
+    let dir = scratch_dir();
+    let out = dir.path().join("out");
+    let t0 = Instant::now();
+    let o = curl_via(srv, &["-o", out.to_str().unwrap(), &url_via(srv, name)]);
+    let took = t0.elapsed();
+    (o, fs::read(&out).unwrap_or_default(), took)
+}
+
+#[track_caller]
+fn assert_complete(what: &str, o: &Output, got: &[u8], want: &[u8], srv: &Server) {
+    check_ok(what, o, srv);
+    assert!(
+        got == want,
+        "{what}: {} bytes differ from the {} expected",
+        got.len(),
+        want.len()
+    );
+}
+
+/// A download cut after 1 MiB failed and delivered a little under 1 MiB (TLS overhead
+/// and the incomplete last record are not data).
+#[track_caller]
+fn assert_cut_at_1mib(what: &str, o: &Output, got: &[u8], want: &[u8]) {
+    assert!(
+        !o.status.success(),
+        "{what}: curl succeeded ({} bytes)",
+        got.len()
+    );
+    assert!(
+        (3 * MIB / 4..=MIB).contains(&got.len()),
+        "{what}: {} bytes received, expected about 1 MiB; curl: {}",
+        got.len(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        got[..] == want[..got.len()],
+        "{what}: received bytes differ"
+    );
+    eprintln!(
+        "{what}: {} bytes, curl {}: {}",
+        got.len(),
+        o.status,
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+}
+
+/// Connects to the forwarder's control port and reads the 220 greeting.
+fn raw_control(srv: &Server) -> (TcpStream, String) {
+    let mut s = TcpStream::connect((FORWARD_HOST, srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let greeting = read_reply(&mut s).expect("greeting");
+    assert!(greeting.starts_with("220"), "{greeting:?}");
+    (s, greeting)
+}
+
+/// An FTP reply (before login proftpd answers NOOP with 550: any answer will do).
+fn is_reply(s: &str) -> bool {
+    s.len() >= 4 && s.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+}
+
+/// Reads until a final reply line (`ddd `) arrives.
+fn read_reply(s: &mut TcpStream) -> std::io::Result<String> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        all.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&all);
+        let done = text.ends_with("\r\n")
+            && text.lines().last().is_some_and(|l| {
+                l.len() >= 4 && l.as_bytes()[..3].iter().all(u8::is_ascii_digit) && &l[3..4] == " "
+            });
+        if done {
+            return Ok(text.into_owned());
+        }
+    }
+}
+
+#[test]
+fn forwarder_carries_downloads_and_uploads() {
+    let (srv, data) = server_with_file(4 * MIB);
+    let fwd = srv.forwarder(Duration::ZERO);
+    let (o, got, took) = download_via(&srv, "big.bin");
+    assert_complete("download", &o, &got, &data, &srv);
+    eprintln!("4 MiB through the forwarder in {took:?}");
+    // Upload (client -> server, then half-close) through it.
+    let dir = scratch_dir();
+    let local = dir.path().join("up.bin");
+    fs::write(&local, &data[..3 * MIB + 17]).unwrap();
+    let o = curl_via(
+        &srv,
+        &["-T", local.to_str().unwrap(), &url_via(&srv, "up.bin")],
+    );
+    check_ok("upload", &o, &srv);
+    assert!(fs::read(srv.root.join("up.bin")).unwrap()[..] == data[..3 * MIB + 17]);
+    assert!(fwd.control_connections() >= 2, "{fwd:?}");
+    assert!(fwd.data_connections() >= 2, "{fwd:?}");
+    assert_eq!(fwd.cuts(), 0);
+}
+
+#[test]
+fn forwarder_delay_adds_round_trip() {
+    let (srv, data) = server_with_file(MIB);
+    let fwd = srv.forwarder(Duration::from_millis(50));
+    let (mut s, _) = raw_control(&srv);
+    let t0 = Instant::now();
+    s.write_all(b"NOOP\r\n").unwrap();
+    let reply = read_reply(&mut s).unwrap();
+    let rtt = t0.elapsed();
+    assert!(is_reply(&reply), "{reply:?}");
+    assert!(
+        (Duration::from_millis(100)..Duration::from_millis(1000)).contains(&rtt),
+        "round trip {rtt:?} with 50 ms each way"
+    );
+    drop(s);
+    // Transfers work with the delay (reader/writer threads, delayed half-close).
+    let (o, got, took) = download_via(&srv, "big.bin");
+    assert_complete("delayed download", &o, &got, &data, &srv);
+    eprintln!("NOOP round trip {rtt:?}; 1 MiB download {took:?}");
+    drop(fwd);
+}
+
+#[test]
+fn forwarder_cut_data_after_rst() {
+    let (srv, data) = server_with_file(4 * MIB);
+    let fwd = srv.forwarder(Duration::ZERO);
+    fwd.cut_data_after(MIB as u64, Cut::Rst, Some(1));
+    let (o, got, _) = download_via(&srv, "big.bin");
+    assert_cut_at_1mib("RST after 1 MiB", &o, &got, &data);
+    assert_eq!(fwd.cuts(), 1);
+    // Some(1): only the next data connection was cut.
+    let (o, got, _) = download_via(&srv, "big.bin");
+    assert_complete("download after the cut", &o, &got, &data, &srv);
+    assert_eq!(fwd.cuts(), 1);
+}
+
+#[test]
+fn forwarder_cut_data_after_fin() {
+    let (srv, data) = server_with_file(4 * MIB);
+    let fwd = srv.forwarder(Duration::ZERO);
+    fwd.cut_data_after(MIB as u64, Cut::Fin, None);
+    for i in 0..2 {
+        let (o, got, _) = download_via(&srv, "big.bin");
+        assert_cut_at_1mib(&format!("FIN after 1 MiB #{i}"), &o, &got, &data);
+    }
+    assert_eq!(fwd.cuts(), 2);
+    fwd.clear_faults();
+    let (o, got, _) = download_via(&srv, "big.bin");
+    assert_complete("download after clear_faults", &o, &got, &data, &srv);
+}
+
+#[test]
+fn forwarder_stall_holds_then_delivers() {
+    let (srv, data) = server_with_file(MIB);
+    let fwd = srv.forwarder(Duration::ZERO);
+    // An open connection: its command waits out the stall, then is answered.
+    let (mut s, _) = raw_control(&srv);
+    fwd.stall(Duration::from_secs(1));
+    let t0 = Instant::now();
+    s.write_all(b"NOOP\r\n").unwrap();
+    let reply = read_reply(&mut s).unwrap();
+    assert!(is_reply(&reply), "{reply:?}");
+    let held = t0.elapsed();
+    assert!(
+        held >= Duration::from_millis(950),
+        "NOOP answered after {held:?}"
+    );
+    drop(s);
+    // A whole transfer started during a stall: slower by the stall, and complete.
+    fwd.stall(Duration::from_secs(3));
+    let (o, got, took) = download_via(&srv, "big.bin");
+    assert_complete("download through a stall", &o, &got, &data, &srv);
+    assert!(
+        (Duration::from_secs(3)..Duration::from_secs(10)).contains(&took),
+        "download took {took:?} with a 3 s stall"
+    );
+    eprintln!("NOOP held {held:?}; download {took:?}");
+}
+
+#[test]
+fn forwarder_refuse_new_resets_connections() {
+    let (srv, data) = server_with_file(1000);
+    let fwd = srv.forwarder(Duration::ZERO);
+    fwd.refuse_new(true);
+    let mut s = TcpStream::connect((FORWARD_HOST, srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    let e = s.read(&mut buf).expect_err("read on a refused connection");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    let (o, _, _) = download_via(&srv, "big.bin");
+    assert!(!o.status.success(), "curl got through refuse_new");
+    fwd.refuse_new(false);
+    let (o, got, _) = download_via(&srv, "big.bin");
+    assert_complete("download after refuse_new(false)", &o, &got, &data, &srv);
+    assert!(fwd.control_connections() >= 3);
+}
+
+#[test]
+fn forwarder_rate_limit_paces_download() {
+    let (srv, data) = server_with_file(4 * MIB);
+    let fwd = srv.forwarder(Duration::ZERO);
+    fwd.rate_limit(Some(2 * MIB as u64));
+    let (o, got, took) = download_via(&srv, "big.bin");
+    assert_complete("rate-limited download", &o, &got, &data, &srv);
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(5)).contains(&took),
+        "4 MiB at 2 MiB/s took {took:?}"
+    );
+    fwd.rate_limit(None);
+    let (o, got, fast) = download_via(&srv, "big.bin");
+    assert_complete("unlimited download", &o, &got, &data, &srv);
+    assert!(
+        fast < Duration::from_secs(1),
+        "unlimited download took {fast:?}"
+    );
+    eprintln!("4 MiB: {took:?} at 2 MiB/s, {fast:?} unlimited");
+}
+
+#[test]
+fn forwarder_cut_all_and_stop() {
+    let srv = started(ServerSpec::proftpd());
+    let mut fwd = srv.forwarder(Duration::ZERO);
+    let (mut s, _) = raw_control(&srv);
+    fwd.cut_all();
+    let mut buf = [0u8; 64];
+    let e = s.read(&mut buf).expect_err("read after cut_all");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    let t0 = Instant::now();
+    while fwd.open_connections() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "connection not closed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // stop() with connections open (one idle, one mid-command) returns promptly.
+    let (_idle, _) = raw_control(&srv);
+    let (mut busy, _) = raw_control(&srv);
+    busy.write_all(b"NOOP\r\n").unwrap();
+    fwd.stall(Duration::from_secs(30));
+    let t0 = Instant::now();
+    fwd.stop();
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "stop took {:?}",
+        t0.elapsed()
+    );
+    assert!(TcpStream::connect((FORWARD_HOST, srv.port)).is_err());
+    let e = read_reply(&mut busy).expect_err("connection survived stop");
+    eprintln!("after stop: {e}");
+}
+
+#[test]
+fn forwarder_standalone_ports_and_errors() {
+    // A plain echo target: the forwarder knows nothing about FTP.
+    let target = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = target.local_addr().unwrap().port();
+    let echo = std::thread::spawn(move || {
+        let (mut c, _) = target.accept().unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap(); // until the forwarded half-close
+        c.write_all(&all).unwrap();
+    });
+    let fwd = Forwarder::start(
+        FORWARD_HOST.parse().unwrap(),
+        "127.0.0.1".parse().unwrap(),
+        &[port],
+        Duration::ZERO,
+    );
+    assert_eq!(fwd.control_port(), port);
+    let mut c = TcpStream::connect((FORWARD_HOST, port)).unwrap();
+    c.write_all(b"hello through the forwarder").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"hello through the forwarder");
+    echo.join().unwrap();
+    assert_eq!((fwd.control_connections(), fwd.data_connections()), (1, 0));
+    // A second forwarder on the same address and port cannot start.
+    let again = Forwarder::try_start(
+        FORWARD_HOST.parse().unwrap(),
+        "127.0.0.1".parse().unwrap(),
+        &[port],
+        Duration::ZERO,
+    );
+    let e = again.expect_err("port taken twice");
+    assert!(e.to_string().contains("bind 127.0.0.2:"), "{e}");
+}
+
+#[test]
+fn restart_keeps_files_and_serves_again() {
+    let (mut srv, data) = server_with_file(MIB);
+    let fwd = srv.forwarder(Duration::ZERO);
+    let (port, root) = (srv.port, srv.root.clone());
+    srv.restart();
+    assert!(srv.is_running());
+    assert_eq!((srv.port, &srv.root), (port, &root));
+    assert!(fs::read(root.join("big.bin")).unwrap() == data);
+    let out = curl(
+        &srv,
+        &CurlOpts::default(),
+        &[&format!("{}big.bin", base_url(&srv))],
+    );
+    check_ok("direct download after restart", &out, &srv);
+    assert!(out.stdout == data);
+    // The forwarder keeps forwarding to the restarted server.
+    let (o, got, _) = download_via(&srv, "big.bin");
+    assert_complete(
+        "download via forwarder after restart",
+        &o,
+        &got,
+        &data,
+        &srv,
+    );
+
+    // kill: nothing listens any more, files stay; restart brings it back.
+    srv.kill();
+    assert!(!srv.is_running());
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert!(root.join("big.bin").exists());
+    srv.restart();
+    let (o, got, _) = download_via(&srv, "big.bin");
+    assert_complete("download after kill + restart", &o, &got, &data, &srv);
+    assert!(
+        srv.log_contents().contains("earlier-runs.log"),
+        "logs of earlier runs are kept"
+    );
+    drop(fwd);
+}
+
+#[test]
+fn mount_through_forwarder() {
+    let (srv, data) = server_with_file(2 * MIB);
+    let fwd = srv.forwarder(Duration::ZERO);
+    let m = support::mount::Mount::builder(&srv)
+        .url(srv.url_via(FORWARD_HOST))
+        .opts("timeout=5")
+        .mount();
+    assert!(m.options.contains("fingerprint=sha256:") && m.options.ends_with("timeout=5"));
+    assert!(!m.daemon_pids().is_empty(), "daemon pid not found");
+    assert!(m.spool_dir().is_dir());
+    assert!(fs::read(m.path("big.bin")).unwrap() == data);
+    fs::write(m.path("new.txt"), b"via 127.0.0.2\n").unwrap();
+    assert_eq!(
+        fs::read(srv.root.join("new.txt")).unwrap(),
+        b"via 127.0.0.2\n"
+    );
+    assert!(fwd.control_connections() >= 1 && fwd.data_connections() >= 2);
+    drop(m);
+}

@@ -28,6 +28,14 @@
 //! * `ServerSpec` (+ builder methods), `start(ServerSpec) -> Server`.
 //! * `Server { spec, host, port, pasv_ports, root, user, password, conf_dir,
 //!   startup_time }`, `url()`, `log_contents()`, `is_running()`, `stop()`.
+//! * Faults: `kill()` (SIGKILL, no grace), `restart()` (stop, then start again on the
+//!   same ports with the same root and config; waits until it answers), `url_via(host)`,
+//!   `cert_fingerprint()`, `forward_ports()`, `forwarder(one_way_delay)`: a
+//!   [`forwarder::Forwarder`] on [`FORWARD_HOST`] (127.0.0.2) with fault controls
+//!   (cut data connections after N bytes by RST or FIN, cut everything, stall, refuse
+//!   new connections, rate limit); see tests/support/forwarder.rs.
+//! * [`mount`]: the `Mount` guard for the `ftpsfs` binary (any URL and options, daemon
+//!   pids, spool dir) and shell helpers for e2e tests; see tests/support/mount.rs.
 //!
 //! # What each server supports
 //! | spec field               | proftpd                    | vsftpd                               | pyftpdlib                 |
@@ -70,6 +78,8 @@
 //! * pyftpdlib: no implicit mode, no CCC, never requires data-session reuse.
 #![allow(dead_code)]
 
+pub mod forwarder;
+pub mod mount;
 pub mod pki;
 mod servers;
 
@@ -95,6 +105,8 @@ pub const TEST_USER: &str = "ftpsfs-test";
 pub const TEST_PASSWORD: &str = "ftpsfs-Test-Pass-4217";
 /// Address every test server listens on.
 pub const HOST: &str = "127.0.0.1";
+/// Address a [`Server::forwarder`] listens on (same ports as the server).
+pub const FORWARD_HOST: &str = "127.0.0.2";
 /// Home directory of [`TEST_USER`] in /etc/passwd (vsftpd needs an existing one; the FTP
 /// root is set per server, this is never written to).
 const TEST_USER_HOME: &str = "/";
@@ -291,6 +303,10 @@ pub struct Server {
     pub startup_time: Duration,
     child: Option<Child>,
     log_files: Vec<PathBuf>,
+    /// Greeting token of this server (kept across restarts: same config).
+    token: String,
+    /// How many times `restart` started it again.
+    restarts: u32,
     _ports: PortBlock,
     _root_dir: tempfile::TempDir,
     _conf_dir: tempfile::TempDir,
@@ -327,11 +343,119 @@ impl Server {
         }
     }
 
-    /// Kill the server and all of its session processes (also done on drop).
+    /// Kill the server and all of its session processes (also done on drop): SIGTERM
+    /// to the process group, SIGKILL after a second. Files and config stay; `restart`
+    /// starts it again.
     pub fn stop(&mut self) {
         if let Some(child) = self.child.take() {
             kill_group(child);
         }
+    }
+
+    /// Crash the server: SIGKILL its whole process group (main process and sessions) at
+    /// once, no grace period, and reap it. Files and config stay; `restart` starts it
+    /// again. Open connections see the kernel close them (FIN, or RST with unread data).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling the process group of a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Stop the server (as `stop` does, if it runs) and start it again with the same spec,
+    /// ports, root directory (files kept) and config; returns once it accepts connections.
+    /// The logs of the earlier runs stay in `log_contents()`. Panics (with the logs) if it
+    /// does not come back.
+    pub fn restart(&mut self) {
+        self.stop();
+        // Keep what the earlier run logged: preparing the config truncates the logs.
+        let earlier = self.conf_dir.join("earlier-runs.log");
+        let logs = collect_logs(
+            &self
+                .log_files
+                .iter()
+                .filter(|f| **f != earlier)
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&earlier) {
+            let _ = writeln!(f, "######## run {} ########\n{logs}", self.restarts + 1);
+        }
+        self.restarts += 1;
+        let user = test_user();
+        let mut failures = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            let ctx = servers::Ctx {
+                spec: &self.spec,
+                conf_dir: &self.conf_dir,
+                root: &self.root,
+                port: self.port,
+                pasv: self.pasv_ports.clone(),
+                token: &self.token,
+                user,
+            };
+            let (mut child, mut log_files) = launch(&ctx);
+            log_files.insert(0, earlier.clone());
+            self.log_files = log_files;
+            match wait_ready(&self.spec, self.port, &self.token, &mut child) {
+                Ok(()) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) => {
+                    kill_group(child);
+                    failures.push_str(&format!(
+                        "--- restart attempt {attempt}: {e}\n{}",
+                        self.log_contents()
+                    ));
+                    // The old sessions may still hold the port for a moment.
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+        panic!(
+            "{} server did not restart on port {}:\n{failures}",
+            self.spec.kind.name(),
+            self.port
+        );
+    }
+
+    /// The URL with another host, e.g. a forwarder's `127.0.0.2` ([`FORWARD_HOST`]):
+    /// `ftp://ftpsfs-test@HOST:PORT/` (or `ftps://`). Note that the server's certificate
+    /// names only 127.0.0.1, ::1 and localhost: through another address, pin it
+    /// (`fingerprint=`, see [`Server::cert_fingerprint`]) or use the name `localhost`.
+    pub fn url_via(&self, host: &str) -> String {
+        let scheme = if self.spec.implicit { "ftps" } else { "ftp" };
+        format!("{scheme}://{}@{host}:{}/", self.user, self.port)
+    }
+
+    /// `sha256:HEX` of the certificate the server presents, for `fingerprint=`.
+    pub fn cert_fingerprint(&self) -> String {
+        format!(
+            "sha256:{}",
+            sha256_fingerprint(self.spec.server_cert.paths().0)
+        )
+    }
+
+    /// The ports a forwarder must carry: the control port first, then the passive ports.
+    pub fn forward_ports(&self) -> Vec<u16> {
+        std::iter::once(self.port)
+            .chain(self.pasv_ports.clone())
+            .collect()
+    }
+
+    /// A [`forwarder::Forwarder`] listening on [`FORWARD_HOST`] (127.0.0.2) for the
+    /// control and passive ports of this server; reach it with `url_via(FORWARD_HOST)`.
+    pub fn forwarder(&self, one_way_delay: Duration) -> forwarder::Forwarder {
+        forwarder::Forwarder::start(
+            FORWARD_HOST.parse().unwrap(),
+            Ipv4Addr::LOCALHOST,
+            &self.forward_ports(),
+            one_way_delay,
+        )
     }
 }
 
@@ -440,39 +564,7 @@ pub fn start(spec: ServerSpec) -> Server {
             token: &token,
             user,
         };
-        let prepared = servers::prepare(&ctx);
-        let stdout_path = conf_dir.join("stdout.log");
-        let stderr_path = conf_dir.join("stderr.log");
-        let mut log_files = vec![stdout_path.clone(), stderr_path.clone()];
-        log_files.extend(prepared.log_files.iter().cloned());
-
-        let mut cmd = prepared.command;
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&stdout_path).expect("stdout log"))
-            .stderr(File::create(&stderr_path).expect("stderr log"))
-            .current_dir(&conf_dir)
-            .process_group(0);
-        let parent = std::process::id() as libc::pid_t;
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    return Err(io::Error::other("parent died"));
-                }
-                Ok(())
-            });
-        }
-        let child = spawn_on_keeper_thread(cmd)
-            .unwrap_or_else(|e| panic!("spawning {} failed: {e}", spec.kind.name()));
+        let (child, log_files) = launch(&ctx);
         let mut child = Some(child);
         match wait_ready(&spec, ports.ctrl, &token, child.as_mut().unwrap()) {
             Ok(()) => {
@@ -488,6 +580,8 @@ pub fn start(spec: ServerSpec) -> Server {
                     startup_time: t0.elapsed(),
                     child,
                     log_files,
+                    token,
+                    restarts: 0,
                     _ports: ports,
                     _root_dir: root_tmp,
                     _conf_dir: conf_tmp,
@@ -517,6 +611,47 @@ pub fn start(spec: ServerSpec) -> Server {
         "{} server ({spec:?}) did not start in {conf_dir:?}:\n{failures}",
         spec.kind.name()
     );
+}
+
+/// Writes the server's config (`servers::prepare`) and spawns it in its own process
+/// group, with stdout/stderr to files in the config dir; returns it and its log files.
+fn launch(ctx: &servers::Ctx) -> (Child, Vec<PathBuf>) {
+    let spec = ctx.spec;
+    let conf_dir = ctx.conf_dir;
+    let prepared = servers::prepare(ctx);
+    let stdout_path = conf_dir.join("stdout.log");
+    let stderr_path = conf_dir.join("stderr.log");
+    let mut log_files = vec![stdout_path.clone(), stderr_path.clone()];
+    log_files.extend(prepared.log_files.iter().cloned());
+
+    let mut cmd = prepared.command;
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(&stdout_path).expect("stdout log"))
+        .stderr(File::create(&stderr_path).expect("stderr log"))
+        .current_dir(conf_dir)
+        .process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::other("parent died"));
+            }
+            Ok(())
+        });
+    }
+    let child = spawn_on_keeper_thread(cmd)
+        .unwrap_or_else(|e| panic!("spawning {} failed: {e}", spec.kind.name()));
+    (child, log_files)
 }
 
 fn wait_ready(spec: &ServerSpec, port: u16, token: &str, child: &mut Child) -> Result<(), String> {

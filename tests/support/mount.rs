@@ -1,0 +1,483 @@
+//! Mounting the `ftpsfs` binary in tests: a [`Mount`] guard that always unmounts, and
+//! small helpers shared by the e2e test files (`mod support;` then `support::mount::...`).
+//!
+//! ```ignore
+//! use support::mount::{Mount, Env};
+//! let srv = support::start(support::ServerSpec::proftpd());
+//! let m = Mount::new(&srv);                         // default options
+//! let m = Mount::with(&srv, "timeout=5,max_conns=2"); // extra -o options
+//! // Through a forwarder on 127.0.0.2 (the certificate is pinned automatically):
+//! let fwd = srv.forwarder(std::time::Duration::ZERO);
+//! let m = Mount::builder(&srv)
+//!     .url(srv.url_via(support::FORWARD_HOST))
+//!     .opts("timeout=5")
+//!     .mount();                                     // or .try_mount() -> Result
+//! std::fs::read(m.path("file"));                    // m.mnt, m.spool, m.daemon_pids()
+//! ```
+//!
+//! The binary is the one Cargo built for the integration test (`CARGO_BIN_EXE_ftpsfs`);
+//! from an example, `target/<profile>/ftpsfs` next to the example's directory.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Server;
+
+/// Default `cache_timeout=` of the mounts (seconds).
+pub const CACHE_TIMEOUT: u64 = 2;
+
+/// A fresh directory under the process's test directory.
+pub fn scratch(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(super::process_dir())
+        .expect("create scratch dir")
+}
+
+/// Whether `path` is a mountpoint in /proc/mounts.
+pub fn is_mounted(path: &Path) -> bool {
+    let p = path.to_string_lossy();
+    fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&*p))
+}
+
+/// Pids of processes whose command line contains `pattern` (pgrep -f).
+pub fn pids_matching(pattern: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(pattern)
+        .output()
+        .expect("run pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The last `n` bytes of `s` (at a character boundary).
+pub fn tail(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The `ftpsfs` binary under test.
+pub fn ftpsfs_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_ftpsfs") {
+        return PathBuf::from(p);
+    }
+    // An example: target/<profile>/examples/NAME -> target/<profile>/ftpsfs.
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("ftpsfs"))
+        .expect("ftpsfs binary next to the examples directory")
+}
+
+/// A running `ftpsfs` mount of a server. Dropping it always unmounts (lazily if
+/// needed) and waits for the daemon to exit, so a failing test leaves no mount.
+pub struct Mount {
+    /// The mountpoint.
+    pub mnt: PathBuf,
+    /// The `spool_dir=` of the mount.
+    pub spool: PathBuf,
+    /// Pids of the detached daemon (processes whose command line names the mountpoint).
+    pub daemon: Vec<u32>,
+    /// The `-o` options it was mounted with.
+    pub options: String,
+    /// The URL it was mounted with.
+    pub url: String,
+    unmounted: bool,
+    /// The daemon's stdout and stderr (files: the daemon must never hold a pipe we
+    /// read to EOF).
+    out_path: PathBuf,
+    err_path: PathBuf,
+    /// Holds the mountpoint, spool and password file; removed after the unmount.
+    _dir: tempfile::TempDir,
+}
+
+/// What a failed mount attempt said.
+#[derive(Debug)]
+pub struct MountFailure {
+    pub code: Option<i32>,
+    pub stderr: String,
+}
+
+/// How to mount; see [`Mount::builder`].
+pub struct MountBuilder<'a> {
+    srv: &'a Server,
+    url: Option<String>,
+    extra: String,
+    password: String,
+    mountpoint: Option<PathBuf>,
+}
+
+impl MountBuilder<'_> {
+    /// Mount this URL instead of `srv.url()` (e.g. `srv.url_via(FORWARD_HOST)`). When
+    /// its host is not 127.0.0.1 or localhost, the server's certificate (which names only
+    /// those) is pinned with `fingerprint=`, unless the options already say
+    /// `fingerprint=` or `insecure`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// Extra `-o` options, comma-separated (appended after the defaults, so they win
+    /// where ftpsfs takes the last value); may be called more than once.
+    pub fn opts(mut self, extra: &str) -> Self {
+        if !extra.is_empty() {
+            if !self.extra.is_empty() {
+                self.extra.push(',');
+            }
+            self.extra.push_str(extra);
+        }
+        self
+    }
+
+    /// Log in with this password (default: the right one).
+    pub fn password(mut self, password: &str) -> Self {
+        self.password = password.to_string();
+        self
+    }
+
+    /// Mount on this (existing or not) path instead of a fresh directory.
+    pub fn mountpoint(mut self, p: &Path) -> Self {
+        self.mountpoint = Some(p.to_path_buf());
+        self
+    }
+
+    /// Mounts; panics with ftpsfs's output and the server's log on failure.
+    pub fn mount(self) -> Mount {
+        let srv = self.srv;
+        self.try_mount().unwrap_or_else(|f| {
+            panic!(
+                "mount failed ({:?}): {}\n--- server log (tail) ---\n{}",
+                f.code,
+                f.stderr,
+                tail(&srv.log_contents(), 4000)
+            )
+        })
+    }
+
+    /// Runs `ftpsfs URL MNT -o ...` (without -f) and waits for it to exit. On success
+    /// the mount is up and the daemon runs detached.
+    pub fn try_mount(self) -> Result<Mount, MountFailure> {
+        let srv = self.srv;
+        let dir = scratch("mount-");
+        let mnt = self
+            .mountpoint
+            .clone()
+            .unwrap_or_else(|| dir.path().join("mnt"));
+        if self.mountpoint.is_none() {
+            fs::create_dir(&mnt).unwrap();
+        }
+        let spool = dir.path().join("spool");
+        fs::create_dir(&spool).unwrap();
+        let pw = dir.path().join("password");
+        fs::write(&pw, format!("{}\n", self.password)).unwrap();
+        fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+        let url = self.url.clone().unwrap_or_else(|| srv.url());
+        let mut opts = format!(
+            "cafile={},password_file={},spool_dir={},cache_timeout={CACHE_TIMEOUT}",
+            srv.ca_file().display(),
+            pw.display(),
+            spool.display()
+        );
+        let named = |o: &str| {
+            self.extra
+                .split(',')
+                .any(|x| x.split('=').next() == Some(o))
+        };
+        if !host_is_local(&url) && !named("fingerprint") && !named("insecure") {
+            opts.push_str(",fingerprint=");
+            opts.push_str(&srv.cert_fingerprint());
+        }
+        if !self.extra.is_empty() {
+            opts.push(',');
+            opts.push_str(&self.extra);
+        }
+        let out_path = dir.path().join("ftpsfs.out");
+        let err_path = dir.path().join("ftpsfs.err");
+        let mut child = Command::new(ftpsfs_bin())
+            .arg(&url)
+            .arg(&mnt)
+            .arg("-o")
+            .arg(&opts)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out_path).unwrap())
+            .stderr(fs::File::create(&err_path).unwrap())
+            .spawn()
+            .expect("run ftpsfs");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ftpsfs did not detach within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = fs::read_to_string(&err_path).unwrap_or_default()
+            + &fs::read_to_string(&out_path).unwrap_or_default();
+        let mut m = Mount {
+            daemon: pids_matching(&mnt.to_string_lossy()),
+            mnt,
+            spool,
+            options: opts,
+            url,
+            unmounted: false,
+            out_path,
+            err_path,
+            _dir: dir,
+        };
+        if !status.success() {
+            m.unmounted = true; // nothing to undo; but check nothing was left behind
+            assert!(
+                !is_mounted(&m.mnt),
+                "failed mount left a mount behind: {stderr}"
+            );
+            return Err(MountFailure {
+                code: status.code(),
+                stderr,
+            });
+        }
+        assert!(
+            is_mounted(&m.mnt),
+            "ftpsfs exited 0 but {} is not in /proc/mounts; stderr: {stderr}",
+            m.mnt.display()
+        );
+        Ok(m)
+    }
+}
+
+/// Whether the URL's host is 127.0.0.1 or localhost (which the test certificate names).
+fn host_is_local(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.split('/').next().unwrap_or("");
+    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h);
+    let host = match hostport.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => hostport,
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+impl Mount {
+    /// How to mount `srv`: URL, options, password, mountpoint; then `.mount()`.
+    pub fn builder(srv: &Server) -> MountBuilder<'_> {
+        MountBuilder {
+            srv,
+            url: None,
+            extra: String::new(),
+            password: super::TEST_PASSWORD.to_string(),
+            mountpoint: None,
+        }
+    }
+
+    /// Mounts with the default options.
+    pub fn new(srv: &Server) -> Mount {
+        Mount::with(srv, "")
+    }
+
+    /// Mounts with the default options and `extra` (comma-separated, may be empty).
+    pub fn with(srv: &Server, extra: &str) -> Mount {
+        Mount::builder(srv).opts(extra).mount()
+    }
+
+    /// Mounts `url` (e.g. `srv.url_via(FORWARD_HOST)`) with `extra` options.
+    pub fn via(srv: &Server, url: &str, extra: &str) -> Mount {
+        Mount::builder(srv).url(url).opts(extra).mount()
+    }
+
+    /// Runs `ftpsfs URL MNT -o ...` (without -f) and waits for it to exit. On success
+    /// the mount is up and the daemon runs detached. `mountpoint` overrides the
+    /// mountpoint (e.g. a missing one).
+    pub fn try_mount(
+        srv: &Server,
+        extra: &str,
+        password: &str,
+        mountpoint: Option<&Path>,
+    ) -> Result<Mount, MountFailure> {
+        let mut b = Mount::builder(srv).opts(extra).password(password);
+        if let Some(p) = mountpoint {
+            b = b.mountpoint(p);
+        }
+        b.try_mount()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Pids of the detached daemon (found once, when it was mounted).
+    pub fn daemon_pids(&self) -> &[u32] {
+        &self.daemon
+    }
+
+    /// The spool directory (`spool_dir=`), where writes wait for their upload.
+    pub fn spool_dir(&self) -> &Path {
+        &self.spool
+    }
+
+    /// Whether the mount is still in /proc/mounts.
+    pub fn is_mounted(&self) -> bool {
+        is_mounted(&self.mnt)
+    }
+
+    /// Whether any daemon process is still alive.
+    pub fn daemon_alive(&self) -> bool {
+        self.daemon.iter().any(|p| alive(*p))
+    }
+
+    /// Sends `sig` to every daemon process (e.g. `libc::SIGTERM`, `libc::SIGKILL`).
+    pub fn signal(&self, sig: libc::c_int) {
+        for p in &self.daemon {
+            // SAFETY: signalling the daemon this test started.
+            unsafe {
+                libc::kill(*p as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// What the daemon wrote to stdout and stderr so far (its log, with `-o` options
+    /// such as `debug` or `-d` if given; errors it logged in the background).
+    pub fn daemon_output(&self) -> String {
+        fs::read_to_string(&self.err_path).unwrap_or_default()
+            + &fs::read_to_string(&self.out_path).unwrap_or_default()
+    }
+
+    /// `fusermount3 -u` (then `-uz`), then waits ≤10 s for the daemon to exit.
+    pub fn unmount(&mut self) {
+        if self.unmounted {
+            return;
+        }
+        self.unmounted = true;
+        if is_mounted(&self.mnt) {
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                // Busy (or already gone): detach lazily so nothing stays behind.
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.mnt)
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && (self.daemon.iter().any(|p| alive(*p)) || is_mounted(&self.mnt))
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for p in self.daemon.iter().filter(|p| alive(**p)) {
+            eprintln!("ftpsfs daemon {p} still running 10 s after unmount: killing it");
+            unsafe {
+                libc::kill(*p as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+        if is_mounted(&self.mnt) {
+            // Keep the directory rather than recursing into a live mount.
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mnt)
+                .status();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shell helpers
+
+/// A work directory for local copies, with `sh` helpers that export $MNT, $ROOT, $W.
+pub struct Env<'a> {
+    pub srv: &'a Server,
+    pub m: &'a Mount,
+    pub w: tempfile::TempDir,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(srv: &'a Server, m: &'a Mount) -> Self {
+        Env {
+            srv,
+            m,
+            w: scratch("work-"),
+        }
+    }
+
+    pub fn w(&self) -> &Path {
+        self.w.path()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.srv.root
+    }
+
+    pub fn sh(&self, script: &str) -> Output {
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("MNT", &self.m.mnt)
+            .env("ROOT", &self.srv.root)
+            .env("W", self.w.path())
+            .env("TZ", "UTC")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sh")
+    }
+
+    /// Runs `script` and asserts exit status 0; returns stdout.
+    #[track_caller]
+    pub fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        if !out.status.success() {
+            panic!(
+                "[{}] `{script}` failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- server log (tail) ---\n{}",
+                self.srv.spec.kind.name(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                tail(&self.srv.log_contents(), 3000)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
