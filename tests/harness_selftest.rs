@@ -683,6 +683,40 @@ fn forwarder_cut_data_after_fin() {
 }
 
 #[test]
+fn forwarder_cut_upload_after() {
+    let (srv, data) = server_with_file(4 * MIB);
+    let fwd = srv.forwarder(Duration::ZERO);
+    let dir = scratch_dir();
+    let local = dir.path().join("up.bin");
+    fs::write(&local, &data).unwrap();
+    for how in [Cut::Rst, Cut::Fin] {
+        fwd.cut_upload_after(MIB as u64, how, Some(1));
+        let o = curl_via(
+            &srv,
+            &["-T", local.to_str().unwrap(), &url_via(&srv, "up.bin")],
+        );
+        assert!(!o.status.success(), "{how:?}: cut upload succeeded");
+        let on_server = fs::metadata(srv.root.join("up.bin")).map_or(0, |m| m.len());
+        assert!(
+            on_server <= MIB as u64,
+            "{how:?}: {on_server} bytes arrived"
+        );
+        eprintln!(
+            "upload {how:?} after 1 MiB: {on_server} bytes on the server, curl {}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    assert_eq!(fwd.cuts(), 2);
+    let o = curl_via(
+        &srv,
+        &["-T", local.to_str().unwrap(), &url_via(&srv, "up.bin")],
+    );
+    check_ok("upload after the cuts", &o, &srv);
+    assert!(fs::read(srv.root.join("up.bin")).unwrap() == data);
+}
+
+#[test]
 fn forwarder_stall_holds_then_delivers() {
     let (srv, data) = server_with_file(MIB);
     let fwd = srv.forwarder(Duration::ZERO);

@@ -15,6 +15,7 @@
 //!     Duration::ZERO, // one-way delay added to every chunk in both directions
 //! );
 //! fwd.cut_data_after(1 << 20, Cut::Rst, Some(1)); // the next data connection dies after 1 MiB
+//! fwd.cut_upload_after(1 << 20, Cut::Fin, None);  // every upload is cut after 1 MiB
 //! fwd.stall(Duration::from_secs(3));              // nothing moves for 3 s (bytes are held)
 //! fwd.refuse_new(true);                           // new connections: accept, then RST
 //! fwd.rate_limit(Some(2 << 20));                  // 2 MiB/s per connection and direction
@@ -39,8 +40,8 @@
 //!   on connections already open too; a cut plan on data connections accepted after it
 //!   was set (each new data connection takes one "ticket" when it is accepted).
 //! * `Cut::Rst` closes both sockets with `SO_LINGER` 0 (the peers see ECONNRESET); before
-//!   that it waits (≤ 0.5 s) until the bytes already written to the client have left the
-//!   socket, so the client really received `bytes` bytes. `Cut::Fin` shuts both sockets
+//!   that it waits (≤ 0.5 s) until the bytes already written to the receiving side have
+//!   left the socket, so the receiver really got `bytes` bytes. `Cut::Fin` shuts both sockets
 //!   down both ways (the peers see EOF, after every byte written before).
 //! * Counters count accepted connections, including refused ones.
 #![allow(dead_code)]
@@ -83,10 +84,20 @@ pub struct Forwarder {
 
 #[derive(Debug, Clone, Copy)]
 struct CutPlan {
+    /// Which direction's bytes count.
+    dir: Dir,
     bytes: u64,
     how: Cut,
     /// `None`: every data connection until cleared.
     times: Option<u32>,
+}
+
+/// A data connection's share of the plan: cut after `bytes` in direction `dir`.
+#[derive(Debug, Clone, Copy)]
+struct Ticket {
+    dir: Dir,
+    bytes: u64,
+    how: Cut,
 }
 
 struct Inner {
@@ -185,11 +196,27 @@ impl Forwarder {
 
     /// The next `times` data connections (`None`: every one until cleared) accepted from
     /// now on are cut with `how` once `bytes` bytes have been forwarded from the server to
-    /// the client on them (TLS bytes included). Replaces an earlier plan.
+    /// the client on them (downloads and listings; TLS bytes included). Replaces an
+    /// earlier plan (of either kind).
     pub fn cut_data_after(&self, bytes: u64, how: Cut, times: Option<u32>) {
+        self.set_plan(Dir::Down, bytes, how, times);
+    }
+
+    /// As [`Forwarder::cut_data_after`], counting the bytes forwarded from the client to
+    /// the server instead (uploads). Replaces an earlier plan (of either kind).
+    pub fn cut_upload_after(&self, bytes: u64, how: Cut, times: Option<u32>) {
+        self.set_plan(Dir::Up, bytes, how, times);
+    }
+
+    fn set_plan(&self, dir: Dir, bytes: u64, how: Cut, times: Option<u32>) {
         *lock(&self.inner.plan) = match times {
             Some(0) => None,
-            _ => Some(CutPlan { bytes, how, times }),
+            _ => Some(CutPlan {
+                dir,
+                bytes,
+                how,
+                times,
+            }),
         };
     }
 
@@ -312,7 +339,7 @@ impl Inner {
     }
 
     /// Takes a cut ticket for a new data connection.
-    fn take_ticket(&self) -> Option<(u64, Cut)> {
+    fn take_ticket(&self) -> Option<Ticket> {
         let mut plan = lock(&self.plan);
         let p = (*plan)?;
         if let Some(n) = p.times {
@@ -321,7 +348,11 @@ impl Inner {
                 ..p
             });
         }
-        Some((p.bytes, p.how))
+        Some(Ticket {
+            dir: p.dir,
+            bytes: p.bytes,
+            how: p.how,
+        })
     }
 }
 
@@ -445,9 +476,10 @@ struct Conn {
     server: TcpStream,
     /// Set once: the connection is being torn down (cut, reset or stopped).
     aborted: AtomicBool,
-    /// `(bytes, how)`: cut after `bytes` forwarded server -> client.
-    cut: Option<(u64, Cut)>,
-    down_bytes: AtomicU64,
+    /// Cut after so many bytes forwarded in one direction.
+    cut: Option<Ticket>,
+    /// Bytes forwarded so far in the direction of `cut`.
+    cut_count: AtomicU64,
     /// Threads still working on this connection; the last one deregisters it.
     live: AtomicUsize,
 }
@@ -493,11 +525,11 @@ impl Conn {
         }
     }
 
-    /// Cut by the plan, once `bytes` have been delivered to the client.
-    fn cut_now(&self, inner: &Inner, how: Cut) {
+    /// Cut by the plan, once its bytes have been delivered in direction `d`.
+    fn cut_now(&self, inner: &Inner, d: Dir, how: Cut) {
         if how == Cut::Rst {
             let deadline = Instant::now() + DRAIN_BEFORE_RST;
-            while unsent(&self.client) > 0 && Instant::now() < deadline && !self.aborted() {
+            while unsent(self.dst(d)) > 0 && Instant::now() < deadline && !self.aborted() {
                 thread::sleep(Duration::from_millis(2));
             }
         }
@@ -519,7 +551,7 @@ impl Drop for Leave<'_> {
     }
 }
 
-fn run_conn(inner: Arc<Inner>, client: TcpStream, port: u16, cut: Option<(u64, Cut)>) {
+fn run_conn(inner: Arc<Inner>, client: TcpStream, port: u16, cut: Option<Ticket>) {
     let target = SocketAddr::from((inner.target, port));
     let server = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
         Ok(s) => s,
@@ -541,7 +573,7 @@ fn run_conn(inner: Arc<Inner>, client: TcpStream, port: u16, cut: Option<(u64, C
         server,
         aborted: AtomicBool::new(false),
         cut,
-        down_bytes: AtomicU64::new(0),
+        cut_count: AtomicU64::new(0),
         live: AtomicUsize::new(if delayed { 4 } else { 2 }),
     });
     lock(&inner.conns).insert(conn.id, conn.clone());
@@ -688,11 +720,14 @@ fn deliver(inner: &Inner, conn: &Conn, d: Dir, mut buf: &[u8], pacer: &mut Pacer
             return false;
         }
         let mut n = buf.len();
-        let plan = conn.cut.filter(|_| d == Dir::Down);
-        if let Some((limit, how)) = plan {
-            let sent = conn.down_bytes.load(SeqCst);
+        let plan = conn.cut.filter(|t| t.dir == d);
+        if let Some(Ticket {
+            bytes: limit, how, ..
+        }) = plan
+        {
+            let sent = conn.cut_count.load(SeqCst);
             if sent >= limit {
-                conn.cut_now(inner, how);
+                conn.cut_now(inner, d, how);
                 return false;
             }
             n = n.min((limit - sent).min(usize::MAX as u64) as usize);
@@ -720,9 +755,12 @@ fn deliver(inner: &Inner, conn: &Conn, d: Dir, mut buf: &[u8], pacer: &mut Pacer
         if rate > 0 {
             pacer.next = pacer.next.max(started) + Duration::from_secs_f64(n as f64 / rate as f64);
         }
-        if let Some((limit, how)) = plan {
-            if conn.down_bytes.fetch_add(n as u64, SeqCst) + n as u64 >= limit {
-                conn.cut_now(inner, how);
+        if let Some(Ticket {
+            bytes: limit, how, ..
+        }) = plan
+        {
+            if conn.cut_count.fetch_add(n as u64, SeqCst) + n as u64 >= limit {
+                conn.cut_now(inner, d, how);
                 return false;
             }
         }
