@@ -6,6 +6,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod fs;
 pub mod ftp;

@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+/// Longest wait for a listing a prefetch worker has queued or is doing.
+const PREFETCH_WAIT: Duration = Duration::from_secs(2);
+
 /// An errno to return to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Errno(pub i32);
@@ -249,12 +252,9 @@ impl FtpsFs {
     /// than list it a second time.
     fn wait_for_prefetch(&self, dir: &str) {
         if let Some(p) = &self.prefetch {
-            // Being listed by a prefetch worker right now: wait for it (bounded).
-            let mut waited = 0;
-            while p.is_pending(dir) && waited < 2000 {
-                std::thread::sleep(Duration::from_millis(1));
-                waited += 1;
-            }
+            // Queued or being listed by a prefetch worker: wait for it (bounded by
+            // the operation's deadline).
+            p.wait_for(dir, crate::deadline::bound(PREFETCH_WAIT));
         }
     }
 
@@ -1060,10 +1060,13 @@ impl FtpsFs {
     /// their name, others through a temporary name unless `inplace` or the server
     /// refuses renames).
     fn target(&self, is_new: bool) -> Target {
-        if self.cfg.inplace || self.renames_refused.load(Ordering::Relaxed) {
+        if self.cfg.inplace {
             Target::InPlace
         } else if is_new {
+            // Needs no rename; a failed upload removes what it wrote.
             Target::NewFile
+        } else if self.renames_refused.load(Ordering::Relaxed) {
+            Target::InPlace
         } else {
             Target::Temp
         }

@@ -6,12 +6,15 @@
 //! next directories already listed instead of paying a round trip per directory, one
 //! after the other. Only one level is queued per directory actually read, so merely
 //! listing the root does not crawl the whole site; the queue is bounded, and work for
-//! a directory already cached or queued is skipped.
+//! a directory already cached or queued is skipped. A reader that needs a directory
+//! being prefetched waits on a condition variable for it (bounded), and the workers
+//! end when the prefetcher is dropped.
 
 use super::dircache::DirCache;
 use super::store::RemoteStore;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Most directories waiting to be listed.
 const MAX_QUEUED: usize = 4096;
@@ -21,31 +24,55 @@ struct Queue {
     waiting: VecDeque<String>,
     /// Waiting or being listed.
     known: HashSet<String>,
+    /// The prefetcher is gone: workers end.
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Work queued, or stop.
+    work: Condvar,
+    /// A directory left `known` (listed, or failed).
+    done: Condvar,
 }
 
 pub struct ListingPrefetcher {
-    queue: Arc<(Mutex<Queue>, Condvar)>,
+    shared: Arc<Shared>,
     cache: Arc<DirCache>,
+}
+
+impl Drop for ListingPrefetcher {
+    fn drop(&mut self) {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop = true;
+        self.shared.work.notify_all();
+    }
 }
 
 impl ListingPrefetcher {
     pub fn new(store: Arc<dyn RemoteStore>, cache: Arc<DirCache>, workers: usize) -> Self {
-        let queue: Arc<(Mutex<Queue>, Condvar)> = Arc::default();
+        let shared: Arc<Shared> = Arc::default();
         for _ in 0..workers {
-            let q = queue.clone();
+            let q = shared.clone();
             let store = store.clone();
             let cache = cache.clone();
             let _ = std::thread::Builder::new()
                 .name("ftpsfs-list".into())
                 .spawn(move || loop {
                     let dir = {
-                        let (m, cv) = &*q;
-                        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut g = q.queue.lock().unwrap_or_else(|p| p.into_inner());
                         loop {
+                            if g.stop {
+                                return;
+                            }
                             if let Some(d) = g.waiting.pop_front() {
                                 break d;
                             }
-                            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                            g = q.work.wait(g).unwrap_or_else(|p| p.into_inner());
                         }
                     };
                     if cache.get(&dir).is_none() {
@@ -53,19 +80,20 @@ impl ListingPrefetcher {
                             log::debug!("prefetching the listing of {dir}: {e}");
                         }
                     }
-                    q.0.lock()
+                    q.queue
+                        .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .known
                         .remove(&dir);
+                    q.done.notify_all();
                 });
         }
-        ListingPrefetcher { queue, cache }
+        ListingPrefetcher { shared, cache }
     }
 
     /// Queues directories to be listed soon.
     pub fn queue(&self, dirs: impl IntoIterator<Item = String>) {
-        let (m, cv) = &*self.queue;
-        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         let mut added = false;
         for d in dirs {
             if g.waiting.len() >= MAX_QUEUED {
@@ -79,18 +107,26 @@ impl ListingPrefetcher {
             added = true;
         }
         if added {
-            cv.notify_all();
+            self.shared.work.notify_all();
         }
     }
 
-    /// True while a directory is queued or being listed (a reader that needs it now
-    /// had better wait for it than list it a second time).
-    pub fn is_pending(&self, dir: &str) -> bool {
-        self.queue
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .known
-            .contains(dir)
+    /// Waits (at most `limit`) while `dir` is queued or being listed; a reader
+    /// that needs it now had better wait than list it a second time.
+    pub fn wait_for(&self, dir: &str, limit: Duration) {
+        let until = Instant::now() + limit;
+        let mut g = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        while g.known.contains(dir) {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            g = self
+                .shared
+                .done
+                .wait_timeout(g, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 }

@@ -9,6 +9,7 @@
 use super::session::FtpConnection;
 use crate::error::{FtpError, Result};
 use openssl::ssl::ShutdownState;
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
@@ -22,6 +23,13 @@ pub enum DataStream {
 }
 
 impl DataStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            DataStream::Tls(s) => s.get_ref(),
+            DataStream::Plain(s) => s,
+        }
+    }
+
     /// Closes the connection. `polite` sends our close_notify (after a complete
     /// download); otherwise the TLS state is only marked as shut down. Either way
     /// OpenSSL keeps the session resumable: freeing a TLS connection that never
@@ -53,6 +61,8 @@ pub struct Download<'a> {
     eof: bool,
     bytes: u64,
     what: String,
+    /// The data socket's timeout is below the connection's (a deadline is near).
+    lowered: Cell<bool>,
 }
 
 impl<'a> Download<'a> {
@@ -63,6 +73,7 @@ impl<'a> Download<'a> {
             eof: false,
             bytes: 0,
             what,
+            lowered: Cell::new(true),
         }
     }
 
@@ -145,6 +156,7 @@ impl Read for Download<'_> {
         let Some(data) = self.data.as_mut() else {
             return Ok(0);
         };
+        crate::deadline::arm(data.tcp(), self.conn.io_timeout(), &self.lowered)?;
         let n = match data {
             DataStream::Plain(s) => s.read(buf)?,
             DataStream::Tls(s) => match s.ssl_read(buf) {
@@ -176,6 +188,7 @@ impl Read for Download<'_> {
             self.eof = true;
         }
         self.bytes += n as u64;
+        crate::deadline::progress();
         Ok(n)
     }
 }
@@ -190,15 +203,15 @@ impl Drop for Download<'_> {
 
 /// Reads and discards what is left on a data connection, for a bounded time.
 fn drain(d: &mut DataStream) {
-    const DRAIN_LIMIT: Duration = Duration::from_secs(5);
-    let deadline = std::time::Instant::now() + DRAIN_LIMIT;
+    let limit = crate::deadline::bound(Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + limit;
     let mut buf = vec![0u8; 64 * 1024];
     let tcp_of = |d: &DataStream| match d {
         DataStream::Tls(s) => s.get_ref().try_clone(),
         DataStream::Plain(s) => s.try_clone(),
     };
     if let Ok(t) = tcp_of(d) {
-        let _ = t.set_read_timeout(Some(DRAIN_LIMIT));
+        let _ = t.set_read_timeout(Some(limit));
     }
     while std::time::Instant::now() < deadline {
         let n = match d {
@@ -218,6 +231,7 @@ pub struct Upload<'a> {
     data: Option<DataStream>,
     bytes: u64,
     what: String,
+    lowered: Cell<bool>,
 }
 
 impl<'a> Upload<'a> {
@@ -227,6 +241,7 @@ impl<'a> Upload<'a> {
             data: Some(data),
             bytes: 0,
             what,
+            lowered: Cell::new(true),
         }
     }
 
@@ -276,7 +291,7 @@ fn close_upload(data: DataStream) -> io::Result<()> {
             s.flush()?;
             s.shutdown(Shutdown::Write)?;
             // Wait for the server to close its side so it has read everything.
-            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = s.set_read_timeout(Some(crate::deadline::bound(Duration::from_secs(10))));
             let mut b = [0u8; 512];
             while matches!(s.read(&mut b), Ok(n) if n > 0) {}
             Ok(())
@@ -290,7 +305,9 @@ fn close_upload(data: DataStream) -> io::Result<()> {
             // Nothing follows our close_notify: half-close TCP now. proftpd waits for
             // the FIN before its 226, which would otherwise cost a round trip more.
             let _ = s.get_ref().shutdown(Shutdown::Write);
-            let _ = s.get_ref().set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = s
+                .get_ref()
+                .set_read_timeout(Some(crate::deadline::bound(Duration::from_secs(10))));
             // Bidirectional: read the peer's close_notify (and any TLS 1.3 ticket before it).
             let mut tries = 0;
             while !s.get_shutdown().contains(ShutdownState::RECEIVED) && tries < 8 {
@@ -312,6 +329,9 @@ impl Write for Upload<'_> {
         let Some(data) = self.data.as_mut() else {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "upload closed"));
         };
+        if let Err(e) = crate::deadline::arm(data.tcp(), self.conn.io_timeout(), &self.lowered) {
+            return Err(self.fail(e));
+        }
         let r = match data {
             DataStream::Plain(s) => s.write(buf),
             DataStream::Tls(s) => s.write(buf),
@@ -319,6 +339,7 @@ impl Write for Upload<'_> {
         match r {
             Ok(n) => {
                 self.bytes += n as u64;
+                crate::deadline::progress();
                 Ok(n)
             }
             Err(e) => Err(self.fail(e)),

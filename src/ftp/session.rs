@@ -83,31 +83,63 @@ pub struct TlsInfo {
     pub server_cert: Option<CertSummary>,
 }
 
-enum Control {
+/// The control connection's stream, and its socket timeout (lowered while an
+/// operation's deadline is nearer, see `crate::deadline`).
+struct Control {
+    stream: ControlStream,
+    base: Duration,
+    lowered: std::cell::Cell<bool>,
+}
+
+enum ControlStream {
     Tls(Box<TlsStream>),
     Plain(TcpStream),
 }
 
+impl Control {
+    fn new(stream: ControlStream, base: Duration) -> Self {
+        Control {
+            stream,
+            base,
+            // Set up under an operation's deadline, perhaps: the first use restores.
+            lowered: std::cell::Cell::new(true),
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match &self.stream {
+            ControlStream::Tls(s) => s.get_ref(),
+            ControlStream::Plain(s) => s,
+        }
+    }
+
+    fn arm(&self) -> io::Result<()> {
+        crate::deadline::arm(self.tcp(), self.base, &self.lowered)
+    }
+}
+
 impl Read for Control {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Control::Tls(s) => s.read(buf),
-            Control::Plain(s) => s.read(buf),
+        self.arm()?;
+        match &mut self.stream {
+            ControlStream::Tls(s) => s.read(buf),
+            ControlStream::Plain(s) => s.read(buf),
         }
     }
 }
 
 impl Write for Control {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Control::Tls(s) => s.write(buf),
-            Control::Plain(s) => s.write(buf),
+        self.arm()?;
+        match &mut self.stream {
+            ControlStream::Tls(s) => s.write(buf),
+            ControlStream::Plain(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Control::Tls(s) => s.flush(),
-            Control::Plain(s) => s.flush(),
+        match &mut self.stream {
+            ControlStream::Tls(s) => s.flush(),
+            ControlStream::Plain(s) => s.flush(),
         }
     }
 }
@@ -153,7 +185,7 @@ fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream> {
         .collect();
     let mut last = None;
     for addr in &addrs {
-        match TcpStream::connect_timeout(addr, timeout) {
+        match TcpStream::connect_timeout(addr, crate::deadline::bound(timeout)) {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(FtpError::io(format!("cannot connect to {addr}"), e)),
         }
@@ -202,7 +234,9 @@ impl FtpConnection {
     /// an error: there is no plaintext mode.
     pub fn connect(opts: Arc<ConnectOptions>, tls: Arc<TlsContext>) -> Result<Self> {
         let tcp = tcp_connect(&opts.host, opts.port, opts.timeout)?;
-        prepare_socket(&tcp, opts.timeout)?;
+        // The login is bounded by the operation's deadline too; the first command
+        // after it sets the socket back to `timeout` (see `Control::arm`).
+        prepare_socket(&tcp, crate::deadline::bound(opts.timeout))?;
         let peer = tcp
             .peer_addr()
             .map_err(|e| FtpError::io("control connection", e))?
@@ -265,7 +299,7 @@ impl FtpConnection {
             }
         }
         let mut conn = FtpConnection {
-            ctrl: Control::Tls(Box::new(stream)),
+            ctrl: Control::new(ControlStream::Tls(Box::new(stream)), opts.timeout),
             reader,
             tls,
             opts: opts.clone(),
@@ -369,7 +403,7 @@ impl FtpConnection {
         if !self.reader.is_empty() {
             return Err(FtpError::Protocol("data after the 200 reply to CCC".into()));
         }
-        if let Control::Tls(s) = &mut self.ctrl {
+        if let ControlStream::Tls(s) = &mut self.ctrl.stream {
             s.shutdown()
                 .map_err(|e| FtpError::Tls(format!("CCC shutdown: {e}")))?;
             let mut tries = 0;
@@ -390,7 +424,7 @@ impl FtpConnection {
                 }
             }
         }
-        self.ctrl = Control::Plain(tcp);
+        self.ctrl = Control::new(ControlStream::Plain(tcp), self.opts.timeout);
         self.ccc_done = true;
         Ok(())
     }
@@ -545,6 +579,11 @@ impl FtpConnection {
     }
 
     /// True when an error left the connection unusable; the pool drops it.
+    /// The timeout of each socket call (`timeout=`), before any deadline.
+    pub(crate) fn io_timeout(&self) -> Duration {
+        self.opts.timeout
+    }
+
     pub fn is_broken(&self) -> bool {
         self.broken
     }

@@ -3,7 +3,7 @@
 use super::pool::{Pool, Use};
 use crate::error::{FtpError, Result};
 use crate::fs::store::RemoteStore;
-use crate::ftp::RemoteEntry;
+use crate::ftp::{FtpConnection, RemoteEntry};
 use std::io::{BufRead, Read, Write};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,6 +18,30 @@ pub struct FtpStore {
 impl FtpStore {
     pub fn new(pool: Arc<Pool>) -> Self {
         FtpStore { pool }
+    }
+}
+
+impl FtpStore {
+    /// A command that changes the server, through the pool's retry policy. When a
+    /// lost connection made the pool repeat it, the server may have carried out
+    /// the first one: a repeat refused with `done_errno` (DELE: no such file, MKD:
+    /// exists) means it did, and is a success.
+    fn repeatable(
+        &self,
+        mut op: impl FnMut(&mut FtpConnection) -> Result<()>,
+        done_errno: i32,
+    ) -> Result<()> {
+        let mut attempts = 0;
+        self.pool.run(Use::Command, |c| {
+            attempts += 1;
+            match op(c) {
+                Err(e) if attempts > 1 && e.reply_code().is_some() && e.errno() == done_errno => {
+                    log::debug!("repeated command refused as already done ({e}): success");
+                    Ok(())
+                }
+                other => other,
+            }
+        })
     }
 }
 
@@ -78,52 +102,37 @@ impl RemoteStore for FtpStore {
     }
 
     fn write_file(&self, path: &str, data: &mut dyn BufRead) -> Result<u64> {
-        let mut c = self.pool.get(Use::Transfer)?;
-        let mut up = c.stor(path, false)?;
+        // Until a byte of `data` is consumed, a dead idle connection is replaced
+        // as in every other operation.
         loop {
-            let chunk = data
-                .fill_buf()
-                .map_err(|e| FtpError::io("reading the data to upload", e))?;
-            if chunk.is_empty() {
-                break;
-            }
-            let n = chunk.len();
-            let sent = up.write_all(chunk);
-            data.consume(n);
-            if let Err(e) = sent {
-                return Err(
-                    match e.get_ref().and_then(|i| i.downcast_ref::<FtpError>()) {
-                        Some(FtpError::Reply {
-                            command,
-                            code,
-                            text,
-                        }) => FtpError::Reply {
-                            command: command.clone(),
-                            code: *code,
-                            text: text.clone(),
-                        },
-                        _ => FtpError::io(format!("uploading {path}"), e),
-                    },
-                );
+            let mut c = self.pool.get(Use::Transfer)?;
+            let mut consumed = false;
+            match upload_on(&mut c, path, data, &mut consumed) {
+                Err(e) if !consumed && c.reused && (c.is_broken() || e.is_connection_lost()) => {
+                    log::debug!("retrying STOR {path} on another connection after: {e}");
+                    c.mark_broken();
+                }
+                other => return other,
             }
         }
-        up.finish()
     }
 
     fn delete(&self, path: &str) -> Result<()> {
-        self.pool.run(Use::Command, |c| c.delete(path))
+        self.repeatable(|c| c.delete(path), libc::ENOENT)
     }
 
     fn mkdir(&self, path: &str) -> Result<()> {
-        self.pool.run(Use::Command, |c| c.mkdir(path))
+        self.repeatable(|c| c.mkdir(path), libc::EEXIST)
     }
 
     fn rmdir(&self, path: &str) -> Result<()> {
-        self.pool.run(Use::Command, |c| c.rmdir(path))
+        self.repeatable(|c| c.rmdir(path), libc::ENOENT)
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.pool.run(Use::Command, |c| c.rename(from, to))
+        // Repeated after a lost connection, "no such file" for the source means
+        // the first RNFR/RNTO went through.
+        self.repeatable(|c| c.rename(from, to), libc::ENOENT)
     }
 
     fn chmod(&self, path: &str, mode: u32) -> Result<()> {
@@ -137,4 +146,44 @@ impl RemoteStore for FtpStore {
     fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()> {
         self.pool.run(Use::Command, |c| c.set_mtime(path, mtime))
     }
+}
+
+/// One upload of `data` as `path` on `c`; `consumed` turns true with the first
+/// byte taken from `data` (the upload can no longer be repeated).
+fn upload_on(
+    c: &mut FtpConnection,
+    path: &str,
+    data: &mut dyn BufRead,
+    consumed: &mut bool,
+) -> Result<u64> {
+    let mut up = c.stor(path, false)?;
+    loop {
+        let chunk = data
+            .fill_buf()
+            .map_err(|e| FtpError::io("reading the data to upload", e))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len();
+        *consumed = true;
+        let sent = up.write_all(chunk);
+        data.consume(n);
+        if let Err(e) = sent {
+            return Err(
+                match e.get_ref().and_then(|i| i.downcast_ref::<FtpError>()) {
+                    Some(FtpError::Reply {
+                        command,
+                        code,
+                        text,
+                    }) => FtpError::Reply {
+                        command: command.clone(),
+                        code: *code,
+                        text: text.clone(),
+                    },
+                    _ => FtpError::io(format!("uploading {path}"), e),
+                },
+            );
+        }
+    }
+    up.finish()
 }

@@ -19,7 +19,7 @@
 //! fork), unless more operations wait than connections are being prepared; a
 //! connection the preparer logs in anew (TLS 1.3 tickets used up) is not waited for.
 
-use crate::error::Result;
+use crate::error::{FtpError, Result};
 use crate::ftp::{ConnectOptions, FtpConnection, TlsContext};
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -50,6 +50,10 @@ struct PoolState {
     renewing: usize,
     /// Set by `close_all`: connections coming back are closed.
     closing: bool,
+    /// Operations waiting for a connection, in arrival order (tickets): the first
+    /// is served first, so nobody starves.
+    queue: std::collections::VecDeque<u64>,
+    next_ticket: u64,
 }
 
 /// What a borrowed connection is for: the pool hands a transfer a connection whose
@@ -60,6 +64,12 @@ pub enum Use {
     Transfer,
     Command,
 }
+
+/// Before logging in again when the server refused even our first connection.
+const TOO_MANY_PAUSE: Duration = Duration::from_millis(500);
+
+/// A preparer thread holds the pool at most this long while waiting for work.
+const PREPARER_NAP: Duration = Duration::from_secs(1);
 
 /// Preparer threads (at most this many prepare at once).
 const PREPARERS: usize = 4;
@@ -131,6 +141,8 @@ impl Pool {
                 preparing: 0,
                 renewing: 0,
                 closing: false,
+                queue: std::collections::VecDeque::new(),
+                next_ticket: 0,
             }),
             freed: Condvar::new(),
             unprepared: Condvar::new(),
@@ -205,53 +217,103 @@ impl Pool {
         Err(e)
     }
 
-    /// Borrows a connection, waiting while all `max` are busy.
+    /// Borrows a connection, waiting while all `max` are busy: in arrival order,
+    /// and at most until the operation's deadline (else `timeout=`).
     pub fn get(&self, usage: Use) -> Result<PooledConn<'_>> {
+        let give_up = Instant::now() + crate::deadline::bound(self.opts.timeout);
         let mut st = self.lock();
-        loop {
-            // The most recently used connection that suits `usage`, else the most
-            // recent one.
-            let want_prepared = usage == Use::Transfer;
-            let pick = st
-                .idle
-                .iter()
-                .rposition(|i| i.conn.has_prepared_data() == want_prepared)
-                .or_else(|| st.idle.len().checked_sub(1));
-            if let Some(i) = pick {
-                let Idle { conn, .. } = st.idle.remove(i);
-                return Ok(PooledConn {
-                    pool: self,
-                    conn: Some(conn),
-                    reused: true,
-                });
+        let mut ticket = None;
+        let result = loop {
+            if st.closing {
+                break Err(FtpError::Closed("the mount is stopping".into()));
             }
-            // A connection being prepared comes back within a round trip: wait for
-            // it rather than log in a new one, unless others wait for it already.
-            if st.total < st.limit && st.preparing <= st.waiters {
-                st.total += 1;
-                drop(st);
-                match self.connect_counted() {
-                    Ok(c) => {
-                        return Ok(PooledConn {
-                            pool: self,
-                            conn: Some(c),
-                            reused: false,
-                        })
-                    }
-                    Err(e) => {
-                        st = self.lock();
-                        if st.total == 0 || !too_many_connections(&e) {
-                            return Err(e);
+            let my_turn = match ticket {
+                None => st.queue.is_empty(),
+                Some(t) => st.queue.front() == Some(&t),
+            };
+            if my_turn {
+                if let Some(c) = self.take_idle(&mut st, usage) {
+                    break Ok(c);
+                }
+                // A connection being prepared comes back within a round trip: wait
+                // for it rather than log in a new one, unless others wait for it
+                // already.
+                if st.total < st.limit && st.preparing <= st.waiters {
+                    st.total += 1;
+                    drop(st);
+                    let connected = self.connect_counted();
+                    st = self.lock();
+                    match connected {
+                        Ok(c) => {
+                            break Ok(PooledConn {
+                                pool: self,
+                                conn: Some(c),
+                                reused: false,
+                            })
                         }
-                        // Live with the connections we have (limit lowered).
-                        continue;
+                        // Too many connections: the limit was lowered to what we
+                        // have; wait for one of them. With none at all (other
+                        // clients hold every slot), try again in a moment.
+                        Err(e) if too_many_connections(&e) => {
+                            if st.total == 0 {
+                                if Instant::now() + TOO_MANY_PAUSE >= give_up {
+                                    break Err(e);
+                                }
+                                drop(st);
+                                std::thread::sleep(TOO_MANY_PAUSE);
+                                st = self.lock();
+                            }
+                            continue;
+                        }
+                        Err(e) => break Err(e),
                     }
                 }
             }
+            let now = Instant::now();
+            if now >= give_up {
+                break Err(FtpError::Timeout(format!(
+                    "waiting for a free connection to the server ({} in use, {} waiting)",
+                    st.total, st.waiters
+                )));
+            }
+            if ticket.is_none() {
+                let t = st.next_ticket;
+                st.next_ticket += 1;
+                st.queue.push_back(t);
+                ticket = Some(t);
+            }
             st.waiters += 1;
-            st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self
+                .freed
+                .wait_timeout(st, give_up - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
             st.waiters -= 1;
+        };
+        if let Some(t) = ticket {
+            st.queue.retain(|q| *q != t);
         }
+        drop(st);
+        // The next in line may be able to go now.
+        self.freed.notify_all();
+        result
+    }
+
+    /// The most recently used idle connection that suits `usage`, else the most
+    /// recent one.
+    fn take_idle(&self, st: &mut PoolState, usage: Use) -> Option<PooledConn<'_>> {
+        let want_prepared = usage == Use::Transfer;
+        let i = st
+            .idle
+            .iter()
+            .rposition(|i| i.conn.has_prepared_data() == want_prepared)
+            .or_else(|| st.idle.len().checked_sub(1))?;
+        let Idle { conn, .. } = st.idle.remove(i);
+        Some(PooledConn {
+            pool: self,
+            conn: Some(conn),
+            reused: true,
+        })
     }
 
     fn put_back(&self, c: FtpConnection) {
@@ -272,7 +334,7 @@ impl Pool {
                 self.unprepared.notify_one();
             }
         }
-        self.freed.notify_one();
+        self.freed.notify_all();
     }
 
     fn worth_preparing(&self, c: &FtpConnection) -> bool {
@@ -281,12 +343,18 @@ impl Pool {
     }
 
     /// Preparer duty: takes an unprepared connection idle for `PREPARE_AFTER`,
-    /// waiting for one; `None` when the pool closes.
-    fn next_to_prepare(&self) -> Option<(FtpConnection, bool)> {
+    /// waiting for one up to `PREPARER_NAP` (`Err(())`: nothing came, so that the
+    /// thread lets go of the pool between naps); `Ok(None)` when the pool closes.
+    #[allow(clippy::result_unit_err)]
+    fn next_to_prepare(&self) -> std::result::Result<Option<(FtpConnection, bool)>, ()> {
+        let nap_ends = Instant::now() + PREPARER_NAP;
         let mut st = self.lock();
         loop {
             if st.closing {
-                return None;
+                return Ok(None);
+            }
+            if Instant::now() >= nap_ends {
+                return Err(());
             }
             let mut wait = None;
             let mut found = None;
@@ -310,17 +378,15 @@ impl Pool {
                 } else {
                     st.preparing += 1;
                 }
-                return Some((conn, renewing));
+                return Ok(Some((conn, renewing)));
             }
-            st = match wait {
-                Some(d) => {
-                    self.unprepared
-                        .wait_timeout(st, d)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-                None => self.unprepared.wait(st).unwrap_or_else(|p| p.into_inner()),
-            };
+            let nap_left = nap_ends.saturating_duration_since(Instant::now());
+            let d = wait.map_or(nap_left, |w| w.min(nap_left));
+            st = self
+                .unprepared
+                .wait_timeout(st, d)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -354,23 +420,34 @@ impl Pool {
         self.lock().waiters > 0
     }
 
-    /// Runs `op` on a connection suited to `usage`; retries once on a fresh connection when a reused
-    /// one turns out to be dead.
+    /// Runs `op` on a connection suited to `usage`. The one retry policy of the
+    /// pool: `op` must be safe to repeat when it failed because the connection was
+    /// dead (a listing, SIZE, a RETR not yet delivering, DELE/MKD/RNFR that the
+    /// server never received...); it is repeated while the failing connection was
+    /// a reused idle one (the server may have dropped every idle connection), and
+    /// once more on a fresh one. Server refusals are returned as they are.
     pub fn run<T>(
         &self,
         usage: Use,
         mut op: impl FnMut(&mut FtpConnection) -> Result<T>,
     ) -> Result<T> {
-        let mut c = self.get(usage)?;
-        match op(&mut c) {
-            Err(e) if c.reused && (c.is_broken() || e.is_connection_lost()) => {
-                log::debug!("retrying on a fresh connection after: {e}");
-                c.mark_broken();
-                drop(c);
-                let mut c = self.get(usage)?;
-                op(&mut c)
+        let mut fresh_tries = 0;
+        loop {
+            let mut c = self.get(usage)?;
+            match op(&mut c) {
+                Err(e)
+                    if (c.is_broken() || e.is_connection_lost())
+                        && !crate::deadline::expired()
+                        && (c.reused || fresh_tries == 0) =>
+                {
+                    if !c.reused {
+                        fresh_tries += 1;
+                    }
+                    log::debug!("retrying on another connection after: {e}");
+                    c.mark_broken();
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -380,7 +457,8 @@ impl Pool {
         let mut keep = Vec::new();
         let mut closed = 0;
         for Idle { conn: mut c, since } in idle {
-            if c.idle_for() > CLOSE_IDLE_AFTER {
+            // Idle since its last use: our own keep-alive NOOPs do not count.
+            if since.elapsed() > CLOSE_IDLE_AFTER {
                 c.quit();
                 closed += 1;
             } else if c.idle_for() > KEEPALIVE_AFTER {
@@ -419,8 +497,10 @@ impl Pool {
 fn prepare_loop(pool: &Weak<Pool>) {
     loop {
         let Some(p) = pool.upgrade() else { return };
-        let Some((mut c, renewing)) = p.next_to_prepare() else {
-            return;
+        let (mut c, renewing) = match p.next_to_prepare() {
+            Ok(Some(work)) => work,
+            Ok(None) => return,
+            Err(()) => continue, // a nap without work: the pool may go meanwhile
         };
         if let Err(e) = c.prepare_data() {
             log::debug!("preparing a data connection failed: {e}");

@@ -359,9 +359,11 @@ fn crash_after_close_finishes_the_upload_at_the_next_mount() {
 fn crash_after_close_with_a_changed_server_file_keeps_both() {
     let (store, fs, d) = setup();
     store.inner.put("/f", b"old");
+    // The streamed upload and the spool upload both fail (set before the write:
+    // the stream's thread starts with it).
+    *store.fail_next.lock().unwrap() = vec!["write", "write"];
     let (_, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_TRUNC);
     fs.write(fh, 0, b"ours").unwrap();
-    *store.fail_next.lock().unwrap() = vec!["write", "write"];
     assert!(fs.flush(fh).is_err());
     fs.crash();
     store.inner.put("/f", b"someone else's newer version");

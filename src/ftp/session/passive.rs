@@ -189,7 +189,7 @@ impl FtpConnection {
         let addr = SocketAddr::new(self.peer, port);
         let s = netio::connect_started(addr)
             .map_err(|e| FtpError::io(format!("opening data connection to {addr}"), e))?;
-        prepare_socket(&s, self.opts.timeout)?;
+        prepare_socket(&s, crate::deadline::bound(self.opts.timeout))?;
         Ok(s)
     }
 
@@ -255,17 +255,14 @@ impl FtpConnection {
     /// on the socket (already decrypted or buffered).
     fn control_buffered(&self) -> bool {
         !self.reader.is_empty()
-            || match &self.ctrl {
-                super::Control::Tls(s) => s.ssl().pending() > 0,
-                super::Control::Plain(_) => false,
+            || match &self.ctrl.stream {
+                super::ControlStream::Tls(s) => s.ssl().pending() > 0,
+                super::ControlStream::Plain(_) => false,
             }
     }
 
     fn control_fd(&self) -> std::os::fd::RawFd {
-        match &self.ctrl {
-            super::Control::Tls(s) => s.get_ref().as_raw_fd(),
-            super::Control::Plain(s) => s.as_raw_fd(),
-        }
+        self.ctrl.tcp().as_raw_fd()
     }
 
     /// Completes a data connection whose command (`REST` first when `rest`) is sent:
@@ -273,7 +270,7 @@ impl FtpConnection {
     /// command's preliminary reply, whichever comes first. A refusal on the control
     /// connection ends it with the server's reply.
     fn open_channel(&mut self, tcp: TcpStream, rest: bool, cmd: &str) -> Result<DataStream> {
-        let deadline = Instant::now() + self.opts.timeout;
+        let deadline = Instant::now() + crate::deadline::bound(self.opts.timeout);
         let mut rest_pending = rest;
         let mut started = false;
         if let Err(e) = netio::wait_connected(&tcp, deadline) {

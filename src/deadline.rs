@@ -1,0 +1,161 @@
+//! Per-operation deadlines: `timeout=` bounds each filesystem operation as a
+//! whole, not each socket call.
+//!
+//! Design: the FUSE adapter starts a [`Scope`] for every operation; it sets a
+//! thread-local deadline (`now + timeout`) that every blocking wait on that thread
+//! consults: socket reads and writes ([`arm`] lowers the socket's timeout to what
+//! is left), connects, waits for a pooled connection, and waits for another
+//! thread's work (a read stream, a listing, an upload) bounded by [`bound`]. A
+//! transfer that moves bytes is progress: [`progress`] pushes the deadline out by
+//! the window again, so a large upload at close() is bounded by stalls, not by its
+//! size. Threads without a scope (background work) keep the plain socket timeout.
+//! Dropping the scope restores the previous one (scopes nest).
+
+use std::cell::Cell;
+use std::io;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    window: Duration,
+}
+
+thread_local! {
+    static CURRENT: Cell<Option<Deadline>> = const { Cell::new(None) };
+}
+
+/// The deadline of the operation running on this thread, until dropped.
+pub struct Scope {
+    previous: Option<Deadline>,
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.previous));
+    }
+}
+
+/// Starts an operation that must end (or make progress) within `window`.
+pub fn start(window: Duration) -> Scope {
+    let d = Deadline {
+        at: Instant::now() + window,
+        window,
+    };
+    Scope {
+        previous: CURRENT.with(|c| c.replace(Some(d))),
+    }
+}
+
+/// Time left for the operation on this thread; None when it has no deadline.
+pub fn left() -> Option<Duration> {
+    CURRENT
+        .with(|c| c.get())
+        .map(|d| d.at.saturating_duration_since(Instant::now()))
+}
+
+/// True when the operation on this thread ran out of time.
+pub fn expired() -> bool {
+    left().is_some_and(|l| l.is_zero())
+}
+
+/// The shorter of `base` and the time left (at least 1 ms, so a socket timeout is
+/// never "none").
+pub fn bound(base: Duration) -> Duration {
+    match left() {
+        Some(l) => base.min(l).max(Duration::from_millis(1)),
+        None => base,
+    }
+}
+
+/// Bytes moved: the operation is alive, its deadline moves out again.
+pub fn progress() {
+    CURRENT.with(|c| {
+        if let Some(mut d) = c.get() {
+            d.at = Instant::now() + d.window;
+            c.set(Some(d));
+        }
+    });
+}
+
+/// The error of an operation out of time.
+pub fn timed_out(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{what}: the operation's deadline (timeout=) passed"),
+    )
+}
+
+/// Before a blocking socket call: fails when the operation is out of time, else
+/// sets the socket's timeouts to the shorter of `base` and the time left. `lowered`
+/// remembers whether the socket's timeouts are below `base`, so that a socket
+/// used without a deadline is set back (and untouched otherwise: no system call
+/// per read on the fast path).
+pub fn arm(s: &TcpStream, base: Duration, lowered: &Cell<bool>) -> io::Result<()> {
+    match left() {
+        Some(l) if l.is_zero() => Err(timed_out("network wait")),
+        Some(l) if l < base => {
+            let t = l.max(Duration::from_millis(1));
+            s.set_read_timeout(Some(t))?;
+            s.set_write_timeout(Some(t))?;
+            lowered.set(true);
+            Ok(())
+        }
+        _ if lowered.get() => {
+            s.set_read_timeout(Some(base))?;
+            s.set_write_timeout(Some(base))?;
+            lowered.set(false);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_nest_and_progress_extends() {
+        assert!(left().is_none());
+        {
+            let _s = start(Duration::from_millis(200));
+            assert!(left().unwrap() <= Duration::from_millis(200));
+            {
+                let _inner = start(Duration::from_secs(10));
+                assert!(left().unwrap() > Duration::from_secs(5));
+            }
+            std::thread::sleep(Duration::from_millis(120));
+            let before = left().unwrap();
+            progress();
+            assert!(left().unwrap() > before);
+            assert!(bound(Duration::from_secs(30)) <= Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(250));
+            assert!(expired());
+        }
+        assert!(left().is_none());
+    }
+
+    #[test]
+    fn arm_lowers_and_restores_socket_timeouts() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let base = Duration::from_secs(30);
+        s.set_read_timeout(Some(base)).unwrap();
+        let lowered = Cell::new(false);
+        {
+            let _d = start(Duration::from_secs(2));
+            arm(&s, base, &lowered).unwrap();
+            assert!(s.read_timeout().unwrap().unwrap() <= Duration::from_secs(2));
+            assert!(lowered.get());
+        }
+        arm(&s, base, &lowered).unwrap();
+        assert_eq!(s.read_timeout().unwrap(), Some(base));
+        let _d = start(Duration::ZERO);
+        assert_eq!(
+            arm(&s, base, &lowered).unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+    }
+}
