@@ -695,7 +695,12 @@ fn forwarder_cut_upload_after() {
             &srv,
             &["-T", local.to_str().unwrap(), &url_via(&srv, "up.bin")],
         );
-        assert!(!o.status.success(), "{how:?}: cut upload succeeded");
+        // After a FIN, proftpd may take the upload as complete and answer 226: curl,
+        // whose bytes were all in socket buffers by then, then reports success.
+        assert!(
+            how == Cut::Fin || !o.status.success(),
+            "{how:?}: cut upload succeeded"
+        );
         let on_server = fs::metadata(srv.root.join("up.bin")).map_or(0, |m| m.len());
         assert!(
             on_server <= MIB as u64,
