@@ -131,6 +131,7 @@ impl MountPlan {
             inplace: opts.has("inplace"),
             prefetch_workers: 0,
             site: format!("{}@{}:{}", site.connect.user, site.url.host, site.url.port),
+            op_timeout: site.connect.timeout,
         };
         let u = &site.url;
         let fsname = match opts.value("fsname")? {

@@ -118,47 +118,72 @@ impl DirStream {
         self.grown.notify_all();
     }
 
-    /// Waits until the listing is over; its result.
+    /// Waits until the listing is over; its result (`ETIMEDOUT` when the
+    /// operation's deadline passes first).
     pub fn wait_done(&self) -> Result<(), i32> {
         let mut st = self.lock();
         loop {
             if let Some(r) = st.done {
                 return r;
             }
-            st = self.grown.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.wait(st)?;
         }
+    }
+
+    /// One wait for more entries, bounded by the operation's deadline.
+    fn wait<'a>(
+        &'a self,
+        st: std::sync::MutexGuard<'a, State>,
+    ) -> Result<std::sync::MutexGuard<'a, State>, i32> {
+        if crate::deadline::expired() {
+            return Err(libc::ETIMEDOUT);
+        }
+        Ok(self
+            .grown
+            .wait_timeout(st, crate::deadline::bound(WAIT_AT_MOST))
+            .unwrap_or_else(|p| p.into_inner())
+            .0)
     }
 
     /// Calls `f(position, entry)` for the entries from `index` on, in order, until
     /// it returns true (the reply is full) or the entries that have arrived run out;
-    /// waits first if none from `index` on has arrived yet. Nothing is called at the
-    /// end of a complete listing; `Err(errno)` if the listing failed before `index`.
+    /// waits first if none from `index` on has arrived yet (bounded by the
+    /// operation's deadline: `ETIMEDOUT`). Nothing is called at the end of a
+    /// complete listing; `Err(errno)` if the listing failed before `index`. `f`
+    /// runs outside the stream's lock, on copies taken `BATCH` at a time, so the
+    /// listing goes on arriving meanwhile.
     pub fn read_from(
         &self,
         index: usize,
         mut f: impl FnMut(usize, &RemoteEntry) -> bool,
     ) -> Result<(), i32> {
-        let mut st = self.lock();
-        while st.entries.len() <= index {
-            match st.done {
-                Some(r) => return r,
-                None => {
-                    st = self
-                        .grown
-                        .wait_timeout(st, WAIT_AT_MOST)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
+        let mut at = index;
+        loop {
+            let batch: Vec<RemoteEntry> = {
+                let mut st = self.lock();
+                while st.entries.len() <= at {
+                    if at > index {
+                        return Ok(()); // handed out what had arrived
+                    }
+                    match st.done {
+                        Some(r) => return r,
+                        None => st = self.wait(st)?,
+                    }
                 }
+                st.entries.iter().skip(at).take(BATCH).cloned().collect()
+            };
+            for e in &batch {
+                if f(at, e) {
+                    return Ok(());
+                }
+                at += 1;
             }
         }
-        for (i, e) in st.entries.iter().enumerate().skip(index) {
-            if f(i, e) {
-                break;
-            }
-        }
-        Ok(())
     }
 }
+
+/// Entries copied out of the lock at a time by [`DirStream::read_from`].
+const BATCH: usize = 256;
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ use super::dirstream::DirStream;
 use super::inodes::{Inodes, ROOT_INO};
 use super::journal::{self, Base, Journal, Record};
 use super::listing_prefetcher::ListingPrefetcher;
+use super::open_file::{FileState, OpenFile};
 use super::prefetcher::Prefetcher;
 use super::spool::Spool;
 use super::store::{join, split, RemoteStore};
@@ -80,31 +81,9 @@ pub struct FsConfig {
     pub prefetch_workers: usize,
     /// The site (`user@host:port`) the write journal's records belong to.
     pub site: String,
-}
-
-/// What a write-opened file holds while open: its spool and pending metadata.
-struct FileState {
-    spool: Option<Spool>,
-    dirty: bool,
-    handles: usize,
-    /// Handles open for writing.
-    writers: usize,
-    pending_mtime: Option<SystemTime>,
-    pending_mode: Option<u32>,
-    /// Created through the mount and not uploaded yet.
-    is_new: bool,
-    /// Upload running while the file is written sequentially from offset 0.
-    stream: Option<StreamUpload>,
-    /// A stream was tried since the last upload (not restarted after a seek).
-    stream_tried: bool,
-    /// A local write to the spool failed (errno): the data a program wrote is
-    /// incomplete, so nothing of it is uploaded; every write, fsync and close of
-    /// the file returns this until its last handle is closed.
-    failed: Option<i32>,
-    /// What the server had under the name when the unsent data began.
-    base: Base,
-    /// The journal record of the unsent data (see `journal.rs`).
-    record: Option<Record>,
+    /// Each operation's deadline (`timeout=`): how long it may wait without
+    /// progress (see `crate::deadline`).
+    pub op_timeout: Duration,
 }
 
 struct FileHandle {
@@ -132,7 +111,7 @@ pub struct FtpsFs {
     inodes: Inodes,
     cache: Arc<DirCache>,
     prefetch: Option<Arc<ListingPrefetcher>>,
-    files: Mutex<HashMap<u64, Arc<Mutex<FileState>>>>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
     /// Open directory handles: the directory's inode and its stream.
     dirs: Mutex<HashMap<u64, (u64, Arc<DirStream>)>>,
@@ -286,7 +265,7 @@ impl FtpsFs {
         }
         let state = lock(&self.files).get(&ino).cloned();
         if let Some(state) = state {
-            let st = lock(&state);
+            let st = state.lock();
             if let Some(sp) = &st.spool {
                 attr.size = sp.len();
             }
@@ -346,7 +325,7 @@ impl FtpsFs {
         // Unlinked while open: describe it from its spool.
         let state = lock(&self.files).get(&ino).cloned();
         if let Some(state) = state {
-            let st = lock(&state);
+            let st = state.lock();
             return Ok(Attr {
                 ino,
                 size: st.spool.as_ref().map_or(0, Spool::len),
@@ -509,16 +488,17 @@ impl FtpsFs {
         }
         let ino = self.inodes.get_or_create(&path, false);
         let state = lock(&self.files).get(&ino).cloned();
-        let never_uploaded = state.as_ref().is_some_and(|s| lock(s).is_new);
+        let never_uploaded = state.as_ref().is_some_and(|s| s.lock().is_new);
         if !never_uploaded {
             self.store.delete(&path)?;
         }
         if let Some(s) = state {
-            let mut st = lock(&s);
-            self.abandon_stream(&mut st);
+            let mut st = s.lock_idle()?;
+            st.abandon_stream();
             st.dirty = false; // unlinked: nothing to upload any more
             st.is_new = false;
             st.record = None;
+            drop(s.settle(st, self.store.as_ref()));
         }
         self.cache.edit(&dir, |l| {
             l.remove(name);
@@ -671,7 +651,7 @@ impl FtpsFs {
         let deferred = |apply: &dyn Fn(&mut FileState)| -> bool {
             match &state {
                 Some(s) => {
-                    let mut st = lock(s);
+                    let mut st = s.lock();
                     if st.dirty {
                         apply(&mut st);
                     }
@@ -716,28 +696,32 @@ impl FtpsFs {
         // Deferred to the next flush only when a writer holds a spool; a file open
         // just for reading is truncated on the server at once.
         let deferred = existing.filter(|s| {
-            let st = lock(s);
+            let st = s.lock();
             st.writers > 0 || st.spool.is_some() || st.dirty
         });
         match deferred {
             Some(state) => {
-                let mut st = lock(&state);
+                let mut st = state.lock_idle()?;
                 if let Some(e) = st.failed {
                     return Err(Errno(e));
                 }
                 if st.stream.as_ref().is_some_and(|s| s.pos() != size) {
-                    self.abandon_stream(&mut st);
+                    st.abandon_stream();
                 }
-                self.ensure_spool(&mut st, path, size == 0)?;
+                let mut st = self.ensure_spool(&state, st, path, size == 0)?;
                 let r = match st.spool.as_mut() {
                     Some(sp) => sp.set_len(size),
                     None => Ok(()),
                 };
-                if let Err(e) = r {
-                    return Err(self.spool_failed(&mut st, path, e));
-                }
-                self.mark_dirty(&mut st, path);
-                Ok(())
+                let result = match r {
+                    Err(e) => Err(self.spool_failed(&mut st, path, e)),
+                    Ok(()) => {
+                        self.mark_dirty(&mut st, path);
+                        Ok(())
+                    }
+                };
+                drop(state.settle(st, self.store.as_ref()));
+                result
             }
             None => {
                 // Not open: apply and upload now.
@@ -754,7 +738,10 @@ impl FtpsFs {
                         journal::base_of(self.cached_entry(path).as_ref()),
                     )
                 });
-                if let Err(e) = self.upload_spool(&mut spool, path, false, record.as_mut()) {
+                let len = spool.len();
+                let mut open = || spool.reader();
+                let uploaded = self.upload_spool(&mut open, len, path, false, record.as_mut());
+                if let Err(e) = uploaded {
                     let kept = spool.keep();
                     log::error!(
                         "truncate of {path} failed ({e}); data kept in {}",
@@ -777,15 +764,33 @@ impl FtpsFs {
 
     // ---- files -------------------------------------------------------------------
 
-    fn ensure_spool(&self, st: &mut FileState, path: &str, truncating: bool) -> FsResult<()> {
-        if st.spool.is_none() {
-            st.spool = Some(if truncating || st.is_new {
-                Spool::new(&self.cfg.spool_dir)?
-            } else {
-                Spool::fetch(&self.cfg.spool_dir, self.store.as_ref(), path)?
-            });
+    /// Gives the file a spool if it has none: empty when truncating or new, else
+    /// the server's content, downloaded with the file marked busy and its lock
+    /// released (see `open_file.rs`).
+    fn ensure_spool<'a>(
+        &self,
+        file: &'a OpenFile,
+        mut st: MutexGuard<'a, FileState>,
+        path: &str,
+        truncating: bool,
+    ) -> FsResult<MutexGuard<'a, FileState>> {
+        if st.spool.is_some() {
+            return Ok(st);
         }
-        Ok(())
+        if truncating || st.is_new {
+            st.spool = Some(Spool::new(&self.cfg.spool_dir)?);
+            return Ok(st);
+        }
+        let (mut st, fetched) = file.unlocked(st, || {
+            Spool::fetch(&self.cfg.spool_dir, self.store.as_ref(), path)
+        });
+        let fetched = fetched?;
+        if st.spool.is_none() {
+            st.spool = Some(fetched);
+        } else {
+            fetched.discard();
+        }
+        Ok(st)
     }
 
     /// The file holds data the server does not have yet: journal it (see
@@ -807,14 +812,14 @@ impl FtpsFs {
 
     /// A local write to the spool failed: the program's data is incomplete, so
     /// none of it may reach the server. Frees the spool (it must not keep filling
-    /// the disk), ends any upload under way and remembers the error for every
+    /// the disk), abandons any upload under way and remembers the error for every
     /// later write, fsync and close of the file. The server keeps its content.
     fn spool_failed(&self, st: &mut FileState, path: &str, e: FtpError) -> Errno {
         let errno = match e.errno() {
             0 => libc::EIO,
             n => n,
         };
-        self.abandon_stream(st);
+        st.abandon_stream();
         let written = st.spool.as_ref().map_or(0, Spool::len);
         if let Some(sp) = st.spool.take() {
             sp.discard();
@@ -842,25 +847,10 @@ impl FtpsFs {
         fh
     }
 
-    fn state(&self, ino: u64) -> Arc<Mutex<FileState>> {
+    fn state(&self, ino: u64) -> Arc<OpenFile> {
         lock(&self.files)
             .entry(ino)
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(FileState {
-                    spool: None,
-                    dirty: false,
-                    handles: 0,
-                    writers: 0,
-                    pending_mtime: None,
-                    pending_mode: None,
-                    is_new: false,
-                    stream: None,
-                    stream_tried: false,
-                    failed: None,
-                    base: Base::Absent,
-                    record: None,
-                }))
-            })
+            .or_insert_with(|| Arc::new(OpenFile::new()))
             .clone()
     }
 
@@ -878,7 +868,7 @@ impl FtpsFs {
         }
         let state = self.state(ino);
         {
-            let mut st = lock(&state);
+            let mut st = state.lock();
             if st.handles == 0 && !st.dirty && !st.is_new {
                 st.base = journal::base_of(Some(&entry));
             }
@@ -886,21 +876,31 @@ impl FtpsFs {
             if writable {
                 st.writers += 1;
             }
-            if writable && flags & libc::O_TRUNC != 0 {
-                let r = match st.failed {
-                    Some(e) => Err(Errno(e)),
-                    None => self.ensure_spool(&mut st, &path, true).and_then(|_| {
-                        st.spool
-                            .as_mut()
-                            .map_or(Ok(()), |s| s.set_len(0).map_err(Errno::from))
-                    }),
-                };
-                if let Err(e) = r {
-                    st.handles -= 1;
-                    st.writers -= 1;
-                    return Err(e);
+        }
+        if writable && flags & libc::O_TRUNC != 0 {
+            let truncated = state.lock_idle().and_then(|st| {
+                if let Some(e) = st.failed {
+                    return Err(Errno(e));
                 }
-                self.mark_dirty(&mut st, &path);
+                let mut st = self.ensure_spool(&state, st, &path, true)?;
+                st.abandon_stream();
+                st.stream_tried = false;
+                let r = st.spool.as_mut().map_or(Ok(()), |s| s.set_len(0));
+                let r = match r {
+                    Err(e) => Err(self.spool_failed(&mut st, &path, e)),
+                    Ok(()) => {
+                        self.mark_dirty(&mut st, &path);
+                        Ok(())
+                    }
+                };
+                drop(state.settle(st, self.store.as_ref()));
+                r
+            });
+            if let Err(e) = truncated {
+                let mut st = state.lock();
+                st.handles -= 1;
+                st.writers -= 1;
+                return Err(e);
             }
         }
         Ok(self.new_handle(ino, &path, writable, flags & libc::O_APPEND != 0))
@@ -927,15 +927,20 @@ impl FtpsFs {
         let ino = self.inodes.get_or_create(&path, true);
         let state = self.state(ino);
         {
-            let mut st = lock(&state);
+            let mut st = state.lock_idle()?;
             st.handles += 1;
             st.writers += 1;
             st.is_new = true;
             st.base = Base::Absent;
-            if let Err(e) = self.ensure_spool(&mut st, &path, true) {
-                st.handles -= 1;
-                st.writers -= 1;
-                return Err(e);
+            if st.spool.is_none() {
+                match Spool::new(&self.cfg.spool_dir) {
+                    Ok(sp) => st.spool = Some(sp),
+                    Err(e) => {
+                        st.handles -= 1;
+                        st.writers -= 1;
+                        return Err(e.into());
+                    }
+                }
             }
             self.mark_dirty(&mut st, &path);
             let default = 0o666 & !self.cfg.umask;
@@ -976,12 +981,18 @@ impl FtpsFs {
         let h = self.handle(fh)?;
         let state = lock(&self.files).get(&h.ino).cloned();
         if let Some(state) = state {
-            let mut st = lock(&state);
-            if let Some(e) = st.failed {
-                return Err(Errno(e));
-            }
-            if let Some(sp) = st.spool.as_mut() {
-                return Ok(sp.read_into(offset, size, out)?);
+            let has_spool = {
+                let st = state.lock();
+                if let Some(e) = st.failed {
+                    return Err(Errno(e));
+                }
+                st.spool.is_some()
+            };
+            if has_spool {
+                let mut st = state.lock_idle()?;
+                if let Some(sp) = st.spool.as_mut() {
+                    return Ok(sp.read_into(offset, size, out)?);
+                }
             }
         }
         let mut reader = lock(&h.reader);
@@ -998,62 +1009,75 @@ impl FtpsFs {
         }
         let (path, _) = self.inodes.path(h.ino).ok_or(Errno(libc::ENOENT))?;
         let state = self.state(h.ino);
-        let mut st = lock(&state);
+        let st = state.lock_idle()?;
         if let Some(e) = st.failed {
             return Err(Errno(e));
         }
-        self.ensure_spool(&mut st, &path, false)?;
+        let mut st = self.ensure_spool(&state, st, &path, false)?;
         let sp = st.spool.as_mut().ok_or(Errno(libc::EIO))?;
         let off = if h.append { sp.len() } else { offset };
         let was_empty = sp.is_empty();
         if let Err(e) = sp.write_at(off, data) {
-            return Err(self.spool_failed(&mut st, &path, e));
+            let errno = self.spool_failed(&mut st, &path, e);
+            drop(state.settle(st, self.store.as_ref()));
+            return Err(errno);
         }
         self.mark_dirty(&mut st, &path);
-        self.stream_write(&mut st, &path, off, was_empty, data);
+        let st = self.stream_write(&state, st, &path, off, was_empty, data);
+        drop(state.settle(st, self.store.as_ref()));
         Ok(data.len())
     }
 
     /// Feeds the streaming upload of a sequential writer (see `StreamUpload`); any
     /// other write pattern abandons it and the spool is uploaded at flush instead.
-    fn stream_write(&self, st: &mut FileState, path: &str, off: u64, was_empty: bool, data: &[u8]) {
+    /// The push, which waits while the network is behind, runs with the file busy
+    /// and unlocked.
+    fn stream_write<'a>(
+        &self,
+        file: &'a OpenFile,
+        mut st: MutexGuard<'a, FileState>,
+        path: &str,
+        off: u64,
+        was_empty: bool,
+        data: &[u8],
+    ) -> MutexGuard<'a, FileState> {
         if self.cfg.inplace {
-            return;
+            return st;
         }
         let sequential = st.stream.as_ref().map(|s| s.pos() == off);
         match sequential {
-            Some(true) => {
-                if let Some(s) = st.stream.as_mut() {
-                    if s.push(data) {
-                        return;
-                    }
-                }
-                self.abandon_stream(st);
+            Some(true) => {}
+            Some(false) => {
+                st.abandon_stream();
+                return st;
             }
-            Some(false) => self.abandon_stream(st),
             None if off == 0 && was_empty && !st.stream_tried => {
                 st.stream_tried = true;
                 let target = self.target(st.is_new);
                 if target == Target::InPlace {
-                    return;
+                    return st;
                 }
                 let name = uploader::upload_name(path, target);
                 // The journal knows the name before the server does.
                 if let (Some(j), Some(r)) = (&self.journal, st.record.as_mut()) {
                     if let Err(e) = r.uploading(j, None, &name) {
                         log::warn!("journal record for {path}: {e}; not streaming it");
-                        return;
+                        return st;
                     }
                 }
-                st.stream = StreamUpload::start(self.store.clone(), &name);
-                if let Some(s) = st.stream.as_mut() {
-                    if !s.push(data) {
-                        self.abandon_stream(st);
-                    }
-                }
+                st.stream = StreamUpload::start(self.store.clone(), &name, self.cfg.op_timeout);
             }
-            None => {}
+            None => return st,
         }
+        let Some(mut stream) = st.stream.take() else {
+            return st;
+        };
+        let (mut st, pushed) = file.unlocked(st, || stream.push(data));
+        st.stream = Some(stream);
+        if !pushed {
+            st.abandon_stream();
+        }
+        st
     }
 
     /// Where the upload of a file goes: see `uploader` (new files straight to
@@ -1072,23 +1096,18 @@ impl FtpsFs {
         }
     }
 
-    fn abandon_stream(&self, st: &mut FileState) {
-        if let Some(s) = st.stream.take() {
-            s.abort(self.store.as_ref());
-        }
-    }
-
-    /// Uploads `spool` as `path`, journaling each remote name before it is
-    /// written. A refused rename (a server or account without rename permission)
-    /// is learnt for the mount, logged once, and the upload goes in place.
+    /// Uploads `len` bytes from `source` as `path`, journaling each remote name
+    /// before it is written. A refused rename (a server or account without rename
+    /// permission) is learnt for the mount, logged once, and the upload goes in
+    /// place.
     fn upload_spool(
         &self,
-        spool: &mut Spool,
+        source: &mut dyn FnMut() -> crate::error::Result<std::fs::File>,
+        len: u64,
         path: &str,
         is_new: bool,
         mut record: Option<&mut Record>,
     ) -> crate::error::Result<()> {
-        let len = spool.len();
         let mut target = self.target(is_new);
         loop {
             let mut before = |name: &str| -> crate::error::Result<()> {
@@ -1099,7 +1118,15 @@ impl FtpsFs {
                     _ => Ok(()),
                 }
             };
-            let r = uploader::upload(self.store.as_ref(), spool, path, target, &mut before);
+            let mut from = source()?;
+            let r = uploader::upload_from(
+                self.store.as_ref(),
+                &mut from,
+                len,
+                path,
+                target,
+                &mut before,
+            );
             match r {
                 Err(e) if target == Target::Temp && uploader::is_rename_refusal(&e) => {
                     self.learn_renames_refused(path, &e);
@@ -1119,14 +1146,16 @@ impl FtpsFs {
         }
     }
 
-    /// Uploads the file's spool if it holds unsent data. Errors go back to the
-    /// caller (close, fsync) and the spool is kept on disk.
+    /// Uploads the file's spool if it holds unsent data. The network part runs
+    /// with the file busy and unlocked; errors go back to the caller (close,
+    /// fsync) and the spool is kept on disk.
     fn upload_if_dirty(&self, ino: u64) -> FsResult<()> {
         let state = lock(&self.files).get(&ino).cloned();
         let Some(state) = state else {
             return Ok(());
         };
-        let mut st = lock(&state);
+        let st = state.lock_idle()?;
+        let mut st = state.settle(st, self.store.as_ref());
         if let Some(e) = st.failed {
             return Err(Errno(e));
         }
@@ -1135,87 +1164,107 @@ impl FtpsFs {
         }
         let (path, detached) = self.inodes.path(ino).ok_or(Errno(libc::ENOENT))?;
         if detached {
-            self.abandon_stream(&mut st);
+            st.abandon_stream();
             st.dirty = false;
             st.record = None;
+            drop(state.settle(st, self.store.as_ref()));
             return Ok(());
         }
-        if st.spool.is_none() {
-            self.ensure_spool(&mut st, &path, false)?;
-        }
-        let len = st.spool.as_ref().map_or(0, Spool::len);
-        if let Err(e) = st.spool.as_mut().map_or(Ok(()), Spool::sync) {
-            return Err(self.spool_failed(&mut st, &path, e));
-        }
-        let mut streamed = false;
-        if let Some(stream) = st.stream.take() {
-            let store = self.store.as_ref();
-            // The program has finished these bytes: say so before the rename.
-            if let (Some(j), Some(r)) = (&self.journal, st.record.as_mut()) {
-                let partial = r.entry().partial.clone().unwrap_or_else(|| path.clone());
-                if let Err(e) = r.uploading(j, Some(len), &partial) {
-                    log::warn!("journal record for {path}: {e}");
-                }
+        let mut st = self.ensure_spool(&state, st, &path, false)?;
+        // Everything the upload needs, taken under the lock: the spool's bytes
+        // (synced; read through a handle of their own), the stream, the record.
+        let (len, spool_path) = match st.spool.as_mut().map(|sp| sp.sync().map(|()| sp.len())) {
+            Some(Ok(len)) => (len, st.spool.as_ref().map(|sp| sp.path().to_path_buf())),
+            Some(Err(e)) => {
+                let errno = self.spool_failed(&mut st, &path, e);
+                drop(state.settle(st, self.store.as_ref()));
+                return Err(errno);
             }
-            let done = stream.finish(store, len).and_then(|name| {
-                if name == path {
-                    Ok(())
-                } else {
-                    uploader::commit(store, &name, &path)
-                }
-            });
-            match done {
-                Ok(()) => streamed = true,
-                Err(e) if uploader::is_rename_refusal(&e) => self.learn_renames_refused(&path, &e),
-                Err(e) => log::warn!("streamed upload of {path} failed ({e}); uploading the spool"),
-            }
-        }
-        let is_new = st.is_new;
-        let FileState { spool, record, .. } = &mut *st;
-        let Some(sp) = spool.as_mut() else {
+            None => return Err(Errno(libc::EIO)),
+        };
+        let Some(spool_path) = spool_path else {
             return Err(Errno(libc::EIO));
         };
-        let uploaded = if streamed {
-            Ok(())
-        } else {
-            self.upload_spool(sp, &path, is_new, record.as_mut())
-        };
-        if let Err(e) = uploaded {
-            let kept = sp.keep();
-            log::error!(
-                "upload of {path} failed: {e}; the data is kept in {}",
-                kept.display()
-            );
-            return Err(e.into());
-        }
-        if sp.is_kept() {
-            log::info!("upload of {path} succeeded on retry; its spool copy is released");
-            sp.unkeep();
-        }
-        // The server holds the complete file: the record is done.
-        st.record = None;
-        st.dirty = false;
-        st.is_new = false;
-        st.stream_tried = false;
-        let mut mtime = SystemTime::now();
-        let mut result = Ok(());
-        let mode = st.pending_mode.take();
-        if let Some(mode) = mode {
-            if let Err(e) = self.store.chmod(&path, mode) {
-                log::warn!("chmod {path}: {e}");
-            }
-        }
-        if let Some(t) = st.pending_mtime.take() {
-            match self.store.set_mtime(&path, t) {
-                Ok(()) => mtime = t,
-                Err(e) => {
-                    log::warn!("setting mtime of {path}: {e}");
-                    if !e.is_not_implemented() {
-                        result = Err(Errno::from(e));
+        let stream = st.stream.take();
+        let mut record = st.record.take();
+        let is_new = st.is_new;
+        let (mut st, uploaded) = state.unlocked(st, || {
+            let store = self.store.as_ref();
+            if let Some(stream) = stream {
+                // The program has finished these bytes: say so before the rename.
+                if let (Some(j), Some(r)) = (&self.journal, record.as_mut()) {
+                    let partial = r.entry().partial.clone().unwrap_or_else(|| path.clone());
+                    if let Err(e) = r.uploading(j, Some(len), &partial) {
+                        log::warn!("journal record for {path}: {e}");
+                    }
+                }
+                let done = stream.finish(store, len).and_then(|name| {
+                    if name == path {
+                        Ok(())
+                    } else {
+                        uploader::commit(store, &name, &path)
+                    }
+                });
+                match done {
+                    Ok(()) => return Ok(()),
+                    Err(e) if uploader::is_rename_refusal(&e) => {
+                        self.learn_renames_refused(&path, &e)
+                    }
+                    Err(e) => {
+                        log::warn!("streamed upload of {path} failed ({e}); uploading the spool")
                     }
                 }
             }
+            let mut open = || {
+                std::fs::File::open(&spool_path)
+                    .map_err(|e| FtpError::io("reading the spool file", e))
+            };
+            self.upload_spool(&mut open, len, &path, is_new, record.as_mut())
+        });
+        if let Err(e) = uploaded {
+            st.record = record;
+            let kept = st.spool.as_mut().map(Spool::keep);
+            log::error!(
+                "upload of {path} failed: {e}; the data is kept in {}",
+                kept.map_or_else(|| "(no spool)".into(), |k| k.display().to_string())
+            );
+            return Err(e.into());
         }
+        // The server holds the complete file: the record is done.
+        drop(record);
+        if let Some(sp) = st.spool.as_mut() {
+            if sp.is_kept() {
+                log::info!("upload of {path} succeeded on retry; its spool copy is released");
+                sp.unkeep();
+            }
+        }
+        st.dirty = false;
+        st.is_new = false;
+        st.stream_tried = false;
+        let mode = st.pending_mode.take();
+        let pending_mtime = st.pending_mtime.take();
+        // chmod and utimens that waited for the upload: network work, unlocked.
+        let (mut st, (mtime, result)) = state.unlocked(st, || {
+            let mut mtime = SystemTime::now();
+            let mut result = Ok(());
+            if let Some(mode) = mode {
+                if let Err(e) = self.store.chmod(&path, mode) {
+                    log::warn!("chmod {path}: {e}");
+                }
+            }
+            if let Some(t) = pending_mtime {
+                match self.store.set_mtime(&path, t) {
+                    Ok(()) => mtime = t,
+                    Err(e) => {
+                        log::warn!("setting mtime of {path}: {e}");
+                        if !e.is_not_implemented() {
+                            result = Err(Errno::from(e));
+                        }
+                    }
+                }
+            }
+            (mtime, result)
+        });
         st.base = Base::Present(
             len,
             mtime
@@ -1223,6 +1272,7 @@ impl FtpsFs {
                 .ok()
                 .map(|d| d.as_secs()),
         );
+        drop(st);
         self.update_entry(&path, |e| {
             e.size = len;
             e.mtime = Some(mtime);
@@ -1258,32 +1308,45 @@ impl FtpsFs {
         } else {
             Ok(())
         };
-        let mut files = lock(&self.files);
-        if let Some(state) = files.get(&h.ino).cloned() {
-            let mut st = lock(&state);
-            st.handles = st.handles.saturating_sub(1);
-            if h.writable {
-                st.writers = st.writers.saturating_sub(1);
-            }
-            if st.handles == 0 {
-                self.abandon_stream(&mut st);
-                if (st.dirty || st.failed.is_some()) && st.is_new {
-                    // Never reached the server: do not keep showing it as an empty file.
-                    if let Some(((dir, name), _)) = self
-                        .inodes
-                        .path(h.ino)
-                        .as_ref()
-                        .map(|(p, d)| (split(p).unwrap_or(("/", "")), d))
-                    {
-                        self.cache.edit(dir, |l| {
-                            l.remove(name);
-                        });
-                    }
+        let mut last = None;
+        {
+            // Under the map's lock (memory only), so that an open of the same file
+            // either finds this state before it goes or makes a new one.
+            let mut files = lock(&self.files);
+            if let Some(state) = files.get(&h.ino).cloned() {
+                let mut st = state.lock();
+                st.handles = st.handles.saturating_sub(1);
+                if h.writable {
+                    st.writers = st.writers.saturating_sub(1);
                 }
-                self.keep_unsent(&mut st, "closing with unsaved data");
-                drop(st);
-                files.remove(&h.ino);
+                if st.handles == 0 {
+                    files.remove(&h.ino);
+                    drop(st);
+                    last = Some(state);
+                }
             }
+        }
+        if let Some(state) = last {
+            let mut st = match state.lock_idle() {
+                Ok(st) => st,
+                Err(_) => state.lock(),
+            };
+            st.abandon_stream();
+            if (st.dirty || st.failed.is_some()) && st.is_new {
+                // Never reached the server: do not keep showing it as an empty file.
+                if let Some(((dir, name), _)) = self
+                    .inodes
+                    .path(h.ino)
+                    .as_ref()
+                    .map(|(p, d)| (split(p).unwrap_or(("/", "")), d))
+                {
+                    self.cache.edit(dir, |l| {
+                        l.remove(name);
+                    });
+                }
+            }
+            self.keep_unsent(&mut st, "closing with unsaved data");
+            drop(state.settle(st, self.store.as_ref()));
         }
         result
     }
@@ -1310,14 +1373,14 @@ impl FtpsFs {
     /// writing (unmount). A file still open for writing is not uploaded: its
     /// writer has not finished; see [`FtpsFs::shutdown`].
     pub fn flush_all(&self) -> FsResult<()> {
-        let states: Vec<(u64, Arc<Mutex<FileState>>)> = lock(&self.files)
+        let states: Vec<(u64, Arc<OpenFile>)> = lock(&self.files)
             .iter()
             .map(|(i, s)| (*i, s.clone()))
             .collect();
         let mut result = Ok(());
         for (ino, state) in states {
             let open_for_writing = {
-                let st = lock(&state);
+                let st = state.lock();
                 st.writers > 0 && st.dirty
             };
             if open_for_writing {
@@ -1335,16 +1398,19 @@ impl FtpsFs {
     /// writing; nothing of them is uploaded (the next mount reports them).
     pub fn shutdown(&self) -> FsResult<()> {
         let result = self.flush_all();
-        let states: Vec<(u64, Arc<Mutex<FileState>>)> = lock(&self.files)
+        let states: Vec<(u64, Arc<OpenFile>)> = lock(&self.files)
             .iter()
             .map(|(i, s)| (*i, s.clone()))
             .collect();
         for (ino, state) in states {
-            let mut st = lock(&state);
+            let mut st = match state.lock_idle() {
+                Ok(st) => st,
+                Err(_) => state.lock(),
+            };
             if !st.dirty {
                 continue;
             }
-            self.abandon_stream(&mut st);
+            st.abandon_stream();
             let path = self.inodes.path(ino).map(|(p, _)| p).unwrap_or_default();
             self.keep_unsent(
                 &mut st,
@@ -1354,6 +1420,7 @@ impl FtpsFs {
                 ),
             );
             st.dirty = false;
+            drop(state.settle(st, self.store.as_ref()));
         }
         result
     }
@@ -1366,10 +1433,8 @@ impl FtpsFs {
         }
         let files: Vec<_> = lock(&self.files).values().cloned().collect();
         for f in files {
-            let mut st = lock(&f);
-            if let Some(s) = st.stream.take() {
-                std::mem::forget(s);
-            }
+            let mut st = f.lock();
+            st.forget_streams();
             if let Some(sp) = st.spool.take() {
                 std::mem::forget(sp);
             }
@@ -1384,7 +1449,7 @@ impl FtpsFs {
     #[cfg(test)]
     pub fn limit_spool(&self, ino: u64, bytes: u64) {
         if let Some(f) = lock(&self.files).get(&ino) {
-            if let Some(sp) = lock(f).spool.as_mut() {
+            if let Some(sp) = f.lock().spool.as_mut() {
                 sp.capacity = Some(bytes);
             }
         }

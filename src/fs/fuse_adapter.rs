@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime};
 pub struct FuseAdapter {
     fs: Arc<FtpsFs>,
     ttl: Duration,
+    /// Each operation's deadline.
+    timeout: Duration,
     /// Buffers for read replies, reused: a read of up to 1 MiB then allocates
     /// nothing (an allocation that size is an mmap, page faults and an munmap).
     /// At most `READ_BUFFERS_KEPT` stay allocated between reads.
@@ -26,11 +28,18 @@ const READ_BUFFERS_KEPT: usize = 4;
 impl FuseAdapter {
     pub fn new(fs: Arc<FtpsFs>) -> Self {
         let ttl = fs.config().cache_timeout;
+        let timeout = fs.config().op_timeout;
         FuseAdapter {
             fs,
             ttl,
+            timeout,
             read_buffers: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The deadline of one operation (`timeout=`, see `crate::deadline`).
+    fn deadline(&self) -> crate::deadline::Scope {
+        crate::deadline::start(self.timeout)
     }
 
     fn take_read_buffer(&self) -> Vec<u8> {
@@ -105,6 +114,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _deadline = self.deadline();
         let r = name_str(name).and_then(|n| self.fs.lookup(parent.0, n).map_err(errno));
         match r {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
@@ -117,6 +127,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _deadline = self.deadline();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
             Err(e) => reply.error(errno(e)),
@@ -141,6 +152,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _deadline = self.deadline();
         match self
             .fs
             .setattr(ino.0, mode, uid, gid, size, mtime.map(time_of))
@@ -151,6 +163,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _deadline = self.deadline();
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(t.as_bytes()),
             Err(e) => reply.error(errno(e)),
@@ -166,6 +179,7 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _deadline = self.deadline();
         let r = name_str(name).and_then(|n| self.fs.mkdir(parent.0, n).map_err(errno));
         match r {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
@@ -174,6 +188,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _deadline = self.deadline();
         match name_str(name).and_then(|n| self.fs.unlink(parent.0, n).map_err(errno)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -181,6 +196,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _deadline = self.deadline();
         match name_str(name).and_then(|n| self.fs.rmdir(parent.0, n).map_err(errno)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -211,6 +227,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _deadline = self.deadline();
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             return reply.error(Errno::from_i32(libc::EINVAL));
         }
@@ -228,6 +245,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _deadline = self.deadline();
         match self.fs.open(ino.0, flags.0) {
             Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
             Err(e) => reply.error(errno(e)),
@@ -245,6 +263,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _deadline = self.deadline();
         let mut buf = self.take_read_buffer();
         match self.fs.read_into(fh.0, offset, size as usize, &mut buf) {
             Ok(()) => reply.data(&buf),
@@ -265,6 +284,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _deadline = self.deadline();
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -279,6 +299,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _deadline = self.deadline();
         match self.fs.flush(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -295,6 +316,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _deadline = self.deadline();
         match self.fs.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -309,6 +331,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _deadline = self.deadline();
         match self.fs.fsync(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -316,6 +339,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _deadline = self.deadline();
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
@@ -330,6 +354,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _deadline = self.deadline();
         // Offsets: 1 after ".", 2 after "..", then 2 + the position in the stream.
         if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
             return reply.ok();
@@ -356,6 +381,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _deadline = self.deadline();
         if offset <= 1 {
             // "." and ".." do not count as lookups: the kernel ignores their attributes.
             let dir_attr = match self.fs.getattr(ino.0) {
@@ -408,6 +434,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _deadline = self.deadline();
         let r =
             name_str(name).and_then(|n| self.fs.create(parent.0, n, mode, flags).map_err(errno));
         match r {

@@ -10,6 +10,7 @@ pub mod inodes;
 pub mod journal;
 pub mod listing_prefetcher;
 pub mod memstore;
+pub mod open_file;
 pub mod prefetcher;
 pub mod spool;
 pub mod store;

@@ -27,7 +27,7 @@ use super::store::RemoteStore;
 use crate::error::{FtpError, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, TrySendError};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -323,8 +323,31 @@ impl Prefetcher {
                 continue;
             }
             s.needed.store(want_end, Ordering::Relaxed);
-            let msg = s.rx.recv();
+            // Bounded by the operation's deadline; bytes arriving are progress.
+            let msg = match crate::deadline::left() {
+                None => s.rx.recv().map_err(|_| false),
+                Some(left) => {
+                    s.rx.recv_timeout(left)
+                        .map_err(|e| e == RecvTimeoutError::Timeout)
+                }
+            };
             s.needed.store(0, Ordering::Relaxed);
+            if msg.is_ok() {
+                crate::deadline::progress();
+            }
+            let msg = match msg {
+                Err(true) => {
+                    // Out of time: the stream is dropped (its thread stops) and the
+                    // read fails; the size shown does not change.
+                    self.stream = None;
+                    return Err(FtpError::Timeout(format!(
+                        "reading {}: no data within the deadline (timeout=)",
+                        self.path
+                    )));
+                }
+                Ok(m) => Ok(m),
+                Err(false) => Err(()),
+            };
             match msg {
                 Ok(Msg::Data(d)) => s.push(d),
                 Ok(Msg::End(Ok(()))) => s.eof = true,

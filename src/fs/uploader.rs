@@ -18,10 +18,11 @@
 use super::spool::Spool;
 use super::store::{join, split, RemoteStore};
 use crate::error::{FtpError, Result};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Read size when uploading a spool file.
 const UPLOAD_BUF: usize = 256 * 1024;
@@ -69,12 +70,27 @@ pub fn upload(
     target: Target,
     before: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<()> {
+    let len = spool.len();
+    let mut file = spool.reader()?;
+    upload_from(store, &mut file, len, path, target, before)
+}
+
+/// [`upload`] of the first `len` bytes of `source` (a spool's bytes, read through
+/// a handle of their own, so the spool itself stays free for its owner).
+pub fn upload_from(
+    store: &dyn RemoteStore,
+    source: &mut std::fs::File,
+    len: u64,
+    path: &str,
+    target: Target,
+    before: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<()> {
     let name = upload_name(path, target);
     before(&name)?;
-    let mut reader = BufReader::with_capacity(UPLOAD_BUF, spool.reader()?.take(spool.len()));
+    let mut reader = BufReader::with_capacity(UPLOAD_BUF, source.take(len));
     let stored = store
         .write_file(&name, &mut reader)
-        .and_then(|n| check_len(n, spool.len(), path));
+        .and_then(|n| check_len(n, len, path));
     if let Err(e) = stored {
         if target != Target::InPlace {
             let _ = store.delete(&name);
@@ -110,35 +126,66 @@ pub fn is_rename_refusal(e: &FtpError) -> bool {
         if (command.starts_with("RNFR") || command.starts_with("RNTO")) && *code != 421)
 }
 
-enum Feed {
-    Data(Vec<u8>),
-    Abort,
+/// The queue between a writer and its streaming upload: at most `STREAM_DEPTH`
+/// chunks; consumed buffers come back for reuse (no allocation per write).
+#[derive(Default)]
+struct FeedState {
+    chunks: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+    /// The writer is done: the upload ends after the last chunk.
+    closed: bool,
+    /// The upload is abandoned: it fails instead of completing.
+    aborted: bool,
+    /// The upload thread stopped reading (it failed or ended).
+    reader_gone: bool,
 }
 
-/// Feeds a streaming upload from a channel; `Abort` fails the read so that the
-/// transfer is cut off rather than completed.
+#[derive(Default)]
+struct Feed {
+    state: Mutex<FeedState>,
+    /// A chunk arrived, or the feed closed or aborted.
+    filled: Condvar,
+    /// A chunk was taken, or the reader is gone.
+    drained: Condvar,
+}
+
+impl Feed {
+    fn lock(&self) -> MutexGuard<'_, FeedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The upload thread's side of a [`Feed`]; an abandoned feed fails the read so
+/// that the transfer is cut off rather than completed.
 struct FeedReader {
-    rx: Receiver<Feed>,
+    feed: Arc<Feed>,
     current: Vec<u8>,
     at: usize,
-    /// Consumed buffers go back to the writer: no allocation per write.
-    recycle: Sender<Vec<u8>>,
 }
 
 impl BufRead for FeedReader {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        while self.at == self.current.len() {
-            match self.rx.recv() {
-                Ok(Feed::Data(d)) => {
-                    let done = std::mem::replace(&mut self.current, d);
-                    let _ = self.recycle.send(done);
-                    self.at = 0;
-                }
-                Ok(Feed::Abort) => {
+        if self.at == self.current.len() {
+            let mut st = self.feed.lock();
+            loop {
+                if st.aborted {
                     return Err(std::io::Error::other("upload abandoned"));
                 }
-                Err(_) => return Ok(&[]),
+                if let Some(d) = st.chunks.pop_front() {
+                    let done = std::mem::replace(&mut self.current, d);
+                    st.spare.push(done);
+                    self.at = 0;
+                    break;
+                }
+                if st.closed {
+                    return Ok(&[]);
+                }
+                st = self.feed.filled.wait(st).unwrap_or_else(|p| p.into_inner());
             }
+            drop(st);
+            self.feed.drained.notify_all();
+            // Waiting for the program to write is not a network stall.
+            crate::deadline::progress();
         }
         Ok(&self.current[self.at..])
     }
@@ -158,6 +205,13 @@ impl Read for FeedReader {
     }
 }
 
+impl Drop for FeedReader {
+    fn drop(&mut self) {
+        self.feed.lock().reader_gone = true;
+        self.feed.drained.notify_all();
+    }
+}
+
 /// Chunks a streaming upload may have in flight (memory bound: `STREAM_DEPTH`
 /// writes of up to 1 MiB per file being streamed). A/B on loopback: 3 and 32 upload
 /// as fast as 8, so the smallest that keeps the pipe full.
@@ -165,44 +219,55 @@ const STREAM_DEPTH: usize = 3;
 
 /// An upload that runs while a program writes a file sequentially from offset 0,
 /// so that close() only waits for the tail instead of the whole file. The spool
-/// still gets every byte: if the stream fails or the writer seeks, it is
-/// abandoned and the spool is uploaded as usual.
+/// still gets every byte: if the stream fails, stalls past the writer's deadline
+/// or the writer seeks, it is abandoned and the spool is uploaded as usual. The
+/// upload thread has its own deadline (`timeout` without progress).
 pub struct StreamUpload {
-    tx: SyncSender<Feed>,
-    recycled: Receiver<Vec<u8>>,
+    feed: Arc<Feed>,
     pos: u64,
     /// The name written: a temporary one, or the file's own for a new file.
     tmp: String,
-    worker: std::thread::JoinHandle<Result<u64>>,
+    /// Taken by `abort` and `finish`.
+    worker: Option<std::thread::JoinHandle<Result<u64>>>,
+}
+
+impl Drop for StreamUpload {
+    /// Dropped without `abort` or `finish` (never on purpose): the upload fails
+    /// rather than completes, and its thread ends.
+    fn drop(&mut self) {
+        if self.worker.is_some() {
+            self.feed.lock().aborted = true;
+            self.feed.filled.notify_all();
+        }
+    }
 }
 
 impl StreamUpload {
     /// Starts uploading to `name`: a temporary name beside the file
     /// (`Target::Temp`) or the name of a new file (`Target::NewFile`; `InPlace`
     /// files are not streamed: an abandoned stream deletes what it wrote).
-    pub fn start(store: Arc<dyn RemoteStore>, name: &str) -> Option<Self> {
-        let (tx, rx) = sync_channel(STREAM_DEPTH);
-        let (recycle, recycled) = channel();
+    pub fn start(store: Arc<dyn RemoteStore>, name: &str, timeout: Duration) -> Option<Self> {
+        let feed = Arc::new(Feed::default());
         let tmp = name.to_string();
         let name = tmp.clone();
+        let theirs = feed.clone();
         let worker = std::thread::Builder::new()
             .name("ftpsfs-upload".into())
             .spawn(move || {
-                let mut feed = FeedReader {
-                    rx,
+                let _deadline = crate::deadline::start(timeout);
+                let mut reader = FeedReader {
+                    feed: theirs,
                     current: Vec::new(),
                     at: 0,
-                    recycle,
                 };
-                store.write_file(&name, &mut feed)
+                store.write_file(&name, &mut reader)
             })
             .ok()?;
         Some(StreamUpload {
-            tx,
-            recycled,
+            feed,
             pos: 0,
             tmp,
-            worker,
+            worker: Some(worker),
         })
     }
 
@@ -211,36 +276,56 @@ impl StreamUpload {
         self.pos
     }
 
-    /// Sends the next bytes; false when the stream is broken (abandon it).
+    /// Sends the next bytes, waiting while `STREAM_DEPTH` chunks are queued (at
+    /// most until the operation's deadline); false when the stream is broken or
+    /// too slow (abandon it: the spool has the bytes).
     pub fn push(&mut self, data: &[u8]) -> bool {
-        let mut buf = self.recycled.try_recv().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(data);
-        if self.tx.send(Feed::Data(buf)).is_err() {
+        let mut st = self.feed.lock();
+        while st.chunks.len() >= STREAM_DEPTH {
+            if st.reader_gone || st.aborted || crate::deadline::expired() {
+                return false;
+            }
+            st = self
+                .feed
+                .drained
+                .wait_timeout(st, crate::deadline::bound(PUSH_WAIT))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if st.reader_gone || st.aborted {
             return false;
         }
+        let mut buf = st.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        st.chunks.push_back(buf);
+        drop(st);
+        self.feed.filled.notify_all();
         self.pos += data.len() as u64;
         true
     }
 
     /// Abandons the stream and removes what it stored.
-    pub fn abort(self, store: &dyn RemoteStore) {
-        let _ = self.tx.send(Feed::Abort);
-        drop(self.tx);
-        let _ = self.worker.join();
+    pub fn abort(mut self, store: &dyn RemoteStore) {
+        self.feed.lock().aborted = true;
+        self.feed.filled.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
         let _ = store.delete(&self.tmp);
     }
 
     /// Ends the stream; Ok(the name written) when the server has all `expected`
     /// bytes. The caller renames it over the file unless it is the file's own name.
-    pub fn finish(self, store: &dyn RemoteStore, expected: u64) -> Result<String> {
-        drop(self.tx);
-        let stored = match self.worker.join() {
-            Ok(r) => r,
-            Err(_) => Err(FtpError::Protocol("upload thread panicked".into())),
+    pub fn finish(mut self, store: &dyn RemoteStore, expected: u64) -> Result<String> {
+        self.feed.lock().closed = true;
+        self.feed.filled.notify_all();
+        let stored = match self.worker.take().map(|w| w.join()) {
+            Some(Ok(r)) => r,
+            _ => Err(FtpError::Protocol("upload thread panicked".into())),
         };
         match stored.and_then(|n| check_len(n, expected, &self.tmp)) {
-            Ok(()) => Ok(self.tmp),
+            Ok(()) => Ok(std::mem::take(&mut self.tmp)),
             Err(e) => {
                 let _ = store.delete(&self.tmp);
                 Err(e)
@@ -248,6 +333,10 @@ impl StreamUpload {
         }
     }
 }
+
+/// Longest single wait of a push for room in the queue (the deadline bounds the
+/// whole).
+const PUSH_WAIT: Duration = Duration::from_secs(1);
 
 fn check_len(sent: u64, expected: u64, path: &str) -> Result<()> {
     if sent != expected {

@@ -29,6 +29,7 @@ pub(super) fn config(spool: &std::path::Path) -> FsConfig {
         inplace: false,
         prefetch_workers: 0,
         site: SITE.into(),
+        op_timeout: Duration::from_secs(30),
     }
 }
 

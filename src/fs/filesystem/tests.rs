@@ -18,6 +18,7 @@ pub(crate) fn setup() -> (Arc<MemStore>, FtpsFs, tempfile::TempDir) {
         inplace: false,
         prefetch_workers: 0,
         site: "test@memstore:21".into(),
+        op_timeout: Duration::from_secs(30),
     };
     let fs = FtpsFs::new(store.clone(), cfg);
     (store, fs, spool)
