@@ -26,6 +26,10 @@ pub struct FaultStore {
     pub refuse_renames: AtomicBool,
     /// The next call whose name is listed fails with a lost connection.
     pub fail_next: Mutex<Vec<&'static str>>,
+    /// Uploads take this long before they store anything (a slow link), ms.
+    pub upload_delay_ms: AtomicU64,
+    /// Downloads send nothing for this long first (a stalled server), ms.
+    pub read_stall_ms: AtomicU64,
 }
 
 fn lost(what: &str) -> FtpError {
@@ -79,6 +83,10 @@ impl RemoteStore for FaultStore {
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<()> {
         self.take_failure("read")?;
+        let stall = self.read_stall_ms.load(Ordering::SeqCst);
+        if stall > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(stall));
+        }
         let Some(limit) = Self::take_cut(&self.cut_reads_after, &self.cut_reads_times) else {
             return self.inner.read_from(path, offset, sink);
         };
@@ -104,6 +112,10 @@ impl RemoteStore for FaultStore {
 
     fn write_file(&self, path: &str, data: &mut dyn BufRead) -> Result<u64> {
         self.take_failure("write")?;
+        let delay = self.upload_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         let Some(limit) = Self::take_cut(&self.cut_uploads_after, &self.cut_uploads_times) else {
             return self.inner.write_file(path, data);
         };

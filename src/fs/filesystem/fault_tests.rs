@@ -271,6 +271,93 @@ fn chmod_and_utimens_racing_uploads_are_never_lost() {
     fs.release(fh).unwrap();
 }
 
+// ---- stalls and deadlines ------------------------------------------------------------
+
+#[test]
+fn a_slow_upload_does_not_stall_other_operations() {
+    let (store, fs, _d) = setup();
+    let fs = Arc::new(fs);
+    store.inner.put("/other", b"x");
+    let (attr, fh) = fs.create(ROOT_INO, "big", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh, 100, b"out of order: only in the spool")
+        .unwrap();
+    fs.write(fh, 0, b"head").unwrap();
+    store.upload_delay_ms.store(1500, SeqCst);
+    let uploader = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.flush(fh))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let t = std::time::Instant::now();
+    assert_eq!(fs.getattr(attr.ino).unwrap().size, 131);
+    fs.lookup(ROOT_INO, "other").unwrap();
+    let (_, fh2) = fs.create(ROOT_INO, "new", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh2, 0, b"small").unwrap();
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(100),
+        "stat/lookup/create took {took:?}"
+    );
+    // A write to the file being uploaded waits for the upload (its deadline allows).
+    let _d = crate::deadline::start(Duration::from_secs(5));
+    fs.write(fh, 4, b"!").unwrap();
+    assert!(uploader.join().unwrap().is_ok());
+    store.upload_delay_ms.store(0, SeqCst);
+    fs.release(fh).unwrap();
+    fs.release(fh2).unwrap();
+    assert_eq!(&store.inner.get("/big").unwrap()[..5], b"head!");
+}
+
+#[test]
+fn a_stalled_read_fails_at_the_deadline_and_works_afterwards() {
+    let (store, fs, _d) = setup();
+    let data = pattern(1 << 20, 9);
+    store.inner.put("/f", &data);
+    let (ino, fh) = open_name(&fs, "f", libc::O_RDONLY);
+    store.read_stall_ms.store(3000, SeqCst);
+    let t = std::time::Instant::now();
+    {
+        let _d = crate::deadline::start(Duration::from_millis(500));
+        assert_eq!(fs.read(fh, 0, 4096), Err(Errno(libc::ETIMEDOUT)));
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(fs.getattr(ino).unwrap().size, data.len() as u64);
+    store.read_stall_ms.store(0, SeqCst);
+    assert_eq!(fs.read(fh, 0, 4096).unwrap(), data[..4096]);
+    fs.release(fh).unwrap();
+}
+
+#[test]
+fn a_write_waiting_for_a_busy_file_gives_up_at_its_deadline() {
+    let (store, fs, _d) = setup();
+    let fs = Arc::new(fs);
+    let (_, fh) = fs.create(ROOT_INO, "f", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh, 10, b"x").unwrap();
+    store.upload_delay_ms.store(2000, SeqCst);
+    let uploader = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.fsync(fh))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let t = std::time::Instant::now();
+    {
+        let _d = crate::deadline::start(Duration::from_millis(300));
+        assert_eq!(fs.write(fh, 0, b"y"), Err(Errno(libc::ETIMEDOUT)));
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    uploader.join().unwrap().unwrap();
+    store.upload_delay_ms.store(0, SeqCst);
+    fs.release(fh).unwrap();
+}
+
 // ---- shutdown, crashes and recovery ------------------------------------------------------
 
 #[test]
