@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::mount::{
-    alive, is_mounted, pattern, pids_matching, scratch, Env, Mount, CACHE_TIMEOUT,
+    alive, is_mounted, pattern, pids_matching, scratch, Env, HeldWriter, Mount, CACHE_TIMEOUT,
 };
 use support::{Server, ServerSpec};
 
@@ -649,50 +649,38 @@ fn mount_failures_exit_non_zero_and_leave_nothing() {
 // ---------------------------------------------------------------------------
 // SIGTERM
 
-/// SIGTERM while a program holds a written, not yet closed file: the daemon uploads
-/// the pending data at once, detaches the mount, serves the open file until it is
-/// closed, then exits. The data is written out of order, so it is only in the spool
-/// (no streamed upload under way): what SIGTERM uploads is the spool.
+/// SIGTERM while a program holds a written, not yet closed file: the daemon does not
+/// upload it (its writer has not finished: the server keeps the old content), detaches
+/// the mount, serves the open file until it is closed, uploads it at that close, then
+/// exits. The data is written out of order, so it is only in the spool (no streamed
+/// upload under way).
 fn sigterm(spec: ServerSpec) {
-    use std::os::unix::fs::FileExt;
     let srv = support::start(spec);
     let data = pattern(30 << 20, 44);
+    let old = pattern(1 << 20, 45);
+    fs::write(srv.root.join("up.bin"), &old).unwrap();
     let mut m = Mount::new(&srv);
     assert!(!m.daemon.is_empty(), "daemon pid not found");
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(m.path("up.bin"))
-        .unwrap();
-    let half = data.len() / 2;
-    f.write_all_at(&data[half..], half as u64).unwrap();
-    f.write_all_at(&data[..half], 0).unwrap();
+    let local = scratch("sigterm-");
+    fs::write(local.path().join("data"), &data).unwrap();
+    let writer = HeldWriter::start(&local.path().join("data"), &m.path("up.bin"));
     assert!(
-        fs::read(srv.root.join("up.bin")).map_or(true, |d| d != data),
+        fs::read(srv.root.join("up.bin")).unwrap() == old,
         "uploaded before close or SIGTERM"
     );
-    for p in &m.daemon {
-        // SAFETY: signalling the daemon this test started.
-        unsafe {
-            libc::kill(*p as libc::pid_t, libc::SIGTERM);
-        }
-    }
-    // The pending data reaches the server while the file is still open.
+    m.signal(libc::SIGTERM);
+    // Still open for writing: nothing is uploaded, the old content stays.
     let t0 = Instant::now();
-    while fs::read(srv.root.join("up.bin")).map_or(true, |d| d != data) {
+    while t0.elapsed() < Duration::from_secs(3) {
         assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "pending data not uploaded 10 s after SIGTERM"
+            fs::read(srv.root.join("up.bin")).unwrap() == old,
+            "a file still open for writing was uploaded at SIGTERM"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    // The open file keeps working on the detached mount until it is closed.
-    let mut head = [0u8; 4096];
-    f.read_exact_at(&mut head, 0).unwrap();
-    assert!(head[..] == data[..4096]);
-    drop(f);
+    // The open file keeps working on the detached mount until it is closed; its
+    // close uploads it.
+    assert_eq!(writer.close(), "closed");
     let t0 = Instant::now();
     while is_mounted(&m.mnt) || m.daemon.iter().any(|p| alive(*p)) {
         assert!(
@@ -705,7 +693,7 @@ fn sigterm(spec: ServerSpec) {
     println!("unmounted {:?} after the last close", t0.elapsed());
     assert!(
         fs::read(srv.root.join("up.bin")).unwrap() == data,
-        "upload incomplete after SIGTERM"
+        "the close after SIGTERM did not upload the file"
     );
     m.unmount();
 }

@@ -481,3 +481,79 @@ impl<'a> Env<'a> {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+// ---------------------------------------------------------------------------
+// A program holding a file open
+
+/// A separate process (python3) that writes a local file's bytes into a file on the
+/// mount (second half first, so nothing is streamed), then keeps it open until told
+/// to close it. A separate process, because a file held by the test process itself
+/// gets FUSE flushes whenever another test thread forks and execs (the child's copy
+/// of the descriptor is closed at exec), and a flush uploads.
+pub struct HeldWriter {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+const HELD_WRITER: &str = r#"
+import os, sys
+src, dst = sys.argv[1], sys.argv[2]
+data = open(src, 'rb').read()
+fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+def put(buf, off):
+    while buf:
+        n = os.pwrite(fd, buf, off)
+        buf, off = buf[n:], off + n
+half = len(data) // 2
+put(data[half:], half)
+put(data[:half], 0)
+print("written", flush=True)
+sys.stdin.readline()
+ok = os.pread(fd, 4096, 0) == data[:4096]
+try:
+    os.close(fd)
+    print("closed" if ok else "bad-read", flush=True)
+except OSError as e:
+    print("close-failed %d" % e.errno, flush=True)
+"#;
+
+impl HeldWriter {
+    /// Starts writing `src` into `dst`; returns once the data is written.
+    pub fn start(src: &Path, dst: &Path) -> HeldWriter {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(HELD_WRITER)
+            .arg(src)
+            .arg(dst)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("writer output");
+        assert_eq!(line.trim(), "written", "the writer failed");
+        HeldWriter { child, stdout }
+    }
+
+    /// Reads back the head, closes the file, and says how that went: "closed",
+    /// "bad-read" or "close-failed ERRNO".
+    pub fn close(mut self) -> String {
+        use std::io::{BufRead, Write};
+        if let Some(mut i) = self.child.stdin.take() {
+            let _ = i.write_all(b"close\n");
+        }
+        let mut line = String::new();
+        let _ = self.stdout.read_line(&mut line);
+        let _ = self.child.wait();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for HeldWriter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
