@@ -37,8 +37,9 @@
 //! * Every blocking socket call has a short timeout ([`TICK`]), so controls, `cut_all`
 //!   and `stop` take effect within about that long, whatever the connection is doing.
 //! * Faults are global to the forwarder and take effect at once: a stall or a rate limit
-//!   on connections already open too; a cut plan on data connections accepted after it
-//!   was set (each new data connection takes one "ticket" when it is accepted).
+//!   on connections already open too; a cut plan on data connections that carry their
+//!   first byte after it was set (each takes one "ticket" then: a data connection the
+//!   client opened ahead of time meets the plan in force when it is used).
 //! * `Cut::Rst` closes both sockets with `SO_LINGER` 0 (the peers see ECONNRESET); before
 //!   that it waits (≤ 0.5 s) until the bytes already written to the receiving side have
 //!   left the socket, so the receiver really got `bytes` bytes. `Cut::Fin` shuts both sockets
@@ -194,8 +195,8 @@ impl Forwarder {
         self.ports[0]
     }
 
-    /// The next `times` data connections (`None`: every one until cleared) accepted from
-    /// now on are cut with `how` once `bytes` bytes have been forwarded from the server to
+    /// The next `times` data connections (`None`: every one until cleared) that carry
+    /// their first byte from now on are cut with `how` once `bytes` bytes have been forwarded from the server to
     /// the client on them (downloads and listings; TLS bytes included). Replaces an
     /// earlier plan (of either kind).
     pub fn cut_data_after(&self, bytes: u64, how: Cut, times: Option<u32>) {
@@ -448,11 +449,10 @@ fn on_accept(inner: &Arc<Inner>, client: TcpStream, port: u16, data: bool) {
         reset(client);
         return;
     }
-    let cut = if data { inner.take_ticket() } else { None };
     let i2 = inner.clone();
     match thread::Builder::new()
         .name("fwd-conn".into())
-        .spawn(move || run_conn(i2, client, port, cut))
+        .spawn(move || run_conn(i2, client, port, data))
     {
         Ok(h) => inner.add_thread(h),
         Err(e) => eprintln!("forwarder: spawn: {e}"),
@@ -476,8 +476,12 @@ struct Conn {
     server: TcpStream,
     /// Set once: the connection is being torn down (cut, reset or stopped).
     aborted: AtomicBool,
-    /// Cut after so many bytes forwarded in one direction.
-    cut: Option<Ticket>,
+    /// A data connection (cut plans apply to it).
+    data: bool,
+    /// Cut after so many bytes forwarded in one direction: the plan's ticket, taken
+    /// when the connection first carries a byte (a data connection opened ahead of
+    /// time and used later meets the plan in force when it is used).
+    cut: std::sync::OnceLock<Option<Ticket>>,
     /// Bytes forwarded so far in the direction of `cut`.
     cut_count: AtomicU64,
     /// Threads still working on this connection; the last one deregisters it.
@@ -551,7 +555,7 @@ impl Drop for Leave<'_> {
     }
 }
 
-fn run_conn(inner: Arc<Inner>, client: TcpStream, port: u16, cut: Option<Ticket>) {
+fn run_conn(inner: Arc<Inner>, client: TcpStream, port: u16, data: bool) {
     let target = SocketAddr::from((inner.target, port));
     let server = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
         Ok(s) => s,
@@ -572,7 +576,8 @@ fn run_conn(inner: Arc<Inner>, client: TcpStream, port: u16, cut: Option<Ticket>
         client,
         server,
         aborted: AtomicBool::new(false),
-        cut,
+        data,
+        cut: std::sync::OnceLock::new(),
         cut_count: AtomicU64::new(0),
         live: AtomicUsize::new(if delayed { 4 } else { 2 }),
     });
@@ -720,7 +725,10 @@ fn deliver(inner: &Inner, conn: &Conn, d: Dir, mut buf: &[u8], pacer: &mut Pacer
             return false;
         }
         let mut n = buf.len();
-        let plan = conn.cut.filter(|t| t.dir == d);
+        let plan = conn
+            .cut
+            .get_or_init(|| if conn.data { inner.take_ticket() } else { None })
+            .filter(|t| t.dir == d);
         if let Some(Ticket {
             bytes: limit, how, ..
         }) = plan

@@ -212,6 +212,10 @@ pub struct ServerSpec {
     pub tls_enabled: bool,
     /// Require data connections to resume the control connection's TLS session.
     pub session_reuse_required: bool,
+    /// proftpd only: RNFR/RNTO refused (an account without rename permission).
+    pub deny_rename: bool,
+    /// proftpd only: at most this many simultaneous logins of the test user.
+    pub max_clients_per_user: Option<u32>,
 }
 
 impl ServerSpec {
@@ -225,6 +229,8 @@ impl ServerSpec {
             tls_protocol: None,
             tls_enabled: true,
             session_reuse_required: true,
+            deny_rename: false,
+            max_clients_per_user: None,
         }
     }
     pub fn proftpd() -> Self {
@@ -264,10 +270,23 @@ impl ServerSpec {
         self.session_reuse_required = on;
         self
     }
+    pub fn deny_rename(mut self, on: bool) -> Self {
+        self.deny_rename = on;
+        self
+    }
+    pub fn max_clients_per_user(mut self, n: u32) -> Self {
+        self.max_clients_per_user = Some(n);
+        self
+    }
 
     /// Panics with a clear message for combinations the server cannot do.
     fn validate(&self) {
         let k = self.kind.name();
+        assert!(
+            self.kind == ServerKind::Proftpd
+                || (!self.deny_rename && self.max_clients_per_user.is_none()),
+            "ServerSpec: deny_rename and max_clients_per_user are for proftpd"
+        );
         assert!(
             !self.implicit || self.tls_enabled,
             "ServerSpec: implicit FTPS needs tls_enabled"

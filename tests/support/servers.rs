@@ -119,6 +119,15 @@ fn proftpd(ctx: &Ctx) -> Prepared {
     let _ = writeln!(c, "TimeoutLogin 300");
     let _ = writeln!(c, "Umask 022");
     let _ = writeln!(c, "AllowOverwrite on");
+    if spec.deny_rename {
+        let _ = writeln!(c, "<Limit RNFR RNTO>\n  DenyAll\n</Limit>");
+    }
+    if let Some(n) = spec.max_clients_per_user {
+        let _ = writeln!(
+            c,
+            "MaxClientsPerUser {n} \"Sorry, the maximum number of clients (%m) for this user are already connected.\""
+        );
+    }
     let _ = writeln!(c, "AllowStoreRestart on");
     let _ = writeln!(c, "AllowRetrieveRestart on");
     let _ = writeln!(c, "RequireValidShell off");
