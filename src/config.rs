@@ -197,6 +197,7 @@ pub const CONNECTION_OPTIONS: &[&str] = &[
     "password_file",
     "netrc",
     "timeout",
+    "max_entries",
 ];
 
 /// Everything needed to reach and log in to a site.
@@ -339,6 +340,10 @@ impl SiteConfig {
             user,
             password: Secret::new(password),
             timeout,
+            max_listing_entries: opts
+                .parsed::<usize>("max_entries")?
+                .unwrap_or(crate::ftp::session::DEFAULT_MAX_LISTING_ENTRIES)
+                .max(1),
         };
         Ok(SiteConfig { url, connect, tls })
     }

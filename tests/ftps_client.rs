@@ -48,6 +48,7 @@ fn options(srv: &Server, protection: Protection, ccc: bool) -> Arc<ConnectOption
         user: srv.user.to_string(),
         password: Secret::new(srv.password.to_string()),
         timeout: TIMEOUT,
+        max_listing_entries: ftpsfs::ftp::session::DEFAULT_MAX_LISTING_ENTRIES,
     })
 }
 

@@ -14,9 +14,11 @@
 //! directory changed meanwhile is not cached stale); until then, lookups in that
 //! directory wait for it instead of listing it a second time. A failed listing
 //! fails the `readdir` that reaches the missing part, with the listing's errno.
-//! A directory already cached is read from a complete stream holding a copy of the
-//! cached entries (a snapshot: edits of the cache do not move the offsets).
+//! When complete, the entries move (no copy) into the [`Entries`] that the cache
+//! shares; a directory already cached is read from a stream sharing the cached
+//! entries (a snapshot: an edit of the cache copies them, so offsets never move).
 
+use super::entries::Entries;
 use crate::ftp::RemoteEntry;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -34,12 +36,34 @@ pub struct DirStream {
 }
 
 struct State {
+    /// While the listing streams in.
     entries: Vec<RemoteEntry>,
+    /// Once complete: the entries, shared with the cache.
+    shared: Option<Arc<Entries>>,
     /// Hash of each name so far → its position, to drop duplicates while the
     /// listing streams in (a repeated hash is checked against that entry's name).
     names: HashMap<u64, usize>,
     /// `Some` once the listing is over: `Err(errno)` if it failed.
     done: Option<Result<(), i32>>,
+}
+
+impl State {
+    fn len(&self) -> usize {
+        match &self.shared {
+            Some(e) => e.len(),
+            None => self.entries.len(),
+        }
+    }
+
+    /// Copies of up to `BATCH` entries from position `at` on.
+    fn batch(&self, at: usize) -> Vec<RemoteEntry> {
+        match &self.shared {
+            Some(e) => (at..e.len().min(at + BATCH))
+                .filter_map(|i| e.at(i).cloned())
+                .collect(),
+            None => self.entries.iter().skip(at).take(BATCH).cloned().collect(),
+        }
+    }
 }
 
 fn name_hash(name: &str) -> u64 {
@@ -48,11 +72,12 @@ fn name_hash(name: &str) -> u64 {
 }
 
 impl DirStream {
-    /// A stream holding a complete listing.
-    pub fn complete(entries: Vec<RemoteEntry>) -> Arc<Self> {
+    /// A stream reading a complete listing.
+    pub fn complete(entries: Arc<Entries>) -> Arc<Self> {
         Arc::new(DirStream {
             state: Mutex::new(State {
-                entries,
+                entries: Vec::new(),
+                shared: Some(entries),
                 names: HashMap::new(),
                 done: Some(Ok(())),
             }),
@@ -66,6 +91,7 @@ impl DirStream {
         Arc::new(DirStream {
             state: Mutex::new(State {
                 entries: Vec::new(),
+                shared: None,
                 names: HashMap::new(),
                 done: None,
             }),
@@ -103,11 +129,11 @@ impl DirStream {
     /// The listing has come in completely: frees what only streaming needed (the
     /// duplicate index, spare capacity), then runs `f` over the entries (to fill
     /// the cache without an intermediate copy). Readers wait for [`DirStream::finish`].
-    pub fn input_complete<T>(&self, f: impl FnOnce(&[RemoteEntry]) -> T) -> T {
+    pub fn input_complete(&self, f: impl FnOnce(Vec<RemoteEntry>) -> Arc<Entries>) {
         let mut st = self.lock();
         st.names = HashMap::new();
-        st.entries.shrink_to_fit();
-        f(&st.entries)
+        let entries = std::mem::take(&mut st.entries);
+        st.shared = Some(f(entries));
     }
 
     /// Ends the listing and wakes every reader.
@@ -161,7 +187,7 @@ impl DirStream {
         loop {
             let batch: Vec<RemoteEntry> = {
                 let mut st = self.lock();
-                while st.entries.len() <= at {
+                while st.len() <= at {
                     if at > index {
                         return Ok(()); // handed out what had arrived
                     }
@@ -170,7 +196,7 @@ impl DirStream {
                         None => st = self.wait(st)?,
                     }
                 }
-                st.entries.iter().skip(at).take(BATCH).cloned().collect()
+                st.batch(at)
             };
             for e in &batch {
                 if f(at, e) {
@@ -236,7 +262,12 @@ mod tests {
         assert!(got >= 1, "entries handed out before the listing is over");
         s.push(entry("f0")); // a duplicate from a broken server is dropped
         s.push(entry("last"));
-        assert_eq!(s.input_complete(|e| e.len()), NOTIFY_EVERY + 1);
+        let mut n = 0;
+        s.input_complete(|e| {
+            n = e.len();
+            Arc::new(Entries::from_vec(e))
+        });
+        assert_eq!(n, NOTIFY_EVERY + 1);
         s.finish(Ok(()));
         let (first, rest) = reader.join().unwrap();
         assert_eq!(first.len() + rest.len(), NOTIFY_EVERY + 1);
@@ -259,7 +290,11 @@ mod tests {
 
     #[test]
     fn reading_stops_when_the_reply_is_full() {
-        let s = DirStream::complete(vec![entry("a"), entry("b"), entry("c")]);
+        let s = DirStream::complete(Arc::new(Entries::from_vec(vec![
+            entry("a"),
+            entry("b"),
+            entry("c"),
+        ])));
         let mut seen = Vec::new();
         s.read_from(1, |i, e| {
             seen.push((i, e.name.clone()));

@@ -368,7 +368,7 @@ impl FtpsFs {
         });
         if let Some(l) = cached {
             queue_subdirs(self.prefetch.as_deref(), path, l.values());
-            return Ok(DirStream::complete(l.values().cloned().collect()));
+            return Ok(DirStream::complete(l));
         }
         let mut now = lock(&self.listing_now);
         if let Some(s) = now.get(path) {
@@ -1504,7 +1504,7 @@ impl ListingJob {
         if listed.is_ok() {
             self.stream.input_complete(|all| {
                 queue_subdirs(self.prefetch.as_deref(), &self.dir, all.iter());
-                self.cache.finish_fill(ticket, all.iter().cloned());
+                self.cache.finish_fill(ticket, all)
             });
         } else {
             self.cache.abandon_fill(ticket);

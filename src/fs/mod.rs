@@ -2,6 +2,7 @@
 
 pub mod dircache;
 pub mod dirstream;
+pub mod entries;
 #[cfg(test)]
 pub mod faultstore;
 pub mod filesystem;

@@ -63,6 +63,9 @@ pub struct Download<'a> {
     what: String,
     /// The data socket's timeout is below the connection's (a deadline is near).
     lowered: Cell<bool>,
+    /// A read timed out: the server went silent, so stopping the transfer gives the
+    /// connection up instead of waiting for answers to ABOR.
+    silent: bool,
 }
 
 impl<'a> Download<'a> {
@@ -74,6 +77,7 @@ impl<'a> Download<'a> {
             bytes: 0,
             what,
             lowered: Cell::new(true),
+            silent: false,
         }
     }
 
@@ -108,6 +112,16 @@ impl<'a> Download<'a> {
         self.abort_inner()
     }
 
+    /// Gives the transfer up without a word to the server (a hostile or runaway
+    /// one): the data connection is closed and the control connection marked
+    /// broken, so that the pool drops it.
+    pub fn abandon(mut self) {
+        if let Some(d) = self.data.take() {
+            d.close(false);
+        }
+        self.conn.mark_broken();
+    }
+
     /// Stops a download early with ABOR (RFC 959), keeping the control connection:
     /// ABOR and a NOOP go out together, the data connection is drained until the
     /// server closes it (a server blocked writing to a full socket would not see
@@ -118,6 +132,15 @@ impl<'a> Download<'a> {
         let Some(mut d) = self.data.take() else {
             return Ok(());
         };
+        if self.silent {
+            // The server went silent: ABOR would wait for it again.
+            d.close(false);
+            self.conn.mark_broken();
+            return Err(FtpError::Timeout(format!(
+                "{}: the server stopped sending; connection given up",
+                self.what
+            )));
+        }
         if self.eof {
             d.close(true);
             return self.conn.finish_transfer(&self.what);
@@ -138,6 +161,11 @@ impl<'a> Download<'a> {
         if let Some(d) = self.data.take() {
             d.close(false);
         }
+        if self.silent {
+            // No final reply is coming from a server that went silent.
+            self.conn.mark_broken();
+            return data_err;
+        }
         match self.conn.finish_transfer(&self.what) {
             Err(reply_err @ FtpError::Reply { .. }) => reply_err,
             _ => {
@@ -157,16 +185,16 @@ impl Read for Download<'_> {
             return Ok(0);
         };
         crate::deadline::arm(data.tcp(), self.conn.io_timeout(), &self.lowered)?;
-        let n = match data {
-            DataStream::Plain(s) => s.read(buf)?,
+        let read = match data {
+            DataStream::Plain(s) => s.read(buf),
             DataStream::Tls(s) => match s.ssl_read(buf) {
-                Ok(n) => n,
-                Err(e) if e.code() == openssl::ssl::ErrorCode::ZERO_RETURN => 0,
+                Ok(n) => Ok(n),
+                Err(e) if e.code() == openssl::ssl::ErrorCode::ZERO_RETURN => Ok(0),
                 Err(e) => {
                     if s.get_shutdown().contains(ShutdownState::RECEIVED) {
-                        0
+                        Ok(0)
                     } else if e.io_error().is_some() {
-                        return Err(e.into_io_error().unwrap_or_else(io::Error::other));
+                        Err(e.into_io_error().unwrap_or_else(io::Error::other))
                     } else {
                         return Err(io::Error::other(FtpError::Truncated(format!(
                             "{}: data connection closed without TLS close_notify after {} bytes ({e})",
@@ -175,6 +203,25 @@ impl Read for Download<'_> {
                     }
                 }
             },
+        };
+        let n = match read {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.silent = true;
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{}: no data from the server: timed out after {} bytes",
+                        self.what, self.bytes
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
         };
         if n == 0 {
             if let DataStream::Tls(s) = data {
@@ -201,9 +248,12 @@ impl Drop for Download<'_> {
     }
 }
 
+/// Longest time spent draining a data connection after ABOR.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// Reads and discards what is left on a data connection, for a bounded time.
 fn drain(d: &mut DataStream) {
-    let limit = crate::deadline::bound(Duration::from_secs(5));
+    let limit = crate::deadline::bound(DRAIN_LIMIT);
     let deadline = std::time::Instant::now() + limit;
     let mut buf = vec![0u8; 64 * 1024];
     let tcp_of = |d: &DataStream| match d {

@@ -7,6 +7,8 @@ use std::io::{self, Read};
 pub const MAX_LINE_LEN: usize = 8192;
 /// Most lines accepted in one multi-line reply (FEAT, HELP, MLST, STAT).
 pub const MAX_REPLY_LINES: usize = 4096;
+/// Most bytes of text in one reply (a FEAT or STAT of a real server is a few KiB).
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
 /// One complete reply: its code and its text lines (first line without the code).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,12 +109,14 @@ impl LineReader {
             FtpError::Protocol(format!("malformed reply line {:?}", clip(&first)))
         })?;
         let mut lines = vec![rest.to_string()];
+        let mut bytes = first.len();
         if sep == b'-' {
             loop {
-                if lines.len() >= MAX_REPLY_LINES {
+                if lines.len() >= MAX_REPLY_LINES || bytes > MAX_REPLY_BYTES {
                     return Err(FtpError::Protocol("multi-line reply too long".into()));
                 }
                 let line = self.read_line(stream)?;
+                bytes += line.len();
                 match split_code(&line) {
                     Some((c, b' ', rest)) if c == code => {
                         lines.push(rest.to_string());

@@ -64,7 +64,15 @@ pub struct ConnectOptions {
     pub password: Secret,
     /// Bound on every connect, read and write.
     pub timeout: Duration,
+    /// Most entries a directory listing may have (`max_entries=`); a listing also
+    /// stops past `max_listing_entries * LISTING_BYTES_PER_ENTRY` bytes.
+    pub max_listing_entries: usize,
 }
+
+/// Default of [`ConnectOptions::max_listing_entries`].
+pub const DEFAULT_MAX_LISTING_ENTRIES: usize = 2_000_000;
+/// Bytes of listing text allowed per allowed entry (MLSD lines are ~60-120 bytes).
+pub const LISTING_BYTES_PER_ENTRY: u64 = 512;
 
 /// How this server lets us set a modification time; learnt on first use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -702,11 +710,26 @@ impl FtpConnection {
         let data = self.start_transfer(&cmd, 0)?;
         let now = SystemTime::now();
         let mut entries = Vec::new();
+        let max_entries = self.opts.max_listing_entries.max(1);
+        let max_bytes = max_entries as u64 * LISTING_BYTES_PER_ENTRY;
+        let (mut lines, mut bytes) = (0usize, 0u64);
         let mut dl = Download::new(self, data, cmd);
         {
             let mut rd = BufReader::with_capacity(65536, &mut dl);
             let mut line = Vec::with_capacity(256);
             loop {
+                if lines > max_entries || bytes > max_bytes {
+                    drop(rd);
+                    dl.abandon();
+                    log::error!(
+                        "the listing of {path} is longer than {max_entries} entries or \
+                         {max_bytes} bytes: stopped (raise max_entries= if it is real)"
+                    );
+                    return Err(FtpError::Protocol(format!(
+                        "the listing of {path} has more than {max_entries} entries (or \
+                         {max_bytes} bytes); stopped reading it (max_entries=)"
+                    )));
+                }
                 line.clear();
                 let n = (&mut rd)
                     .take(mlsd::MAX_LINE_LEN as u64 + 2)
@@ -722,11 +745,18 @@ impl FtpConnection {
                 if n == 0 {
                     break;
                 }
+                bytes += n as u64;
+                lines += 1;
                 if line.last() != Some(&b'\n') && n > mlsd::MAX_LINE_LEN {
                     log::warn!("skipping an overlong listing line");
-                    // Skip the rest of that line.
+                    // Skip the rest of that line, a bounded piece at a time (the
+                    // listing's byte bound stops a line that never ends).
                     let mut rest = Vec::new();
-                    let _ = (&mut rd).take(1 << 24).read_until(b'\n', &mut rest);
+                    let skipped = (&mut rd).take(1 << 20).read_until(b'\n', &mut rest);
+                    bytes += skipped.unwrap_or(0) as u64;
+                    if rest.last() != Some(&b'\n') {
+                        lines -= 1; // the same line goes on
+                    }
                     continue;
                 }
                 let Ok(text) = std::str::from_utf8(&line) else {
