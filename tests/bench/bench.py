@@ -836,6 +836,8 @@ def main():
     ap.add_argument("--runs", type=int, help="runs per scenario (default 3, --quick: 1)")
     ap.add_argument("--only", default="", help="comma-separated subset: a,b,c,d,e,f,g,scale")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build")
+    ap.add_argument("--scale", default="",
+                    help="comma-separated entry counts for (scale), e.g. 1000000 (default 1k,10k,100k)")
     ap.add_argument("--no-rclone", action="store_true",
                     help="leave out the rclone mount column even when rclone is installed")
     args = ap.parse_args()
@@ -889,6 +891,8 @@ def main():
         net = Net(srv, rtt)
         res = Results()
         sizes = sizes_for(args.quick, rtt)
+        if args.scale:
+            sizes["scale"] = [int(n) for n in args.scale.split(",") if n]
         Bench(net, data, runs, sizes, res, only, tools).run_all()
         net.stop()
         elapsed = time.perf_counter() - t_rtt
