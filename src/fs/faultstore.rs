@@ -159,4 +159,8 @@ impl RemoteStore for FaultStore {
     fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()> {
         self.inner.set_mtime(path, mtime)
     }
+
+    fn is_contended(&self) -> bool {
+        self.inner.is_contended()
+    }
 }

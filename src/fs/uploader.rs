@@ -161,6 +161,10 @@ struct FeedReader {
     feed: Arc<Feed>,
     current: Vec<u8>,
     at: usize,
+    /// True while another operation waits for a connection: a stream whose writer
+    /// has gone quiet then gives its connection up (the spool has every byte; the
+    /// file is uploaded from it at close).
+    contended: Box<dyn Fn() -> bool + Send>,
 }
 
 impl BufRead for FeedReader {
@@ -180,7 +184,17 @@ impl BufRead for FeedReader {
                 if st.closed {
                     return Ok(&[]);
                 }
-                st = self.feed.filled.wait(st).unwrap_or_else(|p| p.into_inner());
+                let (guard, waited) = self
+                    .feed
+                    .filled
+                    .wait_timeout(st, YIELD_AFTER)
+                    .unwrap_or_else(|p| p.into_inner());
+                st = guard;
+                if waited.timed_out() && st.chunks.is_empty() && !st.closed && (self.contended)() {
+                    return Err(std::io::Error::other(
+                        "the writer is quiet and others need a connection: streaming given up",
+                    ));
+                }
             }
             drop(st);
             self.feed.drained.notify_all();
@@ -255,10 +269,12 @@ impl StreamUpload {
             .name("ftpsfs-upload".into())
             .spawn(move || {
                 let _deadline = crate::deadline::start(timeout);
+                let waiters = store.clone();
                 let mut reader = FeedReader {
                     feed: theirs,
                     current: Vec::new(),
                     at: 0,
+                    contended: Box::new(move || waiters.is_contended()),
                 };
                 store.write_file(&name, &mut reader)
             })
@@ -337,6 +353,10 @@ impl StreamUpload {
 /// Longest single wait of a push for room in the queue (the deadline bounds the
 /// whole).
 const PUSH_WAIT: Duration = Duration::from_secs(1);
+
+/// A stream whose writer sent nothing for this long gives its connection up when
+/// another operation waits for one.
+const YIELD_AFTER: Duration = Duration::from_millis(500);
 
 fn check_len(sent: u64, expected: u64, path: &str) -> Result<()> {
     if sent != expected {

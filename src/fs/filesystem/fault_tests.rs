@@ -358,6 +358,37 @@ fn a_write_waiting_for_a_busy_file_gives_up_at_its_deadline() {
     fs.release(fh).unwrap();
 }
 
+#[test]
+fn a_quiet_streaming_writer_gives_its_connection_up_when_others_wait() {
+    let (store, fs, _d) = setup();
+    let (_, fh) = fs.create(ROOT_INO, "log", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh, 0, b"first line\n").unwrap();
+    // The writer goes quiet (a log kept open) while others wait for connections.
+    store.inner.contended.store(true, SeqCst);
+    let t = std::time::Instant::now();
+    while store.inner.uploads.load(SeqCst) == 0 || t.elapsed() < Duration::from_millis(1200) {
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+    store.inner.contended.store(false, SeqCst);
+    assert!(
+        store.inner.get("/log").is_none(),
+        "the stream stored nothing"
+    );
+    // The writer goes on; the file is complete at close.
+    fs.write(fh, 11, b"second line\n").unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(
+        store.inner.get("/log").unwrap(),
+        b"first line\nsecond line\n"
+    );
+    assert_eq!(
+        store.inner.uploads.load(SeqCst),
+        2,
+        "the stream gave up (without yielding it would have been the only upload)"
+    );
+}
+
 // ---- shutdown, crashes and recovery ------------------------------------------------------
 
 #[test]
