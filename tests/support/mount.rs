@@ -134,6 +134,7 @@ pub struct MountBuilder<'a> {
     extra: String,
     password: String,
     mountpoint: Option<PathBuf>,
+    envs: Vec<(String, std::ffi::OsString)>,
 }
 
 impl MountBuilder<'_> {
@@ -167,6 +168,14 @@ impl MountBuilder<'_> {
     /// Mount on this (existing or not) path instead of a fresh directory.
     pub fn mountpoint(mut self, p: &Path) -> Self {
         self.mountpoint = Some(p.to_path_buf());
+        self
+    }
+
+    /// Sets an environment variable for `ftpsfs` (and so for its detached daemon), e.g.
+    /// `XDG_CACHE_HOME` to keep its fallback log file apart; may be called more than once.
+    pub fn env(mut self, key: &str, val: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.envs
+            .push((key.to_string(), val.as_ref().to_os_string()));
         self
     }
 
@@ -227,6 +236,7 @@ impl MountBuilder<'_> {
             .arg(&mnt)
             .arg("-o")
             .arg(&opts)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out_path).unwrap())
             .stderr(fs::File::create(&err_path).unwrap())
@@ -298,6 +308,7 @@ impl Mount {
             extra: String::new(),
             password: super::TEST_PASSWORD.to_string(),
             mountpoint: None,
+            envs: Vec::new(),
         }
     }
 
