@@ -58,6 +58,17 @@ impl FtpError {
         matches!(self.reply_code(), Some(500 | 502 | 504))
     }
 
+    /// "421 Too many connections", "530 Sorry, the maximum number of clients...":
+    /// the server caps connections per user or address.
+    pub fn is_too_many_connections(&self) -> bool {
+        let t = self.to_string().to_ascii_lowercase();
+        self.reply_code() == Some(421)
+            || t.contains("too many")
+            || t.contains("maximum number")
+            || t.contains("max clients")
+            || t.contains("connection limit")
+    }
+
     /// True when the connection can no longer be used and must be replaced.
     pub fn is_connection_lost(&self) -> bool {
         matches!(

@@ -140,7 +140,14 @@ pub struct Prefetcher {
     path: String,
     stream: Option<Stream>,
     pub stats: PrefetchStats,
+    /// The last read that failed: its offset, when, its errno and message. The
+    /// kernel asks again at once for a page whose readahead failed; that second
+    /// request gets the same answer instead of a second full deadline.
+    failed: Option<(u64, std::time::Instant, i32, String)>,
 }
+
+/// How long a failed read's answer is given again to a read at the same offset.
+const REPEAT_FAILURE_FOR: Duration = Duration::from_millis(250);
 
 impl Prefetcher {
     pub fn new(store: Arc<dyn RemoteStore>, path: String) -> Self {
@@ -149,6 +156,7 @@ impl Prefetcher {
             path,
             stream: None,
             stats: PrefetchStats::default(),
+            failed: None,
         }
     }
 
@@ -276,6 +284,29 @@ impl Prefetcher {
         if size == 0 {
             return Ok(());
         }
+        if let Some((at, when, errno, msg)) = &self.failed {
+            if *at == offset && when.elapsed() < REPEAT_FAILURE_FOR {
+                return Err(FtpError::Io {
+                    context: msg.clone(),
+                    source: std::io::Error::from_raw_os_error(*errno),
+                });
+            }
+        }
+        let r = self.read_inner(offset, size, out);
+        match &r {
+            Err(e) => {
+                let errno = match e.errno() {
+                    0 => libc::EIO,
+                    n => n,
+                };
+                self.failed = Some((offset, std::time::Instant::now(), errno, e.to_string()));
+            }
+            Ok(()) => self.failed = None,
+        }
+        r
+    }
+
+    fn read_inner(&mut self, offset: u64, size: usize, out: &mut Vec<u8>) -> Result<()> {
         let usable = match &self.stream {
             Some(s) => {
                 offset >= s.buf_start

@@ -570,14 +570,33 @@ impl FtpConnection {
     }
 
     /// Replaces this control connection by a new one (same site, new TLS session).
+    /// The old session ends first (QUIT): a server that counts logins per user
+    /// (proftpd's MaxClientsPerUser) would refuse the new one while both exist. A
+    /// refusal for "too many connections" (the server has not seen the old session
+    /// go yet) is tried again, briefly, within the operation's deadline.
     fn renew(&mut self) -> Result<()> {
         log::debug!("no unused TLS session ticket left: opening a new control connection");
         self.tls.note_tickets_used_up();
-        let fresh = FtpConnection::connect(self.opts.clone(), self.tls.clone())?;
+        let _ = self.command("QUIT");
+        self.mark_broken();
+        let mut pause = Duration::from_millis(50);
+        let fresh = loop {
+            match FtpConnection::connect(self.opts.clone(), self.tls.clone()) {
+                Ok(c) => break c,
+                Err(e)
+                    if e.is_too_many_connections()
+                        && crate::deadline::bound(self.opts.timeout) > pause =>
+                {
+                    log::debug!("renewing the control connection: {e}; trying again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         log::debug!("new control connection: {}", fresh.tls_info.version);
         let old = std::mem::replace(self, fresh);
         self.data_stats = old.data_stats;
-        old.quit();
         Ok(())
     }
 

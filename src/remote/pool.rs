@@ -509,14 +509,8 @@ fn prepare_loop(pool: &Weak<Pool>) {
     }
 }
 
-/// "421 Too many connections", "530 Sorry, the maximum number of clients...".
 fn too_many_connections(e: &crate::error::FtpError) -> bool {
-    let t = e.to_string().to_ascii_lowercase();
-    e.reply_code() == Some(421)
-        || t.contains("too many")
-        || t.contains("maximum number")
-        || t.contains("max clients")
-        || t.contains("connection limit")
+    e.is_too_many_connections()
 }
 
 #[cfg(test)]
