@@ -240,14 +240,6 @@ impl Record {
         &self.entry
     }
 
-    /// The remote file now has another name (a rename through the mount).
-    pub fn set_path(&mut self, journal: &Journal, path: &str) {
-        self.entry.path = path.to_string();
-        if self.written {
-            let _ = self.write(journal, false);
-        }
-    }
-
     /// Writes the record; `durable` waits until it is on the disk.
     pub fn write(&mut self, journal: &Journal, durable: bool) -> std::io::Result<()> {
         let mut f = OpenOptions::new()
@@ -265,8 +257,11 @@ impl Record {
         Ok(())
     }
 
-    /// Durably: the program finished writing `len` bytes, and an upload may now
-    /// leave `partial` incomplete.
+    /// The program finished writing `len` bytes (when `closed`), and an upload may
+    /// now leave `partial` incomplete. Durable (on the disk before the upload's
+    /// first byte) when `partial` is the file's own name, which only the journal can
+    /// tell from a complete file after a machine crash; a temporary name is only
+    /// litter then, and the record is written without waiting for the disk.
     pub fn uploading(
         &mut self,
         journal: &Journal,
@@ -277,14 +272,8 @@ impl Record {
             self.entry.closed = closed;
         }
         self.entry.partial = Some(partial.to_string());
-        self.write(journal, true)
-    }
-
-    /// The upload that may have left `partial` ended (complete or cleaned up).
-    pub fn upload_ended(&mut self, journal: &Journal) {
-        if self.entry.partial.take().is_some() && self.written {
-            let _ = self.write(journal, false);
-        }
+        let durable = partial == self.entry.path;
+        self.write(journal, durable)
     }
 
     /// Keeps the record on disk (a crash or a shutdown with unfinished data): the
@@ -333,6 +322,29 @@ fn remote_entry(
         return Ok(None);
     };
     Ok(store.list(dir)?.into_iter().find(|e| e.name == name))
+}
+
+/// True when the server's `path` holds exactly the first `len` bytes of the local
+/// file `spool` (read and compared as they arrive; recovery only).
+fn same_content(store: &dyn RemoteStore, path: &str, spool: &Path, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(f) = File::open(spool) else {
+        return false;
+    };
+    let mut at = 0u64;
+    let mut same = true;
+    let mut local = Vec::new();
+    let read = store.read_from(path, 0, &mut |chunk| {
+        local.resize(chunk.len(), 0);
+        if at + chunk.len() as u64 > len || f.read_exact_at(&mut local, at).is_err() {
+            same = false;
+            return false;
+        }
+        same = local == chunk;
+        at += chunk.len() as u64;
+        same
+    });
+    read.is_ok() && same && at == len
 }
 
 fn unchanged(base: Base, now: Option<&crate::ftp::RemoteEntry>) -> bool {
@@ -439,6 +451,7 @@ fn recover_one(
     };
     // 1. The incomplete remote name a crash may have left.
     let mut partial_note = String::new();
+    let mut in_place_left = false;
     if let Some(p) = &e.partial {
         if p != path {
             match store.delete(p) {
@@ -446,10 +459,20 @@ fn recover_one(
                 Err(err) if err.reply_code().is_some() => {} // never created
                 Err(err) => return Err(retry_later("remove the incomplete upload", &err)),
             }
+        } else if !whole && e.base != Base::Absent {
+            // Replaced in place (a server without rename) and not finished: the old
+            // content is gone already; what is there is left as it is, and said.
+            in_place_left = true;
         } else if !whole {
             // A new file uploaded straight to its name: what is there is ours and
             // incomplete, unless someone else has written a larger file since.
             match remote_entry(store, p) {
+                // As long as the program's finished file: the upload ended and only
+                // the record's removal was lost (a machine crash): keep it.
+                Ok(Some(r)) if e.closed == Some(r.size) => {
+                    partial_note =
+                        "; the name already holds a file of its full length, left as it is".into();
+                }
                 Ok(Some(r)) if r.kind == EntryKind::File && r.size <= spool_len.unwrap_or(0) => {
                     match store.delete(p) {
                         Ok(()) => partial_note = "; removed its incomplete upload".into(),
@@ -473,8 +496,13 @@ fn recover_one(
             .is_some()
             .then(|| keep_for_user(spool_dir, spool, path))
             .flatten();
+        let server = if in_place_left {
+            "the name holds an incomplete in-place upload (the server refuses renames), left as it is"
+        } else {
+            "the server keeps its previous content"
+        };
         return Ok(format!(
-            "{path}: not uploaded: {why}; the server keeps its previous content{partial_note}; {}",
+            "{path}: not uploaded: {why}; {server}{partial_note}; {}",
             kept.map_or("no local data was left".into(), |k| format!(
                 "the unfinished data is kept in {}",
                 k.display()
@@ -487,6 +515,14 @@ fn recover_one(
         Err(err) => return Err(retry_later("check the server", &err)),
     };
     let ours_partial = e.partial.as_deref() == Some(path.as_str());
+    if let (Some(n), Some(len)) = (&now, e.closed) {
+        if n.size == len && same_content(store, path, spool, len) {
+            let _ = std::fs::remove_file(spool);
+            return Ok(format!(
+                "{path}: the upload had completed before the crash ({len} bytes){partial_note}"
+            ));
+        }
+    }
     // A name written in place (a new file, or a server without rename) holds our
     // own incomplete upload: the complete version goes over it.
     let target = if unchanged(e.base, now.as_ref()) || ours_partial {

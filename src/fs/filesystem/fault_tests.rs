@@ -508,6 +508,63 @@ fn crash_after_close_with_a_changed_server_file_keeps_both() {
 }
 
 #[test]
+fn recovery_of_an_upload_that_had_completed_uploads_nothing_twice() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    *store.fail_next.lock().unwrap() = vec!["write", "write"];
+    let (_, fh) = open_name(&fs, "f", libc::O_WRONLY | libc::O_TRUNC);
+    fs.write(fh, 0, b"the new content").unwrap();
+    assert!(fs.flush(fh).is_err());
+    fs.crash();
+    // As if the upload and its rename had gone through just before the crash.
+    store.inner.put("/f", b"the new content");
+    let uploads = store.inner.uploads.load(SeqCst);
+    let report = journal::recover(d.path(), SITE, store.as_ref());
+    assert!(report[0].contains("had completed"), "{report:?}");
+    assert_eq!(store.inner.uploads.load(SeqCst), uploads, "uploaded again");
+    assert_eq!(store.inner.paths(), vec!["/", "/f"], "no sibling");
+    assert!(spool_files(d.path()).is_empty());
+}
+
+/// Rewrites the boot id of every record: the machine restarted since.
+fn after_a_reboot(spool: &std::path::Path) {
+    for e in std::fs::read_dir(spool.join("journal")).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "rec") {
+            let t = std::fs::read_to_string(e.path()).unwrap();
+            let t: Vec<String> = t
+                .lines()
+                .map(|l| {
+                    if l.starts_with("boot ") {
+                        "boot another-boot".to_string()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect();
+            std::fs::write(e.path(), t.join("\n") + "\n").unwrap();
+        }
+    }
+}
+
+#[test]
+fn after_a_machine_crash_a_new_file_of_full_length_is_kept_and_a_shorter_one_removed() {
+    for (on_server, kept) in [(&b"0123456789"[..], true), (&b"01234"[..], false)] {
+        let (store, fs, d) = setup();
+        *store.fail_next.lock().unwrap() = vec!["write", "write"];
+        let (_, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_WRONLY).unwrap();
+        fs.write(fh, 0, b"0123456789").unwrap();
+        assert!(fs.flush(fh).is_err());
+        fs.crash();
+        store.inner.put("/n", on_server);
+        after_a_reboot(d.path());
+        let report = journal::recover(d.path(), SITE, store.as_ref());
+        assert!(report[0].contains("machine restarted"), "{report:?}");
+        assert_eq!(store.inner.get("/n").is_some(), kept, "{report:?}");
+        assert_eq!(journal_records(d.path()), 0);
+    }
+}
+
+#[test]
 fn recovery_leaves_the_records_of_a_live_mount_alone() {
     let (store, fs, d) = setup();
     store.inner.put("/f", b"old");
