@@ -51,6 +51,7 @@ impl Entries {
             });
             return Entries::from_vec(items);
         }
+        items.shrink_to_fit();
         Entries { items, by_name }
     }
 

@@ -421,7 +421,12 @@ impl FtpsFs {
         stream
             .read_from(index, |i, e| {
                 let child = join(&dir, &e.name);
-                let cino = self.inodes.get_or_create(&child, false);
+                let cino = if plus {
+                    self.inodes.get_or_create(&child, false)
+                } else {
+                    // The kernel holds no inode for a plain readdir entry.
+                    self.inodes.number_of(&child)
+                };
                 if add(&e.name, &self.make_attr(cino, e), (i + 1) as u64) {
                     return true;
                 }
@@ -597,7 +602,7 @@ impl FtpsFs {
             self.cache.invalidate_tree(&from);
             self.cache.invalidate_tree(&to);
         }
-        self.inodes.rename(&from, &to);
+        self.inodes.rename(&from, &to, src.kind == EntryKind::Dir);
         Ok(())
     }
 
