@@ -97,6 +97,12 @@ impl FtpError {
 /// Maps a negative FTP reply to an errno, using the text where codes are ambiguous
 /// (550 means "not found" on one server and "permission denied" on another).
 pub fn reply_errno(code: u16, text: &str) -> i32 {
+    // A data connection that could not be opened or broke (425, 426), a service
+    // going away (421): network trouble, whatever the text says ("Operation not
+    // permitted" is a socket's errno there, not a permission).
+    if matches!(code, 421 | 425 | 426) {
+        return libc::EIO;
+    }
     let t = text.to_ascii_lowercase();
     let says = |words: &[&str]| words.iter().any(|w| t.contains(w));
     if says(&["not empty"]) {
@@ -192,6 +198,13 @@ mod tests {
         assert_eq!(reply_errno(502, "Command not implemented"), libc::ENOTSUP);
         assert_eq!(reply_errno(550, "Failed."), libc::ENOENT);
         assert_eq!(reply_errno(553, "Could not create file."), libc::EACCES);
+        assert_eq!(
+            reply_errno(
+                425,
+                "Unable to build data connection: Operation not permitted"
+            ),
+            libc::EIO
+        );
     }
 
     #[test]

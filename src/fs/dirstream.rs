@@ -20,8 +20,7 @@
 
 use super::entries::Entries;
 use crate::ftp::RemoteEntry;
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,9 +39,9 @@ struct State {
     entries: Vec<RemoteEntry>,
     /// Once complete: the entries, shared with the cache.
     shared: Option<Arc<Entries>>,
-    /// Hash of each name so far → its position, to drop duplicates while the
-    /// listing streams in (a repeated hash is checked against that entry's name).
-    names: HashMap<u64, usize>,
+    /// Hash of each name so far, to drop duplicates while the listing streams in
+    /// (a repeated hash, rare, is checked against the names themselves).
+    names: HashSet<u64>,
     /// `Some` once the listing is over: `Err(errno)` if it failed.
     done: Option<Result<(), i32>>,
 }
@@ -78,7 +77,7 @@ impl DirStream {
             state: Mutex::new(State {
                 entries: Vec::new(),
                 shared: Some(entries),
-                names: HashMap::new(),
+                names: HashSet::new(),
                 done: Some(Ok(())),
             }),
             grown: Condvar::new(),
@@ -92,7 +91,7 @@ impl DirStream {
             state: Mutex::new(State {
                 entries: Vec::new(),
                 shared: None,
-                names: HashMap::new(),
+                names: HashSet::new(),
                 done: None,
             }),
             grown: Condvar::new(),
@@ -110,15 +109,8 @@ impl DirStream {
         if st.done.is_some() {
             return;
         }
-        let at = st.entries.len();
-        match st.names.entry(name_hash(&e.name)) {
-            Entry::Occupied(o) if st.entries[*o.get()].name == e.name => {
-                return; // a broken server listed it twice
-            }
-            Entry::Occupied(_) => {} // two names, one hash: keep both
-            Entry::Vacant(v) => {
-                v.insert(at);
-            }
+        if !st.names.insert(name_hash(&e.name)) && st.entries.iter().any(|x| x.name == e.name) {
+            return; // a broken server listed it twice
         }
         st.entries.push(e);
         if st.entries.len() % NOTIFY_EVERY == 0 {
@@ -131,7 +123,7 @@ impl DirStream {
     /// the cache without an intermediate copy). Readers wait for [`DirStream::finish`].
     pub fn input_complete(&self, f: impl FnOnce(Vec<RemoteEntry>) -> Arc<Entries>) {
         let mut st = self.lock();
-        st.names = HashMap::new();
+        st.names = HashSet::new();
         let entries = std::mem::take(&mut st.entries);
         st.shared = Some(f(entries));
     }
@@ -140,7 +132,7 @@ impl DirStream {
     pub fn finish(&self, result: Result<(), i32>) {
         let mut st = self.lock();
         st.done = Some(result);
-        st.names = HashMap::new();
+        st.names = HashSet::new();
         self.grown.notify_all();
     }
 

@@ -10,7 +10,7 @@ pub const ROOT_INO: u64 = 1;
 
 struct Node {
     path: Box<str>,
-    lookups: u64,
+    lookups: u32,
     /// Unlinked or replaced while the kernel still holds it: no longer at `path`.
     detached: bool,
 }
@@ -105,7 +105,7 @@ impl Inodes {
         };
         if count {
             if let Some(n) = t.by_ino.get_mut(&ino) {
-                n.lookups += 1;
+                n.lookups = n.lookups.saturating_add(1);
             }
         }
         ino
@@ -132,7 +132,9 @@ impl Inodes {
         let mut t = self.lock();
         let remove = match t.by_ino.get_mut(&ino) {
             Some(node) => {
-                node.lookups = node.lookups.saturating_sub(n);
+                node.lookups = node
+                    .lookups
+                    .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
                 node.lookups == 0
             }
             None => false,
