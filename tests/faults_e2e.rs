@@ -455,56 +455,89 @@ time.sleep(3600)
         .expect("python3")
 }
 
+/// The biggest file being uploaded under `root`: `name` itself or a `.part`.
+fn partial_upload(root: &Path, name: &str) -> Option<(String, u64)> {
+    fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e))
+        .filter(|(n, _)| n == name || n.ends_with(".part"))
+        .filter_map(|(n, e)| e.metadata().ok().map(|m| (n, m.len())))
+        .max_by_key(|(_, len)| *len)
+}
+
 /// `kill -9` while a new file streams to the server and its program is still
-/// writing: the partial file sits under its name; the next mount (same URL, same
-/// spool_dir) removes it, reports it, and keeps the unfinished data for the user.
-fn crash_while_streaming_a_new_file(spec: ServerSpec) {
+/// writing. Through a forwarder with a 2 ms round trip the new file goes straight
+/// to its name (the partial sits under it), on loopback through a temporary name;
+/// either way the next mount (same URL, same spool_dir) removes the partial upload,
+/// reports it, and keeps the unfinished data for the user.
+fn crash_while_streaming_a_new_file(spec: ServerSpec, slow_link: bool) {
     let srv = support::start(spec);
     let spool = scratch("spool-");
-    let m = Mount::builder(&srv)
-        .opts(&format!("spool_dir={}", spool.path().display()))
-        .mount();
+    let fwd = slow_link.then(|| srv.forwarder(Duration::from_millis(1)));
+    let url = if slow_link {
+        srv.url_via(FORWARD_HOST)
+    } else {
+        srv.url()
+    };
+    let opts = format!("spool_dir={}", spool.path().display());
+    let m = Mount::builder(&srv).url(url.clone()).opts(&opts).mount();
     let mut writer = slow_sequential_writer(&m.path("new.bin"), 200);
-    let on_server = srv.root.join("new.bin");
     let t = Instant::now();
-    while fs::metadata(&on_server).map_or(0, |m| m.len()) < 2 << 20 {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the upload did not start"
-        );
+    let (partial_name, _) = loop {
+        match partial_upload(&srv.root, "new.bin") {
+            Some(p) if p.1 >= 2 << 20 => break p,
+            _ => assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the upload did not start"
+            ),
+        }
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    assert_eq!(
+        partial_name == "new.bin",
+        slow_link,
+        "straight to the name only on a slow link: {partial_name}"
+    );
     crash(&m);
     let _ = writer.kill();
     let _ = writer.wait();
-    let partial = fs::metadata(&on_server).map_or(0, |m| m.len());
+    let partial = fs::metadata(srv.root.join(&partial_name)).map_or(0, |m| m.len());
     assert!(partial > 0 && partial < 200 << 20, "{partial}");
-    let again = Mount::builder(&srv)
-        .opts(&format!("spool_dir={}", spool.path().display()))
-        .mount();
+    let again = Mount::builder(&srv).url(url).opts(&opts).mount();
     let report = again.daemon_output();
     assert!(
         report.contains("recovery: /new.bin: not uploaded") && report.contains("removed"),
         "no recovery report: {}",
         tail(&report, 2000)
     );
-    assert!(!on_server.exists(), "the partial new file is still there");
+    assert!(
+        partial_upload(&srv.root, "new.bin").is_none(),
+        "the partial upload is still there"
+    );
     assert!(!again.path("new.bin").exists());
     let kept: Vec<_> = fs::read_dir(spool.path().join("recovered"))
         .unwrap()
         .flatten()
         .collect();
     assert_eq!(kept.len(), 1, "the unfinished data is kept for the user");
+    drop(again);
+    drop(fwd);
 }
 
 #[test]
 fn crash_while_streaming_a_new_file_proftpd() {
-    crash_while_streaming_a_new_file(ServerSpec::proftpd());
+    crash_while_streaming_a_new_file(ServerSpec::proftpd(), false);
 }
 
 #[test]
-fn crash_while_streaming_a_new_file_vsftpd() {
-    crash_while_streaming_a_new_file(ServerSpec::vsftpd());
+fn crash_while_streaming_a_new_file_straight_to_its_name_proftpd() {
+    crash_while_streaming_a_new_file(ServerSpec::proftpd(), true);
+}
+
+#[test]
+fn crash_while_streaming_a_new_file_straight_to_its_name_vsftpd() {
+    crash_while_streaming_a_new_file(ServerSpec::vsftpd(), true);
 }
 
 /// `kill -9` while close() uploads an overwrite (the program had finished): the
