@@ -85,9 +85,14 @@ impl Spool {
             .prefix("ftpsfs-spool-")
             .tempfile_in(dir)
             .map_err(|e| FtpError::io(format!("creating a spool file in {}", dir.display()), e))?;
-        Ok(Spool {
+        Ok(Spool::over(file, 0))
+    }
+
+    /// A spool over `file`, which holds `len` bytes.
+    fn over(file: NamedTempFile, len: u64) -> Self {
+        Spool {
             file,
-            len: 0,
+            len,
             kept: false,
             appender: None,
             direct_from: DIRECT_AFTER,
@@ -96,7 +101,7 @@ impl Spool {
             broken: None,
             #[cfg(test)]
             capacity: None,
-        })
+        }
     }
 
     /// Fails when an earlier local write failed: the copy is incomplete.
@@ -147,18 +152,7 @@ impl Spool {
         let temp_path = tempfile::TempPath::try_from_path(path)
             .map_err(|e| FtpError::io(format!("adopting {}", path.display()), e))?;
         let file = NamedTempFile::from_parts(f, temp_path);
-        Ok(Spool {
-            file,
-            len,
-            kept: false,
-            appender: None,
-            direct_from: DIRECT_AFTER,
-            direct_refused: false,
-            writer_delay: Duration::ZERO,
-            broken: None,
-            #[cfg(test)]
-            capacity: None,
-        })
+        Ok(Spool::over(file, len))
     }
 
     /// A spool holding the current remote content of `path`.

@@ -6,20 +6,7 @@ use crate::fs::memstore::MemStore;
 pub(crate) fn setup() -> (Arc<MemStore>, FtpsFs, tempfile::TempDir) {
     let store = Arc::new(MemStore::new());
     let spool = tempfile::tempdir().expect("tempdir");
-    let cfg = FsConfig {
-        root: "/".into(),
-        uid: 1000,
-        gid: 1000,
-        umask: 0o022,
-        read_only: false,
-        cache_timeout: Duration::from_secs(60),
-        cache_entries: 100,
-        spool_dir: spool.path().to_path_buf(),
-        inplace: false,
-        prefetch_workers: 0,
-        site: "test@memstore:21".into(),
-        op_timeout: Duration::from_secs(30),
-    };
+    let cfg = super::fault_tests::config(spool.path());
     let fs = FtpsFs::new(store.clone(), cfg);
     (store, fs, spool)
 }
