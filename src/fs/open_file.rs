@@ -156,6 +156,11 @@ impl OpenFile {
         mut st: MutexGuard<'a, FileState>,
         store: &dyn RemoteStore,
     ) -> MutexGuard<'a, FileState> {
+        // Taken without waiting for the file to be idle (a caller out of time):
+        // the aborts wait for the next caller that gets it idle.
+        if st.busy {
+            return st;
+        }
         while !st.to_abort.is_empty() {
             let streams = std::mem::take(&mut st.to_abort);
             st = self
