@@ -380,23 +380,31 @@ fn upload_cut(spec: ServerSpec, how: Cut) {
         );
     } else {
         // cp's close failed; the last release may still retry (after the faults
-        // end, it succeeds). Once that is over the name holds nothing or all of it;
-        // a new file's upload in progress is visible growing under its name.
+        // end, it succeeds). Once that is over the name holds nothing or all of it,
+        // and no temporary upload is left; meanwhile an upload in progress is
+        // visible (a .part, or a new file growing under its name).
         let t = Instant::now();
         loop {
-            let now = fs::read(srv.root.join("g.bin")).ok();
-            match now {
-                None => break,
+            let parts = fs::read_dir(&srv.root)
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".part"));
+            let settled = match fs::read(srv.root.join("g.bin")).ok() {
+                None => !parts,
                 Some(d) if d.len() == data.len() => {
                     assert_eq!(sha256(&d), sha256(&data));
-                    break;
+                    !parts
                 }
-                Some(d) => assert!(
-                    t.elapsed() < Duration::from_secs(10),
-                    "a failed new file was left with {} bytes",
-                    d.len()
-                ),
+                Some(_) => false,
+            };
+            if settled {
+                break;
             }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "a failed upload left g.bin with {:?} bytes, or a .part",
+                fs::metadata(srv.root.join("g.bin")).map(|m| m.len()).ok()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
