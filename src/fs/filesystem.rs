@@ -244,10 +244,47 @@ impl FtpsFs {
 
     fn entry(&self, path: &str) -> FsResult<RemoteEntry> {
         let (dir, name) = split(path).ok_or(Errno(libc::ENOENT))?;
-        self.listing(dir)?
-            .get(name)
-            .cloned()
-            .ok_or(Errno(libc::ENOENT))
+        self.known(dir, name)?.ok_or(Errno(libc::ENOENT))
+    }
+
+    /// The entry `name` of `dir`: from its listing, or a file created through the
+    /// mount that the server does not show yet (being written, or uploaded through
+    /// a temporary name) and a fresh listing therefore lacks.
+    fn known(&self, dir: &str, name: &str) -> FsResult<Option<RemoteEntry>> {
+        if let Some(e) = self.listing(dir)?.get(name) {
+            return Ok(Some(e.clone()));
+        }
+        Ok(self.local_entry(&join(dir, name)))
+    }
+
+    /// The entry of a file created through the mount and not on the server yet.
+    fn local_entry(&self, path: &str) -> Option<RemoteEntry> {
+        let ino = self.inodes.existing(path)?;
+        let state = lock(&self.files).get(&ino).cloned()?;
+        let st = state.lock();
+        if !st.is_new {
+            return None;
+        }
+        Some(RemoteEntry {
+            name: split(path)?.1.to_string(),
+            kind: EntryKind::File,
+            size: st.spool.as_ref().map_or(0, Spool::len),
+            mtime: Some(st.pending_mtime.unwrap_or_else(SystemTime::now)),
+            mode: st.pending_mode,
+        })
+    }
+
+    /// The files created through the mount in `dir` that are not on the server yet.
+    fn local_entries_in(&self, dir: &str) -> Vec<RemoteEntry> {
+        let inos: Vec<u64> = lock(&self.files).keys().copied().collect();
+        inos.into_iter()
+            .filter_map(|ino| match self.inodes.path(ino) {
+                Some((p, false)) if split(&p).is_some_and(|(d, _)| d == dir) => {
+                    self.local_entry(&p)
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     fn make_attr(&self, ino: u64, e: &RemoteEntry) -> Attr {
@@ -371,8 +408,17 @@ impl FtpsFs {
             self.wait_for_prefetch(path);
             self.cache.get(path)
         });
-        if let Some(l) = cached {
+        let local = self.local_entries_in(path);
+        if let Some(mut l) = cached {
             queue_subdirs(self.prefetch.as_deref(), path, l.values());
+            if local.iter().any(|e| !l.contains_key(&e.name)) {
+                let shown = Arc::make_mut(&mut l);
+                for e in local {
+                    if !shown.contains_key(&e.name) {
+                        shown.insert(e.name.clone(), e);
+                    }
+                }
+            }
             return Ok(DirStream::complete(l));
         }
         let mut now = lock(&self.listing_now);
@@ -389,6 +435,7 @@ impl FtpsFs {
             listing_now: self.listing_now.clone(),
             dir: path.to_string(),
             stream: stream.clone(),
+            local,
         };
         let spawned = std::thread::Builder::new()
             .name("ftpsfs-readdir".into())
@@ -468,7 +515,7 @@ impl FtpsFs {
         name_ok(name)?;
         let dir = self.path_of(parent)?;
         let path = join(&dir, name);
-        if self.listing(&dir)?.contains_key(name) {
+        if self.known(&dir, name)?.is_some() {
             return Err(Errno(libc::EEXIST));
         }
         self.store.mkdir(&path)?;
@@ -922,7 +969,7 @@ impl FtpsFs {
         name_ok(name)?;
         let dir = self.path_of(parent)?;
         let path = join(&dir, name);
-        if let Some(existing) = self.listing(&dir)?.get(name).cloned() {
+        if let Some(existing) = self.known(&dir, name)? {
             if flags & libc::O_EXCL != 0 {
                 return Err(Errno(libc::EEXIST));
             }
@@ -1499,6 +1546,8 @@ struct ListingJob {
     listing_now: InFlight,
     dir: String,
     stream: Arc<DirStream>,
+    /// Files created through the mount in `dir` that the server may not show yet.
+    local: Vec<RemoteEntry>,
 }
 
 impl ListingJob {
@@ -1513,6 +1562,9 @@ impl ListingJob {
             });
         // Cache first, then wake the readers and waiting lookups, which look there.
         if listed.is_ok() {
+            for e in &self.local {
+                self.stream.push(e.clone()); // dropped if the server listed it
+            }
             self.stream.input_complete(|all| {
                 queue_subdirs(self.prefetch.as_deref(), &self.dir, all.iter());
                 self.cache.finish_fill(ticket, all)

@@ -111,6 +111,11 @@ impl Inodes {
         ino
     }
 
+    /// The live inode of `path`, if it has one.
+    pub fn existing(&self, path: &str) -> Option<u64> {
+        self.lock().find(path)
+    }
+
     /// The number `path` has, or would get, without creating a node (for plain
     /// readdir, whose entries the kernel does not hold).
     pub fn number_of(&self, path: &str) -> u64 {

@@ -395,6 +395,38 @@ fn a_quiet_streaming_writer_gives_its_connection_up_when_others_wait() {
     );
 }
 
+#[test]
+fn a_new_file_not_on_the_server_yet_is_found_after_the_listing_expires() {
+    let store = Arc::new(FaultStore::new());
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(spool.path());
+    cfg.cache_timeout = Duration::ZERO; // every lookup lists again
+    let fs = FtpsFs::new(store.clone(), cfg);
+    store.inner.put("/other", b"x");
+    let (attr, fh) = fs.create(ROOT_INO, "new", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh, 100, b"out of order: only local").unwrap();
+    assert!(store.inner.get("/new").is_none());
+    let found = fs.lookup(ROOT_INO, "new").unwrap();
+    assert_eq!((found.ino, found.size), (attr.ino, 124));
+    let dh = fs.opendir(ROOT_INO).unwrap();
+    let mut names: Vec<String> = fs
+        .dir_entries(dh)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["new", "other"]);
+    fs.releasedir(dh);
+    assert_eq!(
+        fs.create(ROOT_INO, "new", 0o644, libc::O_WRONLY | libc::O_EXCL)
+            .err(),
+        Some(Errno(libc::EEXIST))
+    );
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/new").unwrap().len(), 124);
+}
+
 // ---- shutdown, crashes and recovery ------------------------------------------------------
 
 #[test]
