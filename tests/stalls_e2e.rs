@@ -278,13 +278,20 @@ fn slow_upload_does_not_stall(spec: ServerSpec) {
             format!("new {i}\n").as_bytes()
         );
     }
+    // No call waits for the upload (it takes about 10 s; before, a stat of another
+    // file took 8.6 s): the typical call is well under 100 ms, and no call, even
+    // one that logs a connection in anew (TLS 1.3 tickets used up) in this debug
+    // build on a loaded two-core machine, takes half a second.
+    let mut times: Vec<Duration> = all.iter().map(|(_, d)| *d).collect();
+    times.sort();
+    let median = times[times.len() / 2];
     let slow: Vec<_> = all
         .iter()
-        .filter(|(_, d)| *d >= Duration::from_millis(100))
+        .filter(|(_, d)| *d >= Duration::from_millis(500))
         .collect();
     assert!(
-        slow.is_empty(),
-        "calls that took 100 ms or more during a slow upload: {slow:?} (all: {all:?})"
+        median < Duration::from_millis(100) && slow.is_empty(),
+        "median {median:?}; calls of 500 ms or more during a slow upload: {slow:?} (all: {all:?})"
     );
     assert!(
         rounds_during_upload >= 2,
