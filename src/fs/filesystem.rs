@@ -25,11 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-/// New files go straight to their name (no rename) only where a round trip costs
-/// at least this: that saves a round trip but needs the journal record on disk
-/// (fdatasync) before the upload; on a faster link a rename costs less.
-const DIRECT_NEW_FILES_FROM: Duration = Duration::from_millis(1);
-
 /// Longest wait for a listing a prefetch worker has queued or is doing.
 const PREFETCH_WAIT: Duration = Duration::from_secs(2);
 
@@ -1143,7 +1138,7 @@ impl FtpsFs {
     fn target(&self, is_new: bool) -> Target {
         if self.cfg.inplace {
             Target::InPlace
-        } else if is_new && self.store.round_trip() >= DIRECT_NEW_FILES_FROM {
+        } else if is_new {
             // Saves the rename's round trip; a failed upload removes what it wrote,
             // and the journal record is made durable first (for a machine crash).
             Target::NewFile

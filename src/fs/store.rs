@@ -41,12 +41,6 @@ pub trait RemoteStore: Send + Sync + 'static {
     fn is_contended(&self) -> bool {
         false
     }
-
-    /// The shortest command round trip seen (`Duration::MAX` while unknown): on a
-    /// fast link a rename costs less than making a journal record durable.
-    fn round_trip(&self) -> std::time::Duration {
-        std::time::Duration::MAX
-    }
 }
 
 /// Joins a directory path and a name.

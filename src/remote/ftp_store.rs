@@ -143,10 +143,6 @@ impl RemoteStore for FtpStore {
         self.pool.is_contended()
     }
 
-    fn round_trip(&self) -> std::time::Duration {
-        self.pool.round_trip()
-    }
-
     fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()> {
         self.pool.run(Use::Command, |c| c.set_mtime(path, mtime))
     }

@@ -89,8 +89,6 @@ pub struct Pool {
     prepare: Option<Duration>,
     preparers_started: std::sync::Once,
     me: Weak<Pool>,
-    /// Shortest command round trip of any connection, in microseconds.
-    round_trip_us: std::sync::atomic::AtomicU64,
 }
 
 /// A connection borrowed from the pool; returned on drop unless broken.
@@ -151,7 +149,6 @@ impl Pool {
             prepare,
             preparers_started: std::sync::Once::new(),
             me: me.clone(),
-            round_trip_us: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 
@@ -320,9 +317,6 @@ impl Pool {
     }
 
     fn put_back(&self, c: FtpConnection) {
-        let rtt = u64::try_from(c.round_trip().as_micros()).unwrap_or(u64::MAX);
-        self.round_trip_us
-            .fetch_min(rtt, std::sync::atomic::Ordering::Relaxed);
         let mut st = self.lock();
         if c.is_broken() {
             st.total -= 1;
@@ -419,17 +413,6 @@ impl Pool {
         }
         drop(st);
         self.freed.notify_all();
-    }
-
-    /// The shortest command round trip seen on any connection (`MAX` before one).
-    pub fn round_trip(&self) -> Duration {
-        match self
-            .round_trip_us
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            u64::MAX => Duration::MAX,
-            us => Duration::from_micros(us),
-        }
     }
 
     /// True when someone waits for a connection (a stalled reader should yield).
