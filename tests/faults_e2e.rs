@@ -537,12 +537,12 @@ fn crash_while_streaming_a_new_file_proftpd() {
 }
 
 #[test]
-fn crash_while_streaming_a_new_file_straight_to_its_name_proftpd() {
+fn crash_while_streaming_a_new_file_over_a_2ms_link_proftpd() {
     crash_while_streaming_a_new_file(ServerSpec::proftpd(), true);
 }
 
 #[test]
-fn crash_while_streaming_a_new_file_straight_to_its_name_vsftpd() {
+fn crash_while_streaming_a_new_file_over_a_2ms_link_vsftpd() {
     crash_while_streaming_a_new_file(ServerSpec::vsftpd(), true);
 }
 
