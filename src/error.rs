@@ -214,4 +214,25 @@ mod tests {
         assert_eq!(e.errno(), libc::ETIMEDOUT);
         assert!(e.is_connection_lost());
     }
+
+    #[test]
+    fn refusals_for_too_many_connections_are_recognised() {
+        let reply = |code, text: &str| FtpError::Reply {
+            command: "connect".into(),
+            code,
+            text: text.into(),
+        };
+        assert!(reply(421, "Too many users, try later").is_too_many_connections());
+        assert!(reply(
+            530,
+            "Sorry, the maximum number of clients (3) from your host are already connected."
+        )
+        .is_too_many_connections());
+        assert!(FtpError::Closed(
+            "server closed: 421 Too many connections (5) from this IP".into()
+        )
+        .is_too_many_connections());
+        assert!(!reply(530, "Login incorrect.").is_too_many_connections());
+        assert!(!FtpError::Tls("certificate has expired".into()).is_too_many_connections());
+    }
 }

@@ -20,10 +20,6 @@ pub struct Entries {
 }
 
 impl Entries {
-    pub fn new() -> Self {
-        Entries::default()
-    }
-
     /// The entries of `items`, keeping the first of names listed twice.
     pub fn from_vec(mut items: Vec<RemoteEntry>) -> Self {
         let mut by_name: Vec<u32> = (0..items.len() as u32).collect();

@@ -132,11 +132,6 @@ impl Spool {
         r
     }
 
-    /// The first local write error, as an errno (the spool cannot be uploaded).
-    pub fn failure(&self) -> Option<i32> {
-        self.broken.as_ref().map(|(e, _)| *e)
-    }
-
     /// The spool file a crashed mount left at `path` (journal recovery). Deleted
     /// when discarded, unless kept.
     pub fn adopt(path: &Path) -> Result<Self> {

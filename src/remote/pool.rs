@@ -205,7 +205,7 @@ impl Pool {
         };
         let mut st = self.lock();
         st.total -= 1;
-        if st.total > 0 && too_many_connections(&e) && st.limit > st.total {
+        if st.total > 0 && e.is_too_many_connections() && st.limit > st.total {
             st.limit = st.total;
             log::warn!(
                 "the server refused another connection ({e}); using at most {}",
@@ -254,7 +254,7 @@ impl Pool {
                         // Too many connections: the limit was lowered to what we
                         // have; wait for one of them. With none at all (other
                         // clients hold every slot), try again in a moment.
-                        Err(e) if too_many_connections(&e) => {
+                        Err(e) if e.is_too_many_connections() => {
                             if st.total == 0 {
                                 if Instant::now() + TOO_MANY_PAUSE >= give_up {
                                     break Err(e);
@@ -506,39 +506,5 @@ fn prepare_loop(pool: &Weak<Pool>) {
             log::debug!("preparing a data connection failed: {e}");
         }
         p.prepared(c, renewing);
-    }
-}
-
-fn too_many_connections(e: &crate::error::FtpError) -> bool {
-    e.is_too_many_connections()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::FtpError;
-
-    #[test]
-    fn refusals_for_too_many_connections_are_recognised() {
-        let reply = |code, text: &str| FtpError::Reply {
-            command: "connect".into(),
-            code,
-            text: text.into(),
-        };
-        assert!(too_many_connections(&reply(
-            421,
-            "Too many users, try later"
-        )));
-        assert!(too_many_connections(&reply(
-            530,
-            "Sorry, the maximum number of clients (3) from your host are already connected."
-        )));
-        assert!(too_many_connections(&FtpError::Closed(
-            "server closed: 421 Too many connections (5) from this IP".into()
-        )));
-        assert!(!too_many_connections(&reply(530, "Login incorrect.")));
-        assert!(!too_many_connections(&FtpError::Tls(
-            "certificate has expired".into()
-        )));
     }
 }
