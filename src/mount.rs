@@ -31,6 +31,7 @@ pub const MOUNT_OPTIONS: &[&str] = &[
     "fsname",
     "debug",
     "inplace",
+    "strict_dir_times",
     // passed by mount(8)/fstab/mount.fuse3; nothing to do for them
     "rw",
     "dev",
@@ -132,6 +133,7 @@ impl MountPlan {
             prefetch_workers: 0,
             site: format!("{}@{}:{}", site.connect.user, site.url.host, site.url.port),
             op_timeout: site.connect.timeout,
+            strict_dir_times: opts.has("strict_dir_times"),
         };
         let u = &site.url;
         let fsname = match opts.value("fsname")? {

@@ -168,25 +168,6 @@ fn tar_into_and_out_of_mount_proftpd() {
     tar_round_trip(ServerSpec::proftpd(), "");
 }
 
-/// SEMANTICS.md: a server that cannot set a time (vsftpd, for directories) gives
-/// EPERM, never a false success; file times still work.
-#[test]
-fn directory_mtime_refused_is_eperm_vsftpd() {
-    with_mount(ServerSpec::vsftpd(), |srv, m| {
-        let e = Env::new(srv, m);
-        e.ok("mkdir \"$MNT/d\" && echo x > \"$MNT/d/f\"");
-        let out = e.sh("touch -d '2001-02-03 04:05:06' \"$MNT/d\"");
-        assert!(
-            !out.status.success(),
-            "utime on a vsftpd directory must fail"
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("Operation not permitted"), "{err}");
-        e.ok("touch -d '2001-02-03 04:05:06' \"$MNT/d/f\"");
-        assert_eq!(mtime_of(&srv.root.join("d/f")), 981173106);
-    });
-}
-
 /// Same round trip without restoring mtimes (vsftpd cannot set directory mtimes).
 #[test]
 fn tar_into_and_out_of_mount_touch_vsftpd() {

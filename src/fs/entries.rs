@@ -9,7 +9,7 @@
 //! costs a move of the vector's tail, which is fine for the mount's own creates and
 //! deletes. 1,000,000 entries take about as much memory as the entries themselves.
 
-use crate::ftp::RemoteEntry;
+use crate::ftp::{EntryKind, RemoteEntry};
 
 #[derive(Debug, Clone, Default)]
 pub struct Entries {
@@ -17,6 +17,12 @@ pub struct Entries {
     items: Vec<RemoteEntry>,
     /// Positions in `items`, sorted by name.
     by_name: Vec<u32>,
+    /// How many of the entries are directories (a directory's link count).
+    dirs: u32,
+}
+
+fn is_dir(e: &RemoteEntry) -> bool {
+    e.kind == EntryKind::Dir
 }
 
 impl Entries {
@@ -48,7 +54,12 @@ impl Entries {
             return Entries::from_vec(items);
         }
         items.shrink_to_fit();
-        Entries { items, by_name }
+        let dirs = items.iter().filter(|e| is_dir(e)).count() as u32;
+        Entries {
+            items,
+            by_name,
+            dirs,
+        }
     }
 
     /// Where `name` is (Ok) or would go (Err) in `by_name`.
@@ -62,10 +73,17 @@ impl Entries {
         self.items.get(self.by_name[at] as usize)
     }
 
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut RemoteEntry> {
-        let at = self.find(name).ok()?;
+    /// Changes the entry named `name` with `f` (its name must stay).
+    pub fn update(&mut self, name: &str, f: impl FnOnce(&mut RemoteEntry)) {
+        let Ok(at) = self.find(name) else {
+            return;
+        };
         let i = self.by_name[at] as usize;
-        self.items.get_mut(i)
+        if let Some(e) = self.items.get_mut(i) {
+            let was_dir = is_dir(e);
+            f(e);
+            self.dirs = self.dirs - u32::from(was_dir) + u32::from(is_dir(e));
+        }
     }
 
     pub fn contains_key(&self, name: &str) -> bool {
@@ -75,7 +93,8 @@ impl Entries {
     /// Adds or replaces the entry named `name` (its `name` field is set to it).
     pub fn insert(&mut self, name: String, mut e: RemoteEntry) -> Option<RemoteEntry> {
         e.name = name;
-        match self.find(&e.name) {
+        self.dirs += u32::from(is_dir(&e));
+        let old = match self.find(&e.name) {
             Ok(at) => {
                 let i = self.by_name[at] as usize;
                 Some(std::mem::replace(&mut self.items[i], e))
@@ -85,7 +104,9 @@ impl Entries {
                 self.items.push(e);
                 None
             }
-        }
+        };
+        self.dirs -= old.as_ref().map_or(0, |o| u32::from(is_dir(o)));
+        old
     }
 
     pub fn remove(&mut self, name: &str) -> Option<RemoteEntry> {
@@ -96,7 +117,14 @@ impl Entries {
                 *p -= 1;
             }
         }
-        Some(self.items.remove(i as usize))
+        let old = self.items.remove(i as usize);
+        self.dirs -= u32::from(is_dir(&old));
+        Some(old)
+    }
+
+    /// How many entries are directories.
+    pub fn dirs(&self) -> u32 {
+        self.dirs
     }
 
     /// The entries in the server's order.
@@ -141,11 +169,29 @@ mod tests {
         assert_eq!(l.get("a").map(|x| x.name.as_str()), Some("a"));
         assert_eq!(l.get("c").map(|x| x.name.as_str()), Some("c"));
         assert_eq!(l.get("0").map(|x| x.name.as_str()), Some("0"));
-        if let Some(x) = l.get_mut("c") {
-            x.size = 42;
-        }
+        l.update("c", |x| x.size = 42);
         assert_eq!(l.get("c").map(|x| x.size), Some(42));
         let order: Vec<&str> = l.values().map(|x| x.name.as_str()).collect();
         assert_eq!(order, ["a", "c", "0"]);
+    }
+
+    #[test]
+    fn counts_directories_through_every_edit() {
+        let dir = |n: &str| RemoteEntry {
+            kind: EntryKind::Dir,
+            ..e(n)
+        };
+        let mut l = Entries::from_vec(vec![dir("d1"), e("f"), dir("d2"), dir("d1")]);
+        assert_eq!(l.dirs(), 2, "the duplicate d1 is dropped");
+        l.insert("d3".into(), dir("x"));
+        assert_eq!(l.dirs(), 3);
+        l.insert("d3".into(), e("x"));
+        assert_eq!(l.dirs(), 2, "d3 replaced by a file");
+        l.update("f", |x| x.kind = EntryKind::Dir);
+        assert_eq!(l.dirs(), 3);
+        l.remove("d1");
+        l.remove("f");
+        l.remove("nothing");
+        assert_eq!(l.dirs(), 1);
     }
 }

@@ -30,6 +30,12 @@ pub struct FaultStore {
     pub upload_delay_ms: AtomicU64,
     /// Downloads send nothing for this long first (a stalled server), ms.
     pub read_stall_ms: AtomicU64,
+    /// Every call whose name is listed is refused by the server (550), as by one
+    /// that cannot do it or does not let this account: "list", "rmdir", "chmod",
+    /// "set_mtime" (any path), "set_mtime_dir" (directories only).
+    pub refuse: Mutex<Vec<&'static str>>,
+    /// The modes asked for by chmod, in order.
+    pub chmods: Mutex<Vec<(String, u32)>>,
 }
 
 fn lost(what: &str) -> FtpError {
@@ -42,6 +48,18 @@ impl FaultStore {
             inner: MemStore::new(),
             ..Default::default()
         }
+    }
+
+    fn refused(&self, op: &str) -> Result<()> {
+        let refuse = self.refuse.lock().unwrap_or_else(|p| p.into_inner());
+        if refuse.contains(&op) {
+            return Err(FtpError::Reply {
+                command: op.to_uppercase(),
+                code: 550,
+                text: "Permission denied (injected)".into(),
+            });
+        }
+        Ok(())
     }
 
     fn take_failure(&self, op: &str) -> Result<()> {
@@ -73,6 +91,7 @@ impl FaultStore {
 impl RemoteStore for FaultStore {
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
         self.take_failure("list")?;
+        self.refused("list")?;
         self.inner.list(dir)
     }
 
@@ -137,6 +156,7 @@ impl RemoteStore for FaultStore {
     }
 
     fn rmdir(&self, path: &str) -> Result<()> {
+        self.refused("rmdir")?;
         self.inner.rmdir(path)
     }
 
@@ -153,10 +173,19 @@ impl RemoteStore for FaultStore {
     }
 
     fn chmod(&self, path: &str, mode: u32) -> Result<()> {
+        self.refused("chmod")?;
+        self.chmods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((path.to_string(), mode));
         self.inner.chmod(path, mode)
     }
 
     fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()> {
+        self.refused("set_mtime")?;
+        if self.inner.is_dir(path) {
+            self.refused("set_mtime_dir")?;
+        }
         self.inner.set_mtime(path, mtime)
     }
 

@@ -19,7 +19,9 @@ use super::uploader::{self, StreamUpload, Target};
 use crate::error::FtpError;
 use crate::ftp::entry::is_valid_name;
 use crate::ftp::{EntryKind, RemoteEntry};
+use lru::LruCache;
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,9 +57,23 @@ pub struct Attr {
     pub size: u64,
     pub kind: FileType,
     pub mtime: SystemTime,
+    /// Last change of the entry itself (its data, mode or name); the server keeps
+    /// no such time, so this is the mtime unless the mount changed it since.
+    pub ctime: SystemTime,
     pub perm: u16,
+    /// Links: 1 for a file (0 once unlinked while open), 2 + subdirectories for a
+    /// directory whose listing is at hand (2 otherwise).
+    pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// A new modification time asked for by utimens: a given time, or "now"
+/// (`touch` without `-d`, `UTIME_NOW`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(SystemTime),
 }
 
 /// Mount-wide settings of the filesystem logic.
@@ -84,6 +100,9 @@ pub struct FsConfig {
     /// Each operation's deadline (`timeout=`): how long it may wait without
     /// progress (see `crate::deadline`).
     pub op_timeout: Duration,
+    /// A directory time the server cannot set is an error (`EPERM`) instead of
+    /// being skipped (logged once); see SEMANTICS.md.
+    pub strict_dir_times: bool,
 }
 
 struct FileHandle {
@@ -121,7 +140,18 @@ pub struct FtpsFs {
     journal: Option<Journal>,
     /// The server refused a rename of an upload: replace files in place.
     renames_refused: AtomicBool,
+    /// A directory time the server could not set was skipped (logged once).
+    dir_times_skipped: AtomicBool,
+    /// The root's mtime: the mount's start, then its own last change in the root
+    /// (the root has no listing entry of its own to carry one).
+    root_mtime: Mutex<SystemTime>,
+    /// Change times (ctime) the mount gave entries by chmod, rename or writing,
+    /// by path; the server keeps none, so without one ctime is the mtime.
+    ctimes: Mutex<LruCache<String, SystemTime>>,
 }
+
+/// Most change times remembered (see `FtpsFs::ctimes`).
+const CTIMES_KEPT: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -175,6 +205,11 @@ impl FtpsFs {
         FtpsFs {
             journal,
             renames_refused: AtomicBool::new(false),
+            dir_times_skipped: AtomicBool::new(false),
+            root_mtime: Mutex::new(SystemTime::now()),
+            ctimes: Mutex::new(LruCache::new(
+                NonZeroUsize::new(CTIMES_KEPT).unwrap_or(NonZeroUsize::MIN),
+            )),
             inodes: Inodes::new(&cfg.root),
             cache,
             prefetch,
@@ -288,17 +323,24 @@ impl FtpsFs {
             EntryKind::File => (FileType::File, 0o644),
             EntryKind::Symlink(_) => (FileType::Symlink, 0o777),
         };
+        let mtime = e.mtime.unwrap_or(SystemTime::UNIX_EPOCH);
         let mut attr = Attr {
             ino,
             size: e.size,
             kind,
-            mtime: e.mtime.unwrap_or(SystemTime::UNIX_EPOCH),
+            mtime,
+            ctime: mtime,
             perm: ((e.mode.unwrap_or(default_mode) & !self.cfg.umask) & 0o7777) as u16,
+            nlink: 1,
             uid: self.cfg.uid,
             gid: self.cfg.gid,
         };
         if let EntryKind::Symlink(Some(t)) = &e.kind {
             attr.size = t.len() as u64;
+        }
+        let path = self.inodes.path(ino).map(|(p, _)| p);
+        if kind == FileType::Dir {
+            attr.nlink = path.as_deref().map_or(2, |p| self.dir_links(p));
         }
         let state = lock(&self.files).get(&ino).cloned();
         if let Some(state) = state {
@@ -306,23 +348,57 @@ impl FtpsFs {
             if let Some(sp) = &st.spool {
                 attr.size = sp.len();
             }
-            if let Some(m) = st.pending_mtime {
+            if let Some(m) = st.pending_mtime.or(st.modified.filter(|_| st.dirty)) {
                 attr.mtime = m;
             }
             if let Some(m) = st.pending_mode {
                 attr.perm = ((m & !self.cfg.umask) & 0o7777) as u16;
             }
         }
+        attr.ctime = attr.mtime;
+        if let Some(c) = path.and_then(|p| lock(&self.ctimes).peek(&p).copied()) {
+            attr.ctime = attr.ctime.max(c);
+        }
         attr
     }
 
+    /// 2 + the subdirectories of `dir` when its listing is cached, else 2 (what
+    /// `find` and other tools take as "unknown").
+    fn dir_links(&self, dir: &str) -> u32 {
+        self.cache
+            .get(dir)
+            .map_or(2, |l| 2u32.saturating_add(l.dirs()))
+    }
+
+    /// The mount changed `path` itself (mode, name, data): its ctime is now.
+    fn changed(&self, path: &str) {
+        lock(&self.ctimes).put(path.to_string(), SystemTime::now());
+    }
+
+    /// The mount created, removed or renamed something in `dir`: its mtime and
+    /// ctime are now, as on a local file system (the server's own time shows at
+    /// the next listing).
+    fn dir_changed(&self, dir: &str) {
+        let now = SystemTime::now();
+        if self.inodes.existing(dir) == Some(ROOT_INO) {
+            *lock(&self.root_mtime) = now;
+        } else {
+            self.update_entry(dir, |e| e.mtime = Some(now));
+        }
+        self.changed(dir);
+    }
+
     fn root_attr(&self) -> Attr {
+        let mtime = *lock(&self.root_mtime);
+        let root = self.path_of(ROOT_INO).unwrap_or_else(|_| "/".into());
         Attr {
             ino: ROOT_INO,
             size: 0,
             kind: FileType::Dir,
-            mtime: SystemTime::UNIX_EPOCH,
+            mtime,
+            ctime: mtime,
             perm: (0o755 & !self.cfg.umask) as u16,
+            nlink: self.dir_links(&root),
             uid: self.cfg.uid,
             gid: self.cfg.gid,
         }
@@ -363,12 +439,18 @@ impl FtpsFs {
         let state = lock(&self.files).get(&ino).cloned();
         if let Some(state) = state {
             let st = state.lock();
+            let mtime = st
+                .pending_mtime
+                .or(st.modified)
+                .unwrap_or_else(SystemTime::now);
             return Ok(Attr {
                 ino,
                 size: st.spool.as_ref().map_or(0, Spool::len),
                 kind: FileType::File,
-                mtime: st.pending_mtime.unwrap_or_else(SystemTime::now),
+                mtime,
+                ctime: mtime,
                 perm: (0o644 & !self.cfg.umask) as u16,
+                nlink: 0,
                 uid: self.cfg.uid,
                 gid: self.cfg.gid,
             });
@@ -505,7 +587,10 @@ impl FtpsFs {
 
     // ---- namespace ---------------------------------------------------------------
 
-    pub fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
+    /// mkdir(2); `mode` is the requested mode with the caller's umask applied.
+    /// Servers create directories with their own mode (usually 0755): any other
+    /// is set with SITE CHMOD where the server allows it.
+    pub fn mkdir(&self, parent: u64, name: &str, mode: u32) -> FsResult<Attr> {
         self.writable()?;
         name_ok(name)?;
         let dir = self.path_of(parent)?;
@@ -514,18 +599,31 @@ impl FtpsFs {
             return Err(Errno(libc::EEXIST));
         }
         self.store.mkdir(&path)?;
+        let mode = mode & 0o7777;
+        let mode = if mode == 0o755 {
+            None
+        } else {
+            match self.store.chmod(&path, mode) {
+                Ok(()) => Some(mode),
+                Err(e) => {
+                    log::debug!("mkdir {path}: mode {mode:o} not applied: {e}");
+                    None
+                }
+            }
+        };
         let e = RemoteEntry {
             name: name.to_string(),
             kind: EntryKind::Dir,
             size: 0,
             mtime: Some(SystemTime::now()),
-            mode: None,
+            mode,
         };
         self.cache.edit(&dir, |l| {
             l.insert(name.to_string(), e.clone());
         });
         // A new directory is empty: no need to ask.
         self.cache.put(&path, Vec::new());
+        self.dir_changed(&dir);
         let ino = self.inodes.get_or_create(&path, true);
         Ok(self.make_attr(ino, &e))
     }
@@ -555,6 +653,8 @@ impl FtpsFs {
         self.cache.edit(&dir, |l| {
             l.remove(name);
         });
+        self.dir_changed(&dir);
+        lock(&self.ctimes).pop(&path);
         self.inodes.detach(&path);
         Ok(())
     }
@@ -567,16 +667,27 @@ impl FtpsFs {
         if e.kind != EntryKind::Dir {
             return Err(Errno(libc::ENOTDIR));
         }
-        // Servers word "not empty" differently (vsftpd: "Remove directory operation
-        // failed"): ask the directory itself.
-        if !self.store.list(&path)?.is_empty() {
+        // Files created here and not uploaded yet are only known to the mount.
+        if !self.local_entries_in(&path).is_empty() {
             return Err(Errno(libc::ENOTEMPTY));
         }
-        self.store.rmdir(&path)?;
+        // RMD first: a directory the mount may not read can still be removed.
+        if let Err(refused) = self.store.rmdir(&path) {
+            if refused.reply_code().is_none() {
+                return Err(refused.into());
+            }
+            // Servers word "not empty" differently (vsftpd: "Remove directory
+            // operation failed"): ask the directory itself.
+            return match self.store.list(&path) {
+                Ok(l) if !l.is_empty() => Err(Errno(libc::ENOTEMPTY)),
+                _ => Err(refused.into()),
+            };
+        }
         self.cache.edit(&dir, |l| {
             l.remove(name);
         });
         self.cache.invalidate_tree(&path);
+        self.dir_changed(&dir);
         self.inodes.detach(&path);
         Ok(())
     }
@@ -645,6 +756,12 @@ impl FtpsFs {
             self.cache.invalidate_tree(&to);
         }
         self.inodes.rename(&from, &to, src.kind == EntryKind::Dir);
+        self.dir_changed(&dir);
+        if newdir != dir {
+            self.dir_changed(&newdir);
+        }
+        lock(&self.ctimes).pop(&from);
+        self.changed(&to);
         Ok(())
     }
 
@@ -684,7 +801,7 @@ impl FtpsFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        mtime: Option<SystemTime>,
+        mtime: Option<SetTime>,
     ) -> FsResult<Attr> {
         if uid.is_some_and(|u| u != self.cfg.uid) || gid.is_some_and(|g| g != self.cfg.gid) {
             return Err(Errno(libc::EPERM));
@@ -717,23 +834,64 @@ impl FtpsFs {
                 self.store.chmod(&path, mode).map_err(refused_as_eperm)?;
                 self.update_entry(&path, |e| e.mode = Some(mode & 0o7777));
             }
+            self.changed(&path);
         }
-        if let Some(t) = mtime {
-            if !deferred(&|st| st.pending_mtime = Some(t)) {
-                self.store.set_mtime(&path, t).map_err(refused_as_eperm)?;
-                self.update_entry(&path, |e| e.mtime = Some(t));
-            }
+        match mtime {
+            // Unsent data: the upload gives the file its time ("now" needs none).
+            Some(SetTime::Now) if deferred(&|st| st.pending_mtime = None) => {}
+            Some(SetTime::At(t)) if deferred(&|st| st.pending_mtime = Some(t)) => {}
+            Some(set) => self.set_mtime(ino, &path, set)?,
+            None => {}
         }
         self.getattr(ino)
     }
 
+    /// utimens on the server. Where the server cannot set the time (vsftpd and
+    /// pyftpdlib for directories, some servers for anything): a directory's time
+    /// is skipped (logged once; `EPERM` with `strict_dir_times`), so `rsync -a`
+    /// and `tar x` finish cleanly; "now" on an entry whose time is already now
+    /// (`touch` of a file just written) changes nothing the server would not
+    /// show; anything else is `EPERM`. See SEMANTICS.md.
+    fn set_mtime(&self, ino: u64, path: &str, set: SetTime) -> FsResult<()> {
+        let t = match set {
+            SetTime::Now => SystemTime::now(),
+            SetTime::At(t) => t,
+        };
+        let refusal = match self.store.set_mtime(path, t) {
+            Ok(()) => {
+                if ino == ROOT_INO {
+                    *lock(&self.root_mtime) = t;
+                }
+                self.update_entry(path, |e| e.mtime = Some(t));
+                return Ok(());
+            }
+            Err(e) if e.reply_code().is_none() => return Err(e.into()),
+            Err(e) => e,
+        };
+        let attr = self.getattr(ino)?;
+        if attr.kind == FileType::Dir && !self.cfg.strict_dir_times {
+            if !self.dir_times_skipped.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "the server cannot set directory times ({refusal}); they are skipped \
+                     for this mount (-o strict_dir_times makes them errors)"
+                );
+            }
+            return Ok(());
+        }
+        let apart = t
+            .duration_since(attr.mtime)
+            .unwrap_or_else(|e| e.duration());
+        let fresh = apart <= Duration::from_secs(2);
+        if set == SetTime::Now && fresh {
+            log::debug!("{path}: touch right after a change, time kept ({refusal})");
+            return Ok(());
+        }
+        Err(refused_as_eperm(refusal))
+    }
+
     fn update_entry(&self, path: &str, f: impl FnOnce(&mut RemoteEntry)) {
         if let Some((dir, name)) = split(path) {
-            self.cache.edit(dir, |l| {
-                if let Some(e) = l.get_mut(name) {
-                    f(e);
-                }
-            });
+            self.cache.edit(dir, |l| l.update(name, f));
         }
     }
 
@@ -847,8 +1005,12 @@ impl FtpsFs {
 
     /// The file holds data the server does not have yet: journal it (see
     /// `journal.rs`) unless already journaled.
+    /// Also the data's modification time: now, as for a local write (a time set
+    /// before it is superseded).
     fn mark_dirty(&self, st: &mut FileState, path: &str) {
         st.dirty = true;
+        st.modified = Some(SystemTime::now());
+        st.pending_mtime = None;
         if st.record.is_some() {
             return;
         }
@@ -1010,6 +1172,7 @@ impl FtpsFs {
         self.cache.edit(&dir, |l| {
             l.insert(name.to_string(), e.clone());
         });
+        self.dir_changed(&dir);
         let fh = self.new_handle(ino, &path, true, flags & libc::O_APPEND != 0);
         Ok((self.make_attr(ino, &e), fh))
     }
@@ -1586,5 +1749,7 @@ impl ListingJob {
 mod fault_tests;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod posix_tests;
 #[cfg(test)]
 mod tests;

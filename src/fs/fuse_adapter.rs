@@ -1,7 +1,7 @@
 //! The thin fuser adapter: translates FUSE requests into calls on [`FtpsFs`] and its
 //! results into replies. No filesystem logic lives here.
 
-use super::filesystem::{Attr, Errno as FsErrno, FileType as FsType, FtpsFs};
+use super::filesystem::{Attr, Errno as FsErrno, FileType as FsType, FtpsFs, SetTime};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -72,11 +72,11 @@ fn to_fuse(a: &Attr) -> FileAttr {
         blocks: a.size.div_ceil(512),
         atime: a.mtime,
         mtime: a.mtime,
-        ctime: a.mtime,
+        ctime: a.ctime,
         crtime: a.mtime,
         kind,
         perm: a.perm,
-        nlink: if a.kind == FsType::Dir { 2 } else { 1 },
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
         rdev: 0,
@@ -89,10 +89,10 @@ fn name_str(name: &OsStr) -> Result<&str, Errno> {
     name.to_str().ok_or(Errno::from_i32(libc::EINVAL))
 }
 
-fn time_of(t: TimeOrNow) -> SystemTime {
+fn time_of(t: TimeOrNow) -> SetTime {
     match t {
-        TimeOrNow::SpecificTime(t) => t,
-        TimeOrNow::Now => SystemTime::now(),
+        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+        TimeOrNow::Now => SetTime::Now,
     }
 }
 
@@ -175,12 +175,13 @@ impl Filesystem for FuseAdapter {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _deadline = self.deadline();
-        let r = name_str(name).and_then(|n| self.fs.mkdir(parent.0, n).map_err(errno));
+        let r =
+            name_str(name).and_then(|n| self.fs.mkdir(parent.0, n, mode & !umask).map_err(errno));
         match r {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(e),

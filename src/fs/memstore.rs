@@ -66,6 +66,11 @@ impl MemStore {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// True when `path` is a directory.
+    pub fn is_dir(&self, path: &str) -> bool {
+        matches!(self.lock().get(path), Some(Node::Dir { .. }))
+    }
+
     /// Puts a file directly (as another client would).
     pub fn put(&self, path: &str, data: &[u8]) {
         self.lock().insert(

@@ -30,8 +30,11 @@ pub struct FileState {
     pub handles: usize,
     /// Handles open for writing.
     pub writers: usize,
+    /// A time set by utimens while data was unsent, applied after the upload.
     pub pending_mtime: Option<SystemTime>,
     pub pending_mode: Option<u32>,
+    /// When the mount last changed the data (shown as the mtime while unsent).
+    pub modified: Option<SystemTime>,
     /// Created through the mount and not uploaded yet.
     pub is_new: bool,
     /// Upload running while the file is written sequentially from offset 0.
@@ -98,6 +101,7 @@ impl OpenFile {
                 writers: 0,
                 pending_mtime: None,
                 pending_mode: None,
+                modified: None,
                 is_new: false,
                 stream: None,
                 stream_tried: false,

@@ -354,7 +354,7 @@ fn create_excl_on_an_existing_file_is_eexist() {
 #[test]
 fn create_in_a_subdirectory() {
     let (store, fs, _d) = setup();
-    let d = fs.mkdir(ROOT_INO, "sub").unwrap();
+    let d = fs.mkdir(ROOT_INO, "sub", 0o755).unwrap();
     write_new(&fs, d.ino, "inner.txt", b"inside");
     assert_eq!(store.get("/sub/inner.txt").unwrap(), b"inside");
     assert_eq!(fs.lookup(d.ino, "inner.txt").unwrap().size, 6);
@@ -487,7 +487,7 @@ fn setattr_mtime_on_a_closed_file_sets_it_remotely() {
     store.put("/f", b"x");
     let ino = lookup(&fs, "f").ino;
     let a = fs
-        .setattr(ino, None, None, None, None, Some(at(T1)))
+        .setattr(ino, None, None, None, None, Some(SetTime::At(at(T1))))
         .unwrap();
     assert_eq!(a.mtime, at(T1));
     assert_eq!(store.mtime("/f"), Some(at(T1)));
@@ -498,8 +498,8 @@ fn setattr_mtime_on_a_closed_file_sets_it_remotely() {
 #[test]
 fn setattr_mtime_on_a_directory() {
     let (store, fs, _d) = setup();
-    let d = fs.mkdir(ROOT_INO, "d").unwrap();
-    fs.setattr(d.ino, None, None, None, None, Some(at(T1)))
+    let d = fs.mkdir(ROOT_INO, "d", 0o755).unwrap();
+    fs.setattr(d.ino, None, None, None, None, Some(SetTime::At(at(T1))))
         .unwrap();
     assert_eq!(store.mtime("/d"), Some(at(T1)));
 }
@@ -510,7 +510,7 @@ fn cp_p_mtime_is_applied_after_upload() {
     let (attr, fh) = fs.create(ROOT_INO, "copy", 0o644, O_WRONLY).unwrap();
     fs.write(fh, 0, b"payload").unwrap();
     let a = fs
-        .setattr(attr.ino, None, None, None, None, Some(at(T1)))
+        .setattr(attr.ino, None, None, None, None, Some(SetTime::At(at(T1))))
         .unwrap();
     assert_eq!(a.mtime, at(T1), "pending mtime shown");
     assert!(store.get("/copy").is_none());
@@ -525,7 +525,7 @@ fn cp_p_mtime_is_applied_after_upload() {
 fn mtime_set_after_close_sticks() {
     let (store, fs, _d) = setup();
     let ino = write_new(&fs, ROOT_INO, "f", b"abc");
-    fs.setattr(ino, None, None, None, None, Some(at(T1)))
+    fs.setattr(ino, None, None, None, None, Some(SetTime::At(at(T1))))
         .unwrap();
     assert_eq!(store.mtime("/f"), Some(at(T1)));
     assert_eq!(fs.getattr(ino).unwrap().mtime, at(T1));
@@ -668,16 +668,16 @@ fn failed_truncate_of_a_closed_file_is_reported() {
 #[test]
 fn mkdir_then_lookup_and_existing_name_is_eexist() {
     let (store, fs, _d) = setup();
-    let a = fs.mkdir(ROOT_INO, "dir").unwrap();
+    let a = fs.mkdir(ROOT_INO, "dir", 0o755).unwrap();
     assert_eq!(a.kind, FileType::Dir);
     assert_eq!(store.paths(), vec!["/", "/dir"]);
     let l = lookup(&fs, "dir");
     assert_eq!((l.ino, l.kind), (a.ino, FileType::Dir));
-    assert_eq!(err(fs.mkdir(ROOT_INO, "dir")), libc::EEXIST);
+    assert_eq!(err(fs.mkdir(ROOT_INO, "dir", 0o755)), libc::EEXIST);
     store.put("/file", b"x");
     let fs2 = with_timeout(&store, &fs, Duration::from_secs(60));
-    assert_eq!(err(fs2.mkdir(ROOT_INO, "file")), libc::EEXIST);
-    let sub = fs.mkdir(a.ino, "sub").unwrap();
+    assert_eq!(err(fs2.mkdir(ROOT_INO, "file", 0o755)), libc::EEXIST);
+    let sub = fs.mkdir(a.ino, "sub", 0o755).unwrap();
     assert_eq!(fs.lookup(a.ino, "sub").unwrap().ino, sub.ino);
     assert!(store.paths().contains(&"/dir/sub".to_string()));
 }
@@ -688,7 +688,7 @@ fn mkdir_in_an_uncached_directory_that_already_has_the_name() {
     let (store, fs, _d) = setup();
     assert_eq!(err(fs.lookup(ROOT_INO, "d")), libc::ENOENT);
     store.put_dir("/d");
-    assert_eq!(err(fs.mkdir(ROOT_INO, "d")), libc::EEXIST);
+    assert_eq!(err(fs.mkdir(ROOT_INO, "d", 0o755)), libc::EEXIST);
 }
 
 #[test]
@@ -709,7 +709,7 @@ fn rmdir_refuses_non_empty_and_files() {
 #[test]
 fn rmdir_of_an_empty_directory() {
     let (store, fs, _d) = setup();
-    fs.mkdir(ROOT_INO, "d").unwrap();
+    fs.mkdir(ROOT_INO, "d", 0o755).unwrap();
     fs.rmdir(ROOT_INO, "d").unwrap();
     assert_eq!(store.paths(), vec!["/"]);
     assert_eq!(err(fs.lookup(ROOT_INO, "d")), libc::ENOENT);
@@ -718,7 +718,7 @@ fn rmdir_of_an_empty_directory() {
 #[test]
 fn rmdir_of_a_directory_emptied_through_the_mount() {
     let (store, fs, _d) = setup();
-    let d = fs.mkdir(ROOT_INO, "d").unwrap();
+    let d = fs.mkdir(ROOT_INO, "d", 0o755).unwrap();
     write_new(&fs, d.ino, "f", b"x");
     assert_eq!(err(fs.rmdir(ROOT_INO, "d")), libc::ENOTEMPTY);
     fs.unlink(d.ino, "f").unwrap();
@@ -760,7 +760,7 @@ fn rename_a_file() {
 fn rename_into_another_directory() {
     let (store, fs, _d) = setup();
     store.put("/a", b"A");
-    let d = fs.mkdir(ROOT_INO, "d").unwrap();
+    let d = fs.mkdir(ROOT_INO, "d", 0o755).unwrap();
     lookup(&fs, "a");
     fs.rename(ROOT_INO, "a", d.ino, "a2", false).unwrap();
     assert_eq!(store.get("/d/a2").unwrap(), b"A");
@@ -969,7 +969,7 @@ fn negative_lookup_then_create_then_lookup() {
     assert_eq!(store.get("/f").unwrap(), b"abc");
     // Same for mkdir.
     assert_eq!(err(fs.lookup(ROOT_INO, "d")), libc::ENOENT);
-    fs.mkdir(ROOT_INO, "d").unwrap();
+    fs.mkdir(ROOT_INO, "d", 0o755).unwrap();
     assert_eq!(lookup(&fs, "d").kind, FileType::Dir);
 }
 
@@ -1106,7 +1106,7 @@ fn read_only_mount_refuses_changes_with_erofs() {
     let fs = read_only_fs(&store, &fs0);
     let f = lookup(&fs, "f").ino;
     assert_eq!(err(fs.create(ROOT_INO, "n", 0o644, O_WRONLY)), libc::EROFS);
-    assert_eq!(err(fs.mkdir(ROOT_INO, "n")), libc::EROFS);
+    assert_eq!(err(fs.mkdir(ROOT_INO, "n", 0o755)), libc::EROFS);
     assert_eq!(err(fs.unlink(ROOT_INO, "f")), libc::EROFS);
     assert_eq!(err(fs.rmdir(ROOT_INO, "d")), libc::EROFS);
     assert_eq!(
@@ -1125,7 +1125,7 @@ fn read_only_mount_refuses_changes_with_erofs() {
         libc::EROFS
     );
     assert_eq!(
-        err(fs.setattr(f, None, None, None, None, Some(at(T1)))),
+        err(fs.setattr(f, None, None, None, None, Some(SetTime::At(at(T1))))),
         libc::EROFS
     );
     // Reading still works.
@@ -1225,7 +1225,7 @@ fn invalid_names_are_refused() {
         err(fs.create(ROOT_INO, "bad\rname", 0o644, O_WRONLY)),
         libc::EINVAL
     );
-    assert_eq!(err(fs.mkdir(ROOT_INO, "bad\nname")), libc::EINVAL);
+    assert_eq!(err(fs.mkdir(ROOT_INO, "bad\nname", 0o755)), libc::EINVAL);
     assert_eq!(
         err(fs.create(ROOT_INO, &"n".repeat(256), 0o644, O_WRONLY)),
         libc::ENAMETOOLONG
@@ -1250,7 +1250,7 @@ fn open_trunc_and_close_without_writing_empties_the_file() {
 #[test]
 fn rename_the_directory_of_an_open_dirty_file() {
     let (store, fs, _d) = setup();
-    let d = fs.mkdir(ROOT_INO, "d").unwrap();
+    let d = fs.mkdir(ROOT_INO, "d", 0o755).unwrap();
     let (_, fh) = fs.create(d.ino, "f", 0o644, O_WRONLY).unwrap();
     fs.write(fh, 0, b"moved").unwrap();
     fs.rename(ROOT_INO, "d", ROOT_INO, "e", false).unwrap();

@@ -1,0 +1,217 @@
+//! End-to-end: POSIX where FTP allows it, on real servers through a real mount.
+//! Backup tools finish cleanly where the server cannot set directory times
+//! (vsftpd, pyftpdlib); mkdir modes, link counts and times after the mount's own
+//! changes are what a local file system would show; an empty directory the
+//! account cannot read can still be removed. See SEMANTICS.md ("Attributes").
+//!
+//! Needs root, /dev/fuse and fusermount3 (rsync and tar for those tests).
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::mount::{pattern, Env, Mount, CACHE_TIMEOUT};
+use support::{Server, ServerSpec};
+
+fn with_mount(spec: ServerSpec, f: impl FnOnce(&Server, &Mount)) {
+    let srv = support::start(spec);
+    let m = Mount::new(&srv);
+    f(&srv, &m);
+    drop(m);
+    drop(srv);
+}
+
+/// Nested directories with files, every time in the past.
+fn make_tree(dir: &Path) {
+    fs::create_dir_all(dir.join("a/b c/deep")).expect("mkdir");
+    fs::create_dir_all(dir.join("empty")).expect("mkdir");
+    fs::write(dir.join("top.txt"), b"top\n").expect("write");
+    fs::write(dir.join("a/b c/x.bin"), pattern(5000, 3)).expect("write");
+    fs::write(dir.join("a/b c/deep/y.txt"), b"deep\n").expect("write");
+}
+
+fn has(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+// ---- directory times on servers that cannot set them ----------------------------------
+
+/// `rsync -a` (with directory times) exits 0 twice, and the second run sends no file.
+fn rsync_with_dir_times(spec: ServerSpec) {
+    if !has("rsync") {
+        println!("SKIPPED: rsync is not installed");
+        return;
+    }
+    with_mount(spec, |srv, m| {
+        let e = Env::new(srv, m);
+        make_tree(&e.w().join("src"));
+        e.ok(r#"find "$W/src" -exec touch -h -d '2023-05-06 07:08:09' {} +"#);
+        e.ok(r#"rsync -a "$W/src/" "$MNT/rs/""#);
+        e.ok(r#"diff -r "$W/src" "$ROOT/rs""#);
+        std::thread::sleep(Duration::from_secs(CACHE_TIMEOUT + 1));
+        let out = e.ok(r#"rsync -a --stats "$W/src/" "$MNT/rs/""#);
+        assert!(
+            out.contains("Number of regular files transferred: 0"),
+            "[{}] second rsync transferred files:\n{out}",
+            srv.spec.kind.name()
+        );
+        let log = m.daemon_output();
+        assert!(
+            log.matches("cannot set directory times").count() <= 1,
+            "logged once per mount:\n{log}"
+        );
+    });
+}
+
+#[test]
+fn rsync_a_twice_exits_0_vsftpd() {
+    rsync_with_dir_times(ServerSpec::vsftpd());
+}
+
+#[test]
+fn rsync_a_twice_exits_0_pyftpdlib() {
+    rsync_with_dir_times(ServerSpec::pyftpdlib());
+}
+
+/// `tar x` restoring times exits 0; file times are restored.
+fn tar_x_with_times(spec: ServerSpec) {
+    with_mount(spec, |srv, m| {
+        let e = Env::new(srv, m);
+        make_tree(&e.w().join("src"));
+        e.ok(r#"find "$W/src" -exec touch -h -d '2022-01-02 03:04:05' {} +"#);
+        e.ok(r#"tar cf "$W/a.tar" -C "$W/src" ."#);
+        e.ok(r#"mkdir "$MNT/t" && tar xf "$W/a.tar" -C "$MNT/t""#);
+        e.ok(r#"diff -r "$W/src" "$ROOT/t""#);
+        let f = srv.root.join("t/a/b c/x.bin");
+        let want = e.ok(r#"date -d '2022-01-02 03:04:05' +%s"#);
+        assert_eq!(
+            fs::metadata(&f).expect("stat").mtime().to_string(),
+            want.trim(),
+            "file time restored on the server"
+        );
+    });
+}
+
+#[test]
+fn tar_x_restoring_times_exits_0_vsftpd() {
+    tar_x_with_times(ServerSpec::vsftpd());
+}
+
+#[test]
+fn tar_x_restoring_times_exits_0_pyftpdlib() {
+    tar_x_with_times(ServerSpec::pyftpdlib());
+}
+
+/// With `strict_dir_times` a directory time the server cannot set is EPERM.
+#[test]
+fn strict_dir_times_gives_eperm_vsftpd() {
+    let srv = support::start(ServerSpec::vsftpd());
+    let m = Mount::with(&srv, "strict_dir_times");
+    let e = Env::new(&srv, &m);
+    e.ok(r#"mkdir "$MNT/d""#);
+    let out = e.sh(r#"touch -d '2001-02-03 04:05:06' "$MNT/d""#);
+    assert!(!out.status.success(), "strict: the refusal reaches touch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    // Without the option the same touch succeeds (and changes nothing).
+    drop(m);
+    let m = Mount::new(&srv);
+    let e = Env::new(&srv, &m);
+    e.ok(r#"touch -d '2001-02-03 04:05:06' "$MNT/d""#);
+    // File times stay exact.
+    e.ok(r#"echo x > "$MNT/d/f" && touch -d '2001-02-03 04:05:06' "$MNT/d/f""#);
+    assert_eq!(
+        fs::metadata(srv.root.join("d/f")).expect("stat").mtime(),
+        981173106
+    );
+}
+
+// ---- modes, links, times after the mount's own changes --------------------------------
+
+fn modes_links_and_times(spec: ServerSpec) {
+    with_mount(spec, |srv, m| {
+        // mkdir(2) with a mode, as tempfile.mkdtemp and `install -d -m 700` do.
+        let private = m.path("private");
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&private)
+            .expect("mkdir 0700");
+        let on_server = fs::metadata(srv.root.join("private")).expect("stat");
+        assert_eq!(
+            on_server.permissions().mode() & 0o7777,
+            0o700,
+            "server mode"
+        );
+        assert_eq!(
+            fs::metadata(&private).expect("stat").permissions().mode() & 0o777,
+            0o700
+        );
+        // Link counts: 2 + subdirectories.
+        for d in ["private/a", "private/b"] {
+            fs::create_dir(m.path(d)).expect("mkdir");
+        }
+        fs::write(m.path("private/f"), b"x").expect("write");
+        assert_eq!(fs::metadata(&private).expect("stat").nlink(), 4);
+        assert_eq!(fs::metadata(m.path("private/f")).expect("stat").nlink(), 1);
+        // A directory's mtime moves with a create inside it, at once.
+        let before = fs::metadata(&private).expect("stat").mtime();
+        std::thread::sleep(Duration::from_millis(1100));
+        fs::write(m.path("private/g"), b"y").expect("write");
+        let after = fs::metadata(&private).expect("stat").mtime();
+        assert!(
+            after > before,
+            "dir mtime after a create: {before} -> {after}"
+        );
+        // A file's mtime moves with a write, before it is closed.
+        let f = m.path("private/f");
+        let t0 = fs::metadata(&f).expect("stat").mtime();
+        std::thread::sleep(Duration::from_millis(1100));
+        let mut h = fs::OpenOptions::new().append(true).open(&f).expect("open");
+        std::io::Write::write_all(&mut h, b"more").expect("append");
+        let t1 = fs::metadata(&f).expect("stat").mtime();
+        assert!(t1 > t0, "file mtime after a write: {t0} -> {t1}");
+        drop(h);
+        assert_eq!(fs::read(&f).expect("read"), b"xmore");
+        // The mount root has a real time, not 1970.
+        assert!(fs::metadata(&m.mnt).expect("stat root").mtime() > 1_600_000_000);
+    });
+}
+
+#[test]
+fn mkdir_mode_links_and_times_proftpd() {
+    modes_links_and_times(ServerSpec::proftpd());
+}
+
+#[test]
+fn mkdir_mode_links_and_times_vsftpd() {
+    modes_links_and_times(ServerSpec::vsftpd());
+}
+
+/// An empty directory the account may not read is removed (RMD first); one
+/// with content gives ENOTEMPTY.
+#[test]
+fn rmdir_of_an_unreadable_empty_directory_proftpd() {
+    with_mount(ServerSpec::proftpd(), |srv, m| {
+        let e = Env::new(srv, m);
+        e.ok(r#"mkdir "$MNT/locked" "$MNT/full" && echo x > "$MNT/full/f""#);
+        e.ok(r#"chmod 0300 "$MNT/locked""#);
+        assert_eq!(
+            fs::metadata(srv.root.join("locked"))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o300
+        );
+        e.ok(r#"rmdir "$MNT/locked""#);
+        assert!(!srv.root.join("locked").exists());
+        let out = e.sh(r#"rmdir "$MNT/full""#);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Directory not empty"), "{err}");
+    });
+}
