@@ -198,6 +198,7 @@ pub const CONNECTION_OPTIONS: &[&str] = &[
     "netrc",
     "timeout",
     "max_entries",
+    "encoding",
 ];
 
 /// Everything needed to reach and log in to a site.
@@ -344,6 +345,14 @@ impl SiteConfig {
                 .parsed::<usize>("max_entries")?
                 .unwrap_or(crate::ftp::session::DEFAULT_MAX_LISTING_ENTRIES)
                 .max(1),
+            encoding: match opts.value("encoding")? {
+                None => crate::names::NameCodec::default(),
+                Some(label) => crate::names::NameCodec::for_label(label).ok_or_else(|| {
+                    FtpError::Invalid(format!(
+                        "encoding={label}: unknown charset (try latin1, windows-1252, shift_jis, utf-8)"
+                    ))
+                })?,
+            },
         };
         Ok(SiteConfig { url, connect, tls })
     }

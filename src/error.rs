@@ -26,6 +26,8 @@ pub enum FtpError {
     Closed(String),
     /// A bad option, URL or path given by the user.
     Invalid(String),
+    /// A name the server's charset (`encoding=`) cannot express.
+    Unencodable(String),
 }
 
 pub type Result<T> = std::result::Result<T, FtpError>;
@@ -87,6 +89,7 @@ impl FtpError {
             FtpError::Reply { code, text, .. } => reply_errno(*code, text),
             FtpError::Timeout(_) => libc::ETIMEDOUT,
             FtpError::Invalid(_) => libc::EINVAL,
+            FtpError::Unencodable(_) => libc::EILSEQ,
             FtpError::Closed(_) => libc::EIO,
             FtpError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             FtpError::Tls(_) | FtpError::Protocol(_) | FtpError::Truncated(_) => libc::EIO,
@@ -164,7 +167,7 @@ impl fmt::Display for FtpError {
             FtpError::Protocol(m) => write!(f, "protocol error: {m}"),
             FtpError::Truncated(m) => write!(f, "transfer truncated: {m}"),
             FtpError::Closed(m) => write!(f, "connection closed: {m}"),
-            FtpError::Invalid(m) => write!(f, "{m}"),
+            FtpError::Invalid(m) | FtpError::Unencodable(m) => write!(f, "{m}"),
         }
     }
 }

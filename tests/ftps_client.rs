@@ -49,6 +49,7 @@ fn options(srv: &Server, protection: Protection, ccc: bool) -> Arc<ConnectOption
         password: Secret::new(srv.password.to_string()),
         timeout: TIMEOUT,
         max_listing_entries: ftpsfs::ftp::session::DEFAULT_MAX_LISTING_ENTRIES,
+        encoding: ftpsfs::names::NameCodec::default(),
     })
 }
 

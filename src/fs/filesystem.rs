@@ -173,7 +173,7 @@ fn name_ok(name: &str) -> FsResult<()> {
     if name.contains(['\r', '\n']) {
         return Err(Errno(libc::EINVAL));
     }
-    if name.len() > crate::ftp::entry::MAX_NAME_LEN {
+    if crate::names::byte_len(name) > crate::ftp::entry::MAX_NAME_LEN {
         return Err(Errno(libc::ENAMETOOLONG));
     }
     if !is_valid_name(name) {
@@ -225,6 +225,13 @@ impl FtpsFs {
 
     pub fn config(&self) -> &FsConfig {
         &self.cfg
+    }
+
+    /// A name about to be created on the server: valid, and one the server's
+    /// charset can express.
+    fn new_name_ok(&self, name: &str) -> FsResult<()> {
+        name_ok(name)?;
+        Ok(self.store.check_name(name)?)
     }
 
     fn writable(&self) -> FsResult<()> {
@@ -592,7 +599,7 @@ impl FtpsFs {
     /// is set with SITE CHMOD where the server allows it.
     pub fn mkdir(&self, parent: u64, name: &str, mode: u32) -> FsResult<Attr> {
         self.writable()?;
-        name_ok(name)?;
+        self.new_name_ok(name)?;
         let dir = self.path_of(parent)?;
         let path = join(&dir, name);
         if self.known(&dir, name)?.is_some() {
@@ -701,7 +708,7 @@ impl FtpsFs {
         noreplace: bool,
     ) -> FsResult<()> {
         self.writable()?;
-        name_ok(newname)?;
+        self.new_name_ok(newname)?;
         let dir = self.path_of(parent)?;
         let newdir = self.path_of(newparent)?;
         let from = join(&dir, name);
@@ -1123,7 +1130,7 @@ impl FtpsFs {
     /// create(2): a new empty file, uploaded at the latest when closed.
     pub fn create(&self, parent: u64, name: &str, mode: u32, flags: i32) -> FsResult<(Attr, u64)> {
         self.writable()?;
-        name_ok(name)?;
+        self.new_name_ok(name)?;
         let dir = self.path_of(parent)?;
         let path = join(&dir, name);
         if let Some(existing) = self.known(&dir, name)? {

@@ -2,12 +2,14 @@
 //! results into replies. No filesystem logic lives here.
 
 use super::filesystem::{Attr, Errno as FsErrno, FileType as FsType, FtpsFs, SetTime};
+use crate::names;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     Request, TimeOrNow, WriteFlags,
 };
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -85,8 +87,9 @@ fn to_fuse(a: &Attr) -> FileAttr {
     }
 }
 
-fn name_str(name: &OsStr) -> Result<&str, Errno> {
-    name.to_str().ok_or(Errno::from_i32(libc::EINVAL))
+/// A name from the kernel: its bytes, whatever they are (see `crate::names`).
+fn name_str(name: &OsStr) -> Result<Cow<'_, str>, Errno> {
+    Ok(names::from_os(name))
 }
 
 fn time_of(t: TimeOrNow) -> SetTime {
@@ -115,7 +118,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _deadline = self.deadline();
-        let r = name_str(name).and_then(|n| self.fs.lookup(parent.0, n).map_err(errno));
+        let r = name_str(name).and_then(|n| self.fs.lookup(parent.0, &n).map_err(errno));
         match r {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(e),
@@ -165,7 +168,7 @@ impl Filesystem for FuseAdapter {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _deadline = self.deadline();
         match self.fs.readlink(ino.0) {
-            Ok(t) => reply.data(t.as_bytes()),
+            Ok(t) => reply.data(&names::to_bytes(&t)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -181,7 +184,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let _deadline = self.deadline();
         let r =
-            name_str(name).and_then(|n| self.fs.mkdir(parent.0, n, mode & !umask).map_err(errno));
+            name_str(name).and_then(|n| self.fs.mkdir(parent.0, &n, mode & !umask).map_err(errno));
         match r {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(e),
@@ -190,7 +193,7 @@ impl Filesystem for FuseAdapter {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _deadline = self.deadline();
-        match name_str(name).and_then(|n| self.fs.unlink(parent.0, n).map_err(errno)) {
+        match name_str(name).and_then(|n| self.fs.unlink(parent.0, &n).map_err(errno)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -198,7 +201,7 @@ impl Filesystem for FuseAdapter {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _deadline = self.deadline();
-        match name_str(name).and_then(|n| self.fs.rmdir(parent.0, n).map_err(errno)) {
+        match name_str(name).and_then(|n| self.fs.rmdir(parent.0, &n).map_err(errno)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -236,7 +239,7 @@ impl Filesystem for FuseAdapter {
         let r = name_str(name).and_then(|n| {
             let nn = name_str(newname)?;
             self.fs
-                .rename(parent.0, n, newparent.0, nn, noreplace)
+                .rename(parent.0, &n, newparent.0, &nn, noreplace)
                 .map_err(errno)
         });
         match r {
@@ -366,7 +369,7 @@ impl Filesystem for FuseAdapter {
         let index = offset.saturating_sub(2) as usize;
         let r = self.fs.read_dir(fh.0, index, false, |name, attr, next| {
             let a = to_fuse(attr);
-            reply.add(a.ino, next + 2, a.kind, name)
+            reply.add(a.ino, next + 2, a.kind, names::to_os(name))
         });
         match r {
             Ok(()) => reply.ok(),
@@ -400,7 +403,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         let r = self.fs.read_dir(fh.0, index, true, |name, attr, next| {
             let a = to_fuse(attr);
-            reply.add(a.ino, next + 2, name, &ttl, &a, Generation(0))
+            reply.add(a.ino, next + 2, names::to_os(name), &ttl, &a, Generation(0))
         });
         match r {
             Ok(()) => reply.ok(),
@@ -437,7 +440,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let _deadline = self.deadline();
         let r =
-            name_str(name).and_then(|n| self.fs.create(parent.0, n, mode, flags).map_err(errno));
+            name_str(name).and_then(|n| self.fs.create(parent.0, &n, mode, flags).map_err(errno));
         match r {
             Ok((a, fh)) => reply.created(
                 &self.ttl,

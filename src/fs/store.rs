@@ -36,6 +36,13 @@ pub trait RemoteStore: Send + Sync + 'static {
     fn chmod(&self, path: &str, mode: u32) -> Result<()>;
     fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()>;
 
+    /// Whether the server can be given `name` (a new name: create, mkdir, rename
+    /// target); refused with `EILSEQ` where its charset (`encoding=`) cannot
+    /// express it, before anything is written.
+    fn check_name(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// True when an operation waits for a connection: a stalled read stream should
     /// give its connection back (it restarts with REST when read again).
     fn is_contended(&self) -> bool {

@@ -49,7 +49,7 @@ pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."
-        && name.len() <= MAX_NAME_LEN
+        && crate::names::byte_len(name) <= MAX_NAME_LEN
         && !name.contains(['/', '\0', '\r', '\n'])
 }
 

@@ -14,6 +14,7 @@ use super::tls::{
     TlsContext, TlsStream,
 };
 use crate::error::{FtpError, Result};
+use crate::names::NameCodec;
 pub use passive::DataStats;
 use passive::PreparedData;
 use std::fmt;
@@ -67,6 +68,8 @@ pub struct ConnectOptions {
     /// Most entries a directory listing may have (`max_entries=`); a listing also
     /// stops past `max_listing_entries * LISTING_BYTES_PER_ENTRY` bytes.
     pub max_listing_entries: usize,
+    /// How names are written on the wire (`encoding=`; see `crate::names`).
+    pub encoding: NameCodec,
 }
 
 /// Default of [`ConnectOptions::max_listing_entries`].
@@ -445,7 +448,8 @@ impl FtpConnection {
         // One write, one round trip. OPTS refusals are tolerated (pure-ftpd
         // answers 504 to OPTS UTF8 ON).
         let mut batch = Vec::with_capacity(3);
-        if self.features.utf8 {
+        // With encoding= the names are in the server's own charset: leave it so.
+        if self.features.utf8 && !self.opts.encoding.converts() {
             batch.push("OPTS UTF8 ON".to_string());
         }
         if let Some(facts) = self.features.mlst_opts() {
@@ -473,11 +477,20 @@ impl FtpConnection {
         }
         log::debug!("> {shown}");
         let mut buf = Vec::with_capacity(line.len() + 2);
-        buf.extend_from_slice(line.as_bytes());
+        buf.extend_from_slice(&self.wire(line)?);
         buf.extend_from_slice(b"\r\n");
         let r = self.ctrl.write_all(&buf).and_then(|_| self.ctrl.flush());
         self.last_used = Instant::now();
         r.map_err(|e| self.lost(FtpError::io(format!("sending {}", first_word(shown)), e)))
+    }
+
+    /// A command line as the server's bytes (see `crate::names`).
+    fn wire<'a>(&self, line: &'a str) -> Result<std::borrow::Cow<'a, [u8]>> {
+        self.opts.encoding.encode(line).map_err(|c| {
+            FtpError::Unencodable(format!(
+                "{c:?} cannot be written in the server's encoding (encoding=)"
+            ))
+        })
     }
 
     fn read_reply(&mut self) -> Result<Reply> {
@@ -512,7 +525,7 @@ impl FtpConnection {
                 return Err(FtpError::Invalid("command contains a line break".into()));
             }
             log::debug!("> {line} (pipelined)");
-            buf.extend_from_slice(line.as_bytes());
+            buf.extend_from_slice(&self.wire(line)?);
             buf.extend_from_slice(b"\r\n");
         }
         let r = self.ctrl.write_all(&buf).and_then(|_| self.ctrl.flush());
@@ -731,6 +744,7 @@ impl FtpConnection {
         let mut entries = Vec::new();
         let max_entries = self.opts.max_listing_entries.max(1);
         let max_bytes = max_entries as u64 * LISTING_BYTES_PER_ENTRY;
+        let encoding = self.opts.encoding;
         let (mut lines, mut bytes) = (0usize, 0u64);
         let mut dl = Download::new(self, data, cmd);
         {
@@ -778,10 +792,7 @@ impl FtpConnection {
                     }
                     continue;
                 }
-                let Ok(text) = std::str::from_utf8(&line) else {
-                    log::warn!("skipping a listing line that is not UTF-8");
-                    continue;
-                };
+                let text = encoding.decode(&line);
                 let text = text.trim_end_matches(['\r', '\n']);
                 if text.is_empty() {
                     continue;

@@ -46,6 +46,15 @@ impl FtpStore {
 }
 
 impl RemoteStore for FtpStore {
+    fn check_name(&self, name: &str) -> Result<()> {
+        match self.pool.encoding().encode(name) {
+            Ok(_) => Ok(()),
+            Err(c) => Err(FtpError::Unencodable(format!(
+                "{c:?} in {name:?} cannot be sent to this server (encoding=, or byte 0xFF)"
+            ))),
+        }
+    }
+
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
         self.pool.run(Use::Transfer, |c| c.list_dir(dir))
     }

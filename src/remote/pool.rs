@@ -124,6 +124,11 @@ impl Pool {
     /// A pool of up to `max` connections; `prepare` turns on the preparation of
     /// data connections for idle connections whose command round trip is at least
     /// that long.
+    /// How names are written to this server (`encoding=`).
+    pub fn encoding(&self) -> crate::names::NameCodec {
+        self.opts.encoding
+    }
+
     pub fn new(
         opts: Arc<ConnectOptions>,
         tls: Arc<TlsContext>,
