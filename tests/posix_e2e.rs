@@ -215,3 +215,24 @@ fn rmdir_of_an_unreadable_empty_directory_proftpd() {
         assert!(err.contains("Directory not empty"), "{err}");
     });
 }
+
+/// On a LIST-only server (vsftpd: minutes for directories), a time the mount knew
+/// more finely does not move backwards when the listing is fetched again.
+#[test]
+fn times_do_not_move_backwards_after_a_coarse_listing_vsftpd() {
+    with_mount(ServerSpec::vsftpd(), |srv, m| {
+        let e = Env::new(srv, m);
+        e.ok(r#"mkdir -p "$MNT/d/sub" && echo x > "$MNT/d/sub/f""#);
+        let ns = |p: &Path| {
+            let md = fs::metadata(p).expect("stat");
+            (md.mtime(), md.mtime_nsec())
+        };
+        let (d0, f0) = (ns(&m.path("d/sub")), ns(&m.path("d/sub/f")));
+        std::thread::sleep(Duration::from_secs(CACHE_TIMEOUT + 1));
+        let (d1, f1) = (ns(&m.path("d/sub")), ns(&m.path("d/sub/f")));
+        assert!(d1 >= d0, "directory time went back: {d0:?} -> {d1:?}");
+        assert!(f1 >= f0, "file time went back: {f0:?} -> {f1:?}");
+        // tar reads the tree twice over an expiring cache without complaint.
+        e.ok(r#"tar cf "$W/a.tar" -C "$MNT" d && sleep 3 && tar cf "$W/b.tar" -C "$MNT" d"#);
+    });
+}

@@ -7,14 +7,25 @@
 //! ([`DirCache::begin_fill`] / [`DirCache::finish_fill`]): if the mount changed that
 //! directory while the listing was on the wire, the server's answer may or may not
 //! include the change, so it is used once but not cached.
+//!
+//! Times never go backwards because a listing is coarser than what the mount knew:
+//! LIST gives minutes (dates only for older files), MLSD and MDTM whole seconds,
+//! while the mount's own changes are timed to the nanosecond. A new listing's time
+//! that is the old one cut to its own precision keeps the old one
+//! ([`keep_finer_times`]); an expired listing (unless huge) therefore stays in the
+//! LRU until the next listing of its directory replaces it.
 
 pub use super::entries::Entries;
-use crate::ftp::RemoteEntry;
+use crate::ftp::{EntryKind, RemoteEntry};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Expired listings of at most this many entries are kept until the next listing
+/// of their directory, to carry their finer times over.
+const STALE_KEPT_MAX: usize = 65_536;
 
 struct Listing {
     fetched: Instant,
@@ -53,6 +64,7 @@ impl DirCache {
         let mut lru = self.lock();
         match lru.get(dir) {
             Some(l) if l.fetched.elapsed() < self.ttl => Some(l.entries.clone()),
+            Some(l) if l.entries.len() <= STALE_KEPT_MAX => None,
             Some(_) => {
                 lru.pop(dir);
                 None
@@ -78,7 +90,8 @@ impl DirCache {
 
     /// The fetched listing: cached unless the mount changed the directory since
     /// `begin_fill`.
-    pub fn finish_fill(&self, ticket: FillTicket, entries: Vec<RemoteEntry>) -> Arc<Entries> {
+    pub fn finish_fill(&self, ticket: FillTicket, mut entries: Vec<RemoteEntry>) -> Arc<Entries> {
+        self.keep_finer_times(&ticket.dir, &mut entries);
         if self.end_fill(&ticket) {
             self.put(&ticket.dir, entries)
         } else {
@@ -131,6 +144,24 @@ impl DirCache {
     fn changed(&self, dir: &str) {
         if let Some(e) = self.fills().get_mut(dir) {
             e.1 += 1;
+        }
+    }
+
+    /// Gives `entries` the finer times of the listing of `dir` the cache holds
+    /// (fresh or expired) where theirs are those times cut to a coarser precision.
+    fn keep_finer_times(&self, dir: &str, entries: &mut [RemoteEntry]) {
+        let Some(old) = self.lock().peek(dir).map(|l| l.entries.clone()) else {
+            return;
+        };
+        for e in entries.iter_mut() {
+            let Some(new) = e.mtime else { continue };
+            let Some(o) = old.get(&e.name) else { continue };
+            if o.kind != e.kind || (e.kind == EntryKind::File && o.size != e.size) {
+                continue;
+            }
+            if let Some(finer) = o.mtime.filter(|&old| agrees(new, old)) {
+                e.mtime = Some(finer);
+            }
         }
     }
 
@@ -187,6 +218,26 @@ impl DirCache {
     }
 }
 
+/// True when `coarse` is `fine` cut to `coarse`'s own precision: whole days
+/// (midnight), minutes, or seconds, judged by which of them `coarse` falls on.
+fn agrees(coarse: SystemTime, fine: SystemTime) -> bool {
+    let (Ok(c), Ok(f)) = (
+        coarse.duration_since(SystemTime::UNIX_EPOCH),
+        fine.duration_since(SystemTime::UNIX_EPOCH),
+    ) else {
+        return false;
+    };
+    if c.subsec_nanos() != 0 || f <= c {
+        return false;
+    }
+    let unit = match c.as_secs() {
+        s if s % 86_400 == 0 => 86_400,
+        s if s % 60 == 0 => 60,
+        _ => 1,
+    };
+    f.as_secs() / unit * unit == c.as_secs()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +264,53 @@ mod tests {
         c.put("/d/e", vec![]);
         c.invalidate_tree("/d");
         assert!(c.get("/d").is_none() && c.get("/d/e").is_none());
+    }
+
+    #[test]
+    fn coarse_listing_times_never_move_a_finer_time_backwards() {
+        let at = |s: u64, ns: u32| SystemTime::UNIX_EPOCH + Duration::new(s, ns);
+        let dir = |name: &str, t| RemoteEntry {
+            kind: EntryKind::Dir,
+            mtime: Some(t),
+            ..entry(name)
+        };
+        let file = |name: &str, size, t| RemoteEntry {
+            size,
+            mtime: Some(t),
+            ..entry(name)
+        };
+        let c = DirCache::new(8, Duration::from_millis(30));
+        // 12:14:21.5 on 2026-12-01 (a minute starts at ...20, a day at ...00).
+        let fine = at(1_796_127_261, 500_000_000);
+        c.put(
+            "/",
+            vec![
+                dir("d", fine),
+                file("f", 5, fine),
+                file("g", 5, fine),
+                file("h", 5, fine),
+                dir("old", at(1_796_127_261, 0)),
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(c.get("/").is_none(), "expired");
+        let t = c.begin_fill("/");
+        let l = c.finish_fill(
+            t,
+            vec![
+                dir("d", at(1_796_127_240, 0)),     // LIST: minutes
+                file("f", 5, at(1_796_127_261, 0)), // MDTM: seconds
+                file("g", 6, at(1_796_127_240, 0)), // changed size: the server's
+                file("h", 5, at(1_796_127_300, 0)), // a later minute: the server's
+                dir("old", at(1_796_083_200, 0)),   // a date: midnight
+            ],
+        );
+        let m = |n: &str| l.get(n).and_then(|e| e.mtime);
+        assert_eq!(m("d"), Some(fine));
+        assert_eq!(m("f"), Some(fine));
+        assert_eq!(m("g"), Some(at(1_796_127_240, 0)));
+        assert_eq!(m("h"), Some(at(1_796_127_300, 0)));
+        assert_eq!(m("old"), Some(at(1_796_127_261, 0)));
     }
 
     #[test]
