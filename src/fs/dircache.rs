@@ -90,16 +90,17 @@ impl DirCache {
 
     /// The fetched listing: cached unless the mount changed the directory since
     /// `begin_fill`.
-    pub fn finish_fill(&self, ticket: FillTicket, mut entries: Vec<RemoteEntry>) -> Arc<Entries> {
+    pub fn finish_fill(&self, ticket: FillTicket, mut entries: Entries) -> Arc<Entries> {
+        entries.seal();
         self.keep_finer_times(&ticket.dir, &mut entries);
         if self.end_fill(&ticket) {
-            self.put(&ticket.dir, entries)
+            self.put_entries(&ticket.dir, entries)
         } else {
             log::debug!(
                 "listing of {} changed while it was fetched: used once, not cached",
                 ticket.dir
             );
-            Arc::new(Entries::from_vec(entries))
+            Arc::new(entries)
         }
     }
 
@@ -132,7 +133,7 @@ impl DirCache {
     ) -> Result<Arc<Entries>, E> {
         let ticket = self.begin_fill(dir);
         match list() {
-            Ok(entries) => Ok(self.finish_fill(ticket, entries)),
+            Ok(entries) => Ok(self.finish_fill(ticket, Entries::from_vec(entries))),
             Err(e) => {
                 self.abandon_fill(ticket);
                 Err(e)
@@ -149,24 +150,31 @@ impl DirCache {
 
     /// Gives `entries` the finer times of the listing of `dir` the cache holds
     /// (fresh or expired) where theirs are those times cut to a coarser precision.
-    fn keep_finer_times(&self, dir: &str, entries: &mut [RemoteEntry]) {
+    fn keep_finer_times(&self, dir: &str, entries: &mut Entries) {
         let Some(old) = self.lock().peek(dir).map(|l| l.entries.clone()) else {
             return;
         };
-        for e in entries.iter_mut() {
-            let Some(new) = e.mtime else { continue };
+        for i in 0..entries.len() {
+            let Some(new) = entries.mtime_at(i).filter(|&t| is_whole_second(t)) else {
+                continue;
+            };
+            let Some(e) = entries.at(i) else { continue };
             let Some(o) = old.get(&e.name) else { continue };
             if o.kind != e.kind || (e.kind == EntryKind::File && o.size != e.size) {
                 continue;
             }
             if let Some(finer) = o.mtime.filter(|&old| agrees(new, old)) {
-                e.mtime = Some(finer);
+                entries.set_mtime_at(i, Some(finer));
             }
         }
     }
 
     pub fn put(&self, dir: &str, entries: Vec<RemoteEntry>) -> Arc<Entries> {
-        let arc = Arc::new(Entries::from_vec(entries));
+        self.put_entries(dir, Entries::from_vec(entries))
+    }
+
+    fn put_entries(&self, dir: &str, entries: Entries) -> Arc<Entries> {
+        let arc = Arc::new(entries);
         self.lock().put(
             dir.to_string(),
             Listing {
@@ -216,6 +224,11 @@ impl DirCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn is_whole_second(t: SystemTime) -> bool {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .is_ok_and(|d| d.subsec_nanos() == 0)
 }
 
 /// True when `coarse` is `fine` cut to `coarse`'s own precision: whole days
@@ -297,13 +310,13 @@ mod tests {
         let t = c.begin_fill("/");
         let l = c.finish_fill(
             t,
-            vec![
+            Entries::from_vec(vec![
                 dir("d", at(1_796_127_240, 0)),     // LIST: minutes
                 file("f", 5, at(1_796_127_261, 0)), // MDTM: seconds
                 file("g", 6, at(1_796_127_240, 0)), // changed size: the server's
                 file("h", 5, at(1_796_127_300, 0)), // a later minute: the server's
                 dir("old", at(1_796_083_200, 0)),   // a date: midnight
-            ],
+            ]),
         );
         let m = |n: &str| l.get(n).and_then(|e| e.mtime);
         assert_eq!(m("d"), Some(fine));
@@ -317,25 +330,25 @@ mod tests {
     fn a_listing_changed_while_fetched_is_used_but_not_cached() {
         let c = DirCache::new(8, Duration::from_secs(60));
         let t = c.begin_fill("/a");
-        let got = c.finish_fill(t, vec![entry("x")]);
+        let got = c.finish_fill(t, Entries::from_vec(vec![entry("x")]));
         assert!(got.contains_key("x"));
         assert!(c.get("/a").is_some(), "unchanged: cached");
 
         let t = c.begin_fill("/b");
         let other = c.begin_fill("/c");
         c.edit("/b", |_| {});
-        let got = c.finish_fill(t, vec![entry("y")]);
+        let got = c.finish_fill(t, Entries::from_vec(vec![entry("y")]));
         assert!(
             got.contains_key("y"),
             "the caller still gets the server's answer"
         );
         assert!(c.get("/b").is_none(), "changed meanwhile: not cached");
-        c.finish_fill(other, vec![]);
+        c.finish_fill(other, Entries::default());
         assert!(c.get("/c").is_some(), "a change elsewhere does not count");
 
         let t = c.begin_fill("/d/e");
         c.invalidate_tree("/d");
-        c.finish_fill(t, vec![]);
+        c.finish_fill(t, Entries::default());
         assert!(
             c.get("/d/e").is_none(),
             "tree invalidation counts for subdirectories"

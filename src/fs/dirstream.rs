@@ -35,8 +35,8 @@ pub struct DirStream {
 }
 
 struct State {
-    /// While the listing streams in.
-    entries: Vec<RemoteEntry>,
+    /// While the listing streams in (not indexed by name yet).
+    entries: Entries,
     /// Once complete: the entries, shared with the cache.
     shared: Option<Arc<Entries>>,
     /// Hash of each name so far, to drop duplicates while the listing streams in
@@ -58,9 +58,11 @@ impl State {
     fn batch(&self, at: usize) -> Vec<RemoteEntry> {
         match &self.shared {
             Some(e) => (at..e.len().min(at + BATCH))
-                .filter_map(|i| e.at(i).cloned())
+                .filter_map(|i| e.at(i))
                 .collect(),
-            None => self.entries.iter().skip(at).take(BATCH).cloned().collect(),
+            None => (at..self.entries.len().min(at + BATCH))
+                .filter_map(|i| self.entries.at(i))
+                .collect(),
         }
     }
 }
@@ -75,7 +77,7 @@ impl DirStream {
     pub fn complete(entries: Arc<Entries>) -> Arc<Self> {
         Arc::new(DirStream {
             state: Mutex::new(State {
-                entries: Vec::new(),
+                entries: Entries::default(),
                 shared: Some(entries),
                 names: HashSet::new(),
                 done: Some(Ok(())),
@@ -89,7 +91,7 @@ impl DirStream {
     pub fn filling() -> Arc<Self> {
         Arc::new(DirStream {
             state: Mutex::new(State {
-                entries: Vec::new(),
+                entries: Entries::default(),
                 shared: None,
                 names: HashSet::new(),
                 done: None,
@@ -109,7 +111,10 @@ impl DirStream {
         if st.done.is_some() {
             return;
         }
-        if !st.names.insert(name_hash(&e.name)) && st.entries.iter().any(|x| x.name == e.name) {
+        if !st.names.insert(name_hash(&e.name))
+            && (0..st.entries.len())
+                .any(|i| st.entries.kind_at(i).is_some_and(|(n, _)| n == e.name))
+        {
             return; // a broken server listed it twice
         }
         st.entries.push(e);
@@ -121,7 +126,7 @@ impl DirStream {
     /// The listing has come in completely: frees what only streaming needed (the
     /// duplicate index, spare capacity), then runs `f` over the entries (to fill
     /// the cache without an intermediate copy). Readers wait for [`DirStream::finish`].
-    pub fn input_complete(&self, f: impl FnOnce(Vec<RemoteEntry>) -> Arc<Entries>) {
+    pub fn input_complete(&self, f: impl FnOnce(Entries) -> Arc<Entries>) {
         let mut st = self.lock();
         st.names = HashSet::new();
         let entries = std::mem::take(&mut st.entries);
@@ -255,9 +260,10 @@ mod tests {
         s.push(entry("f0")); // a duplicate from a broken server is dropped
         s.push(entry("last"));
         let mut n = 0;
-        s.input_complete(|e| {
+        s.input_complete(|mut e| {
             n = e.len();
-            Arc::new(Entries::from_vec(e))
+            e.seal();
+            Arc::new(e)
         });
         assert_eq!(n, NOTIFY_EVERY + 1);
         s.finish(Ok(()));

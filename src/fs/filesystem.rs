@@ -289,7 +289,7 @@ impl FtpsFs {
     /// a temporary name) and a fresh listing therefore lacks.
     fn known(&self, dir: &str, name: &str) -> FsResult<Option<RemoteEntry>> {
         if let Some(e) = self.listing(dir)?.get(name) {
-            return Ok(Some(e.clone()));
+            return Ok(Some(e));
         }
         Ok(self.local_entry(&join(dir, name)))
     }
@@ -494,7 +494,7 @@ impl FtpsFs {
         });
         let local = self.local_entries_in(path);
         if let Some(mut l) = cached {
-            queue_subdirs(self.prefetch.as_deref(), path, l.values());
+            queue_subdirs(self.prefetch.as_deref(), path, &l);
             if local.iter().any(|e| !l.contains_key(&e.name)) {
                 let shown = Arc::make_mut(&mut l);
                 for e in local {
@@ -721,7 +721,7 @@ impl FtpsFs {
         let ino = self.inodes.get_or_create(&from, false);
         self.upload_if_dirty(ino)?;
         let src = self.entry(&from)?;
-        let target = self.listing(&newdir)?.get(newname).cloned();
+        let target = self.listing(&newdir)?.get(newname);
         if let Some(t) = &target {
             if noreplace {
                 return Err(Errno(libc::EEXIST));
@@ -905,7 +905,7 @@ impl FtpsFs {
     /// The cached entry of `path`, without asking the server.
     fn cached_entry(&self, path: &str) -> Option<RemoteEntry> {
         let (dir, name) = split(path)?;
-        self.cache.get(dir)?.get(name).cloned()
+        self.cache.get(dir)?.get(name)
     }
 
     fn truncate(&self, ino: u64, path: &str, size: u64) -> FsResult<()> {
@@ -1688,17 +1688,12 @@ impl FtpsFs {
 }
 
 /// Queues the subdirectories among `entries` (of `dir`) for listing ahead.
-fn queue_subdirs<'a>(
-    prefetch: Option<&ListingPrefetcher>,
-    dir: &str,
-    entries: impl Iterator<Item = &'a RemoteEntry>,
-) {
+fn queue_subdirs(prefetch: Option<&ListingPrefetcher>, dir: &str, entries: &Entries) {
     if let Some(p) = prefetch {
-        p.queue(
-            entries
-                .filter(|e| e.kind == EntryKind::Dir)
-                .map(|e| join(dir, &e.name)),
-        );
+        p.queue((0..entries.len()).filter_map(|i| match entries.kind_at(i) {
+            Some((name, EntryKind::Dir)) => Some(join(dir, name)),
+            _ => None,
+        }));
     }
 }
 
@@ -1731,7 +1726,7 @@ impl ListingJob {
                 self.stream.push(e.clone()); // dropped if the server listed it
             }
             self.stream.input_complete(|all| {
-                queue_subdirs(self.prefetch.as_deref(), &self.dir, all.iter());
+                queue_subdirs(self.prefetch.as_deref(), &self.dir, &all);
                 self.cache.finish_fill(ticket, all)
             });
         } else {
