@@ -7,19 +7,16 @@
 //! The long sequential append that copying programs do (cp, dd, tar, rsync) is the
 //! one pattern written differently. Past the first [`DIRECT_AFTER`] bytes, data
 //! appended at the end is gathered into aligned [`BLOCK`]-sized blocks that a writer
-//! thread writes with `O_DIRECT`, bypassing the page cache. Measured on the
-//! reference VM (2 cores): writing 512 MiB through the page cache cost 0.12–0.9 s of
-//! system time (page allocation and copy; the high end when the pages are fresh),
-//! as much as the TLS encryption and the FUSE copy of the same bytes together, and
-//! it competed with the upload for the CPU; `O_DIRECT` cost 0.07 s. The copy is
-//! usually deleted unread once the streamed upload succeeds, so keeping it out of
-//! the page cache also spares the cache. (On this VM freed memory goes back to the
-//! host, so page-cache pages are "fresh", and expensive, on every new spool.)
+//! thread writes with `O_DIRECT`, bypassing the page cache: the copy is usually
+//! deleted unread once the streamed upload succeeds, so putting it through the page
+//! cache would only cost system time (allocating and filling fresh pages) that
+//! competes with the upload's encryption for the CPU, and evict useful pages.
+//! (tests/bench/results has the measurements.)
 //!
 //! A disk slower than the upload (a hard disk, an SD card) must not slow the upload
 //! down to its speed: when [`DEPTH`] blocks are still queued for the writer thread,
-//! the next full block is written through the page cache at once instead, as every
-//! block was before direct mode, and the program goes on.
+//! the next full block is written through the page cache at once instead, and the
+//! program goes on.
 //!
 //! Every other operation (a read, a write elsewhere, truncation, an upload from the
 //! spool, keeping it after a failure) is a sync point: it first waits for the

@@ -913,6 +913,10 @@ def main():
         text = header + res.table() + "\n"
         suffix = "-quick" if args.quick else ""
         path = os.path.join(RESULTS_DIR, f"{datetime.date.today().isoformat()}-rtt{rtt}{suffix}.md")
+        if os.path.exists(path):
+            # Never overwrite an earlier run of the same day: keep both.
+            stamp = datetime.datetime.now().strftime("%H%M")
+            path = path[: -len(".md")] + f"-{stamp}.md"
         with open(path, "w") as fh:
             fh.write(text)
         outputs.append((path, text))
