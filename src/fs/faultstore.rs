@@ -2,9 +2,9 @@
 //! filesystem: downloads cut after some bytes, uploads cut (leaving the partial
 //! file a server keeps), refused renames, and failures of the next call of a kind.
 
+use super::error::{Refusal, StoreError, StoreResult as Result};
 use super::memstore::MemStore;
 use super::store::RemoteStore;
-use crate::error::{FtpError, Result};
 use crate::ftp::RemoteEntry;
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -38,8 +38,8 @@ pub struct FaultStore {
     pub chmods: Mutex<Vec<(String, u32)>>,
 }
 
-fn lost(what: &str) -> FtpError {
-    FtpError::Closed(format!("{what}: connection reset (injected)"))
+fn lost(what: &str) -> StoreError {
+    StoreError::Lost(format!("{what}: connection reset (injected)"))
 }
 
 impl FaultStore {
@@ -53,11 +53,13 @@ impl FaultStore {
     fn refused(&self, op: &str) -> Result<()> {
         let refuse = self.refuse.lock().unwrap_or_else(|p| p.into_inner());
         if refuse.contains(&op) {
-            return Err(FtpError::Reply {
-                command: op.to_uppercase(),
-                code: 550,
-                text: "Permission denied (injected)".into(),
-            });
+            return Err(StoreError::refused(
+                Refusal::Denied,
+                format!(
+                    "server refused {}: 550 Permission denied (injected)",
+                    op.to_uppercase()
+                ),
+            ));
         }
         Ok(())
     }
@@ -140,7 +142,7 @@ impl RemoteStore for FaultStore {
         };
         let mut all = Vec::new();
         data.read_to_end(&mut all)
-            .map_err(|e| FtpError::io("reading the upload", e))?;
+            .map_err(|e| StoreError::local("reading the upload", e))?;
         all.truncate(limit as usize);
         self.inner.put(path, &all);
         Err(lost("STOR"))
@@ -163,11 +165,10 @@ impl RemoteStore for FaultStore {
     fn rename(&self, from: &str, to: &str) -> Result<()> {
         self.take_failure("rename")?;
         if self.refuse_renames.load(Ordering::SeqCst) {
-            return Err(FtpError::Reply {
-                command: "RNFR".into(),
-                code: 550,
-                text: "Permission denied".into(),
-            });
+            return Err(StoreError::refused(
+                Refusal::Denied,
+                "server refused RNFR: 550 Permission denied",
+            ));
         }
         self.inner.rename(from, to)
     }

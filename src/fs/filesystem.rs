@@ -8,6 +8,7 @@
 
 use super::dircache::{DirCache, Entries};
 use super::dirstream::DirStream;
+use super::error::StoreError;
 use super::inodes::{Inodes, ROOT_INO};
 use super::journal::{self, Base, Journal, Record};
 use super::listing_prefetcher::ListingPrefetcher;
@@ -16,7 +17,6 @@ use super::prefetcher::Prefetcher;
 use super::spool::Spool;
 use super::store::{join, split, RemoteStore};
 use super::uploader::{self, StreamUpload, Target};
-use crate::error::FtpError;
 use crate::ftp::entry::is_valid_name;
 use crate::ftp::{EntryKind, RemoteEntry};
 use lru::LruCache;
@@ -30,18 +30,7 @@ use std::time::{Duration, SystemTime};
 /// Longest wait for a listing a prefetch worker has queued or is doing.
 const PREFETCH_WAIT: Duration = Duration::from_secs(2);
 
-/// An errno to return to the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-impl From<FtpError> for Errno {
-    fn from(e: FtpError) -> Self {
-        log::debug!("remote error: {e}");
-        Errno(e.errno())
-    }
-}
-
-pub type FsResult<T> = std::result::Result<T, Errno>;
+pub use super::error::{Errno, FsResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileType {
@@ -160,8 +149,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// chmod/utimens of an object that exists: a server's refusal (not implemented,
 /// or vsftpd's "550 Could not set file modification time" on a directory) means
 /// "not permitted", not "no such file".
-fn refused_as_eperm(e: FtpError) -> Errno {
-    if e.reply_code().is_some() {
+fn refused_as_eperm(e: StoreError) -> Errno {
+    if e.is_refusal() {
         log::debug!("refused: {e}");
         Errno(libc::EPERM)
     } else {
@@ -680,7 +669,7 @@ impl FtpsFs {
         }
         // RMD first: a directory the mount may not read can still be removed.
         if let Err(refused) = self.store.rmdir(&path) {
-            if refused.reply_code().is_none() {
+            if !refused.is_refusal() {
                 return Err(refused.into());
             }
             // Servers word "not empty" differently (vsftpd: "Remove directory
@@ -776,7 +765,12 @@ impl FtpsFs {
     /// is first moved aside (never deleted before `from` has taken its name), then
     /// removed; if any step is refused, everything is put back as it was and the
     /// rename fails with the server's first refusal.
-    fn rename_over_file(&self, from: &str, to: &str, first: FtpError) -> crate::error::Result<()> {
+    fn rename_over_file(
+        &self,
+        from: &str,
+        to: &str,
+        first: StoreError,
+    ) -> super::error::StoreResult<()> {
         let aside = uploader::temp_name(to);
         if self.store.rename(to, &aside).is_err() {
             return Err(first);
@@ -872,7 +866,7 @@ impl FtpsFs {
                 self.update_entry(path, |e| e.mtime = Some(t));
                 return Ok(());
             }
-            Err(e) if e.reply_code().is_none() => return Err(e.into()),
+            Err(e) if !e.is_refusal() => return Err(e.into()),
             Err(e) => e,
         };
         let attr = self.getattr(ino)?;
@@ -1035,7 +1029,7 @@ impl FtpsFs {
     /// none of it may reach the server. Frees the spool (it must not keep filling
     /// the disk), abandons any upload under way and remembers the error for every
     /// later write, fsync and close of the file. The server keeps its content.
-    fn spool_failed(&self, st: &mut FileState, path: &str, e: FtpError) -> Errno {
+    fn spool_failed(&self, st: &mut FileState, path: &str, e: StoreError) -> Errno {
         let errno = match e.errno() {
             0 => libc::EIO,
             n => n,
@@ -1325,19 +1319,19 @@ impl FtpsFs {
     /// place.
     fn upload_spool(
         &self,
-        source: &mut dyn FnMut() -> crate::error::Result<std::fs::File>,
+        source: &mut dyn FnMut() -> super::error::StoreResult<std::fs::File>,
         len: u64,
         path: &str,
         is_new: bool,
         mut record: Option<&mut Record>,
-    ) -> crate::error::Result<()> {
+    ) -> super::error::StoreResult<()> {
         let mut target = self.target(is_new);
         loop {
-            let mut before = |name: &str| -> crate::error::Result<()> {
+            let mut before = |name: &str| -> super::error::StoreResult<()> {
                 match (&self.journal, record.as_deref_mut()) {
                     (Some(j), Some(r)) => r
                         .uploading(j, Some(len), name)
-                        .map_err(|e| FtpError::io("writing the journal", e)),
+                        .map_err(|e| StoreError::local("writing the journal", e)),
                     _ => Ok(()),
                 }
             };
@@ -1360,7 +1354,7 @@ impl FtpsFs {
         }
     }
 
-    fn learn_renames_refused(&self, path: &str, e: &FtpError) {
+    fn learn_renames_refused(&self, path: &str, e: &StoreError) {
         if !self.renames_refused.swap(true, Ordering::Relaxed) {
             log::warn!(
                 "the server refused to rename an upload over {path} ({e}); files are now \
@@ -1440,7 +1434,7 @@ impl FtpsFs {
             }
             let mut open = || {
                 std::fs::File::open(&spool_path)
-                    .map_err(|e| FtpError::io("reading the spool file", e))
+                    .map_err(|e| StoreError::local("reading the spool file", e))
             };
             self.upload_spool(&mut open, len, &path, is_new, record.as_mut())
         });

@@ -317,7 +317,7 @@ fn keep_for_user(spool_dir: &Path, spool: &Path, path: &str) -> Option<PathBuf> 
 fn remote_entry(
     store: &dyn RemoteStore,
     path: &str,
-) -> crate::error::Result<Option<crate::ftp::RemoteEntry>> {
+) -> super::error::StoreResult<Option<crate::ftp::RemoteEntry>> {
     let Some((dir, name)) = split(path) else {
         return Ok(None);
     };
@@ -456,7 +456,7 @@ fn recover_one(
         if p != path {
             match store.delete(p) {
                 Ok(()) => partial_note = format!("; removed the incomplete upload {p}"),
-                Err(err) if err.reply_code().is_some() => {} // never created
+                Err(err) if err.is_refusal() => {} // never created
                 Err(err) => return Err(retry_later("remove the incomplete upload", &err)),
             }
         } else if !whole && e.base != Base::Absent {
@@ -556,7 +556,7 @@ fn recover_one(
                 )
             })
         }
-        Err(err) if err.reply_code().is_some_and(|c| c >= 500) => {
+        Err(err) if err.is_refusal() => {
             // Refused for good (permissions, quota): hand the data to the user.
             sp.keep();
             sp.discard();

@@ -1,8 +1,8 @@
 //! An in-memory [`RemoteStore`] that behaves like a strict FTP server (RNTO replaces
 //! files, RMD refuses non-empty directories), with failure injection. For tests.
 
+use super::error::{Refusal, StoreError, StoreResult as Result};
 use super::store::{split, RemoteStore};
-use crate::error::{FtpError, Result};
 use crate::ftp::{EntryKind, RemoteEntry};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,12 +40,9 @@ pub struct MemStore {
     pub list_pause: Mutex<Option<(usize, std::sync::mpsc::Receiver<()>)>>,
 }
 
-fn refused(cmd: &str, code: u16, text: &str) -> FtpError {
-    FtpError::Reply {
-        command: cmd.into(),
-        code,
-        text: text.into(),
-    }
+/// What a server says when it refuses `cmd`.
+fn refused(cmd: &str, why: Refusal, text: &str) -> StoreError {
+    StoreError::refused(why, format!("server refused {cmd}: {text}"))
 }
 
 impl MemStore {
@@ -130,7 +127,11 @@ impl RemoteStore for MemStore {
         self.lists.fetch_add(1, Ordering::Relaxed);
         let nodes = self.lock();
         if !matches!(nodes.get(dir), Some(Node::Dir { .. })) {
-            return Err(refused("MLSD", 550, "No such file or directory"));
+            return Err(refused(
+                "MLSD",
+                Refusal::NotFound,
+                "No such file or directory",
+            ));
         }
         Ok(nodes
             .iter()
@@ -167,7 +168,7 @@ impl RemoteStore for MemStore {
         for (i, e) in entries.into_iter().enumerate() {
             if let Some((at, rx)) = &pause {
                 if i == *at && rx.recv().is_err() {
-                    return Err(FtpError::Closed("listing cut off".into()));
+                    return Err(StoreError::Lost("listing cut off".into()));
                 }
             }
             sink(e);
@@ -184,7 +185,7 @@ impl RemoteStore for MemStore {
         self.reads.fetch_add(1, Ordering::Relaxed);
         let data = self
             .get(path)
-            .ok_or_else(|| refused("RETR", 550, "No such file"))?;
+            .ok_or_else(|| refused("RETR", Refusal::NotFound, "No such file"))?;
         let start = (offset as usize).min(data.len());
         for chunk in data[start..].chunks(64 * 1024) {
             if !sink(chunk) {
@@ -198,10 +199,10 @@ impl RemoteStore for MemStore {
         self.uploads.fetch_add(1, Ordering::Relaxed);
         let mut buf = Vec::new();
         data.read_to_end(&mut buf)
-            .map_err(|e| FtpError::io("reading spool", e))?;
+            .map_err(|e| StoreError::local("reading spool", e))?;
         let mut nodes = self.lock();
         if !Self::parent_is_dir(&nodes, path) || matches!(nodes.get(path), Some(Node::Dir { .. })) {
-            return Err(refused("STOR", 553, "Could not create file"));
+            return Err(refused("STOR", Refusal::Denied, "Could not create file"));
         }
         // Refused at the end of the transfer, as a server does when a write or
         // permission check fails late: the file is there, with half of the data.
@@ -224,7 +225,7 @@ impl RemoteStore for MemStore {
             },
         );
         if refuse {
-            return Err(refused("STOR", 553, "Permission denied"));
+            return Err(refused("STOR", Refusal::Denied, "Permission denied"));
         }
         Ok(n)
     }
@@ -236,18 +237,26 @@ impl RemoteStore for MemStore {
                 nodes.remove(path);
                 Ok(())
             }
-            Some(Node::Dir { .. }) => Err(refused("DELE", 550, "Is a directory")),
-            None => Err(refused("DELE", 550, "No such file or directory")),
+            Some(Node::Dir { .. }) => Err(refused("DELE", Refusal::IsDir, "Is a directory")),
+            None => Err(refused(
+                "DELE",
+                Refusal::NotFound,
+                "No such file or directory",
+            )),
         }
     }
 
     fn mkdir(&self, path: &str) -> Result<()> {
         let mut nodes = self.lock();
         if nodes.contains_key(path) {
-            return Err(refused("MKD", 550, "File exists"));
+            return Err(refused("MKD", Refusal::Exists, "File exists"));
         }
         if !Self::parent_is_dir(&nodes, path) {
-            return Err(refused("MKD", 550, "No such file or directory"));
+            return Err(refused(
+                "MKD",
+                Refusal::NotFound,
+                "No such file or directory",
+            ));
         }
         nodes.insert(
             path.into(),
@@ -261,10 +270,14 @@ impl RemoteStore for MemStore {
     fn rmdir(&self, path: &str) -> Result<()> {
         let mut nodes = self.lock();
         if !matches!(nodes.get(path), Some(Node::Dir { .. })) {
-            return Err(refused("RMD", 550, "No such file or directory"));
+            return Err(refused(
+                "RMD",
+                Refusal::NotFound,
+                "No such file or directory",
+            ));
         }
         if nodes.keys().any(|p| is_child(path, p)) {
-            return Err(refused("RMD", 550, "Directory not empty"));
+            return Err(refused("RMD", Refusal::NotEmpty, "Directory not empty"));
         }
         nodes.remove(path);
         Ok(())
@@ -274,14 +287,22 @@ impl RemoteStore for MemStore {
         self.renames.fetch_add(1, Ordering::Relaxed);
         let mut nodes = self.lock();
         let Some(node) = nodes.get(from).cloned() else {
-            return Err(refused("RNFR", 550, "No such file or directory"));
+            return Err(refused(
+                "RNFR",
+                Refusal::NotFound,
+                "No such file or directory",
+            ));
         };
         if !Self::parent_is_dir(&nodes, to) {
-            return Err(refused("RNTO", 550, "No such file or directory"));
+            return Err(refused(
+                "RNTO",
+                Refusal::NotFound,
+                "No such file or directory",
+            ));
         }
         if let Node::Dir { .. } = node {
             if nodes.keys().any(|p| is_child(to, p)) {
-                return Err(refused("RNTO", 550, "Directory not empty"));
+                return Err(refused("RNTO", Refusal::NotEmpty, "Directory not empty"));
             }
             let prefix = format!("{from}/");
             let moved: Vec<(String, Node)> = nodes
@@ -304,7 +325,7 @@ impl RemoteStore for MemStore {
                 Ok(())
             }
             Some(Node::Dir { .. }) => Ok(()),
-            None => Err(refused("SITE CHMOD", 550, "No such file")),
+            None => Err(refused("SITE CHMOD", Refusal::NotFound, "No such file")),
         }
     }
 
@@ -318,7 +339,7 @@ impl RemoteStore for MemStore {
                 *mtime = t;
                 Ok(())
             }
-            None => Err(refused("MFMT", 550, "No such file")),
+            None => Err(refused("MFMT", Refusal::NotFound, "No such file")),
         }
     }
 }

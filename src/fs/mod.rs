@@ -3,6 +3,7 @@
 pub mod dircache;
 pub mod dirstream;
 pub mod entries;
+pub mod error;
 #[cfg(test)]
 pub mod faultstore;
 pub mod filesystem;

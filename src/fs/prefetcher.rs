@@ -23,8 +23,8 @@
 //! stopped with REST on a fresh connection, up to `MAX_RESUMES` times in a row
 //! without progress; then the read fails with the error.
 
+use super::error::{StoreError, StoreResult as Result};
 use super::store::RemoteStore;
-use crate::error::{FtpError, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -47,12 +47,6 @@ pub const MAX_RESUMES: u32 = 3;
 /// Pause before the n-th resume: n times this.
 const RESUME_PAUSE: Duration = Duration::from_millis(200);
 
-/// A download that failed this way may be resumed at its offset on a new
-/// connection; a refusal (no such file, permission) may not.
-fn resumable(e: &FtpError) -> bool {
-    e.is_connection_lost() || matches!(e.reply_code(), Some(421 | 425 | 426 | 450 | 451))
-}
-
 enum Msg {
     Data(Vec<u8>),
     End(Result<()>),
@@ -74,7 +68,7 @@ struct Stream {
     buf_start: u64,
     buf_len: u64,
     eof: bool,
-    error: Option<FtpError>,
+    error: Option<StoreError>,
 }
 
 impl Stream {
@@ -251,7 +245,7 @@ impl Prefetcher {
         self.stream = Some(stream);
         if let Err(e) = spawned {
             if let Some(s) = self.stream.as_mut() {
-                s.error = Some(FtpError::io("starting a read thread", e));
+                s.error = Some(StoreError::local("starting a read thread", e));
             }
         }
     }
@@ -286,7 +280,7 @@ impl Prefetcher {
         }
         if let Some((at, when, errno, msg)) = &self.failed {
             if *at == offset && when.elapsed() < REPEAT_FAILURE_FOR {
-                return Err(FtpError::Io {
+                return Err(StoreError::Local {
                     context: msg.clone(),
                     source: std::io::Error::from_raw_os_error(*errno),
                 });
@@ -325,7 +319,7 @@ impl Prefetcher {
         let mut resumed_at = u64::MAX;
         loop {
             let Some(s) = self.stream.as_mut() else {
-                return Err(FtpError::Protocol("no read stream".into()));
+                return Err(StoreError::Failed("no read stream".into()));
             };
             if s.end() >= want_end || s.eof {
                 break;
@@ -338,7 +332,7 @@ impl Prefetcher {
                     resumes = 0; // progress since the last resume
                 }
                 let Some(e) = s.error.take() else { break };
-                if !resumable(&e) || resumes >= MAX_RESUMES {
+                if !e.is_resumable() || resumes >= MAX_RESUMES {
                     self.stream = None;
                     log::error!("reading {} at {at}: {e}; giving up", self.path);
                     return Err(e);
@@ -371,7 +365,7 @@ impl Prefetcher {
                     // Out of time: the stream is dropped (its thread stops) and the
                     // read fails; the size shown does not change.
                     self.stream = None;
-                    return Err(FtpError::Timeout(format!(
+                    return Err(StoreError::Timeout(format!(
                         "reading {}: no data within the deadline (timeout=)",
                         self.path
                     )));
@@ -388,11 +382,11 @@ impl Prefetcher {
                     // where it stopped, keeping the window.
                     self.resume(want_end);
                 }
-                Err(_) => s.error = Some(FtpError::Closed("read thread ended".into())),
+                Err(_) => s.error = Some(StoreError::Lost("read thread ended".into())),
             }
         }
         let Some(s) = self.stream.as_mut() else {
-            return Err(FtpError::Protocol("no read stream".into()));
+            return Err(StoreError::Failed("no read stream".into()));
         };
         if offset >= s.end() {
             return Ok(()); // at or past the true end of the file

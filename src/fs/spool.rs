@@ -31,7 +31,7 @@
 //! Memory: one staging block plus at most [`DEPTH`] blocks queued, per file being
 //! appended to past [`DIRECT_AFTER`].
 
-use crate::error::{FtpError, Result};
+use super::error::{StoreError, StoreResult as Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -81,7 +81,9 @@ impl Spool {
         let file = tempfile::Builder::new()
             .prefix("ftpsfs-spool-")
             .tempfile_in(dir)
-            .map_err(|e| FtpError::io(format!("creating a spool file in {}", dir.display()), e))?;
+            .map_err(|e| {
+                StoreError::local(format!("creating a spool file in {}", dir.display()), e)
+            })?;
         Ok(Spool::over(file, 0))
     }
 
@@ -104,7 +106,7 @@ impl Spool {
     /// Fails when an earlier local write failed: the copy is incomplete.
     fn check(&self) -> Result<()> {
         match &self.broken {
-            Some((errno, msg)) => Err(FtpError::io(
+            Some((errno, msg)) => Err(StoreError::local(
                 msg.clone(),
                 std::io::Error::from_raw_os_error(*errno),
             )),
@@ -136,13 +138,13 @@ impl Spool {
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|e| FtpError::io(format!("opening {}", path.display()), e))?;
+            .map_err(|e| StoreError::local(format!("opening {}", path.display()), e))?;
         let len = f
             .metadata()
-            .map_err(|e| FtpError::io(format!("reading {}", path.display()), e))?
+            .map_err(|e| StoreError::local(format!("reading {}", path.display()), e))?
             .len();
         let temp_path = tempfile::TempPath::try_from_path(path)
-            .map_err(|e| FtpError::io(format!("adopting {}", path.display()), e))?;
+            .map_err(|e| StoreError::local(format!("adopting {}", path.display()), e))?;
         let file = NamedTempFile::from_parts(f, temp_path);
         Ok(Spool::over(file, len))
     }
@@ -217,7 +219,7 @@ impl Spool {
         out.resize(start + n, 0);
         if let Err(e) = self.file.as_file().read_exact_at(&mut out[start..], offset) {
             out.truncate(start);
-            return Err(FtpError::io("reading the spool file", e));
+            return Err(StoreError::local("reading the spool file", e));
         }
         Ok(())
     }
@@ -234,7 +236,7 @@ impl Spool {
             .capacity
             .is_some_and(|c| offset + data.len() as u64 > c)
         {
-            return Err(FtpError::io(
+            return Err(StoreError::local(
                 "writing the spool file",
                 std::io::Error::from_raw_os_error(libc::ENOSPC),
             ));
@@ -246,7 +248,7 @@ impl Spool {
         self.file
             .as_file()
             .write_all_at(data, offset)
-            .map_err(|e| FtpError::io("writing the spool file", e))?;
+            .map_err(|e| StoreError::local("writing the spool file", e))?;
         self.len = self.len.max(offset + data.len() as u64);
         Ok(())
     }
@@ -301,7 +303,7 @@ impl Spool {
             .file
             .as_file()
             .set_len(len)
-            .map_err(|e| FtpError::io("truncating the spool file", e));
+            .map_err(|e| StoreError::local("truncating the spool file", e));
         self.note(r)?;
         self.len = len;
         Ok(())
@@ -334,9 +336,9 @@ impl Spool {
         let mut f = self
             .file
             .reopen()
-            .map_err(|e| FtpError::io("reopening the spool file", e))?;
+            .map_err(|e| StoreError::local("reopening the spool file", e))?;
         f.seek(SeekFrom::Start(0))
-            .map_err(|e| FtpError::io("seeking the spool file", e))?;
+            .map_err(|e| StoreError::local("seeking the spool file", e))?;
         Ok(f)
     }
 
@@ -465,7 +467,7 @@ impl DirectAppender {
                 // page cache instead of making the program wait for the disk.
                 self.buffered
                     .write_all_at(self.staging.bytes(), self.base)
-                    .map_err(|e| FtpError::io("writing the spool file", e))?;
+                    .map_err(|e| StoreError::local("writing the spool file", e))?;
                 self.buffered_blocks += 1;
                 self.base += BLOCK as u64;
                 self.filled = 0;
@@ -487,7 +489,7 @@ impl DirectAppender {
 
     fn took_back(&mut self, r: std::result::Result<AlignedBlock, std::io::Error>) -> Result<()> {
         self.in_flight -= 1;
-        let block = r.map_err(|e| FtpError::io("writing the spool file", e))?;
+        let block = r.map_err(|e| StoreError::local("writing the spool file", e))?;
         self.spare.push(block);
         Ok(())
     }
@@ -527,10 +529,10 @@ impl DirectAppender {
         }
         let _ = worker.join();
         if let Some(e) = first_err {
-            return Err(FtpError::io("writing the spool file", e));
+            return Err(StoreError::local("writing the spool file", e));
         }
         file.write_all_at(&staging.bytes()[..filled], base)
-            .map_err(|e| FtpError::io("writing the spool file", e))
+            .map_err(|e| StoreError::local("writing the spool file", e))
     }
 
     /// Stops without waiting (the spool is being deleted).
@@ -539,8 +541,8 @@ impl DirectAppender {
     }
 }
 
-fn writer_gone() -> FtpError {
-    FtpError::io(
+fn writer_gone() -> StoreError {
+    StoreError::local(
         "writing the spool file",
         std::io::Error::other("spool writer thread ended"),
     )

@@ -2,7 +2,7 @@
 //! implements it for real mounts; [`super::memstore::MemStore`] for fast unit tests.
 //! Paths are absolute remote paths (`/dir/name`).
 
-use crate::error::Result;
+use super::error::StoreResult as Result;
 use crate::ftp::RemoteEntry;
 use std::io::BufRead;
 use std::time::SystemTime;

@@ -15,9 +15,9 @@
 //! the spool file is kept on disk, its path logged: nothing a program was told was
 //! written is lost.
 
+use super::error::{StoreError, StoreResult as Result};
 use super::spool::Spool;
 use super::store::{join, split, RemoteStore};
-use crate::error::{FtpError, Result};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,19 +111,19 @@ pub fn no_journal(_: &str) -> Result<()> {
 /// Renames an uploaded temporary file over `path`; removes it if that fails. The
 /// file under `path` is never deleted first: if the rename is refused, the old
 /// content stays and the caller still has the new one in its spool.
+/// A refused rename comes back as [`StoreError::RenameRefused`].
 pub fn commit(store: &dyn RemoteStore, tmp: &str, path: &str) -> Result<()> {
     if let Err(e) = store.rename(tmp, path) {
         let _ = store.delete(tmp);
-        return Err(e);
+        return Err(e.into_rename_refusal());
     }
     Ok(())
 }
 
 /// True when the server refused a rename (an account or a server without rename
 /// permission), as opposed to a lost connection: uploads then go in place.
-pub fn is_rename_refusal(e: &FtpError) -> bool {
-    matches!(e, FtpError::Reply { command, code, .. }
-        if (command.starts_with("RNFR") || command.starts_with("RNTO")) && *code != 421)
+pub fn is_rename_refusal(e: &StoreError) -> bool {
+    matches!(e, StoreError::RenameRefused { .. })
 }
 
 /// The queue between a writer and its streaming upload: at most `STREAM_DEPTH`
@@ -338,7 +338,7 @@ impl StreamUpload {
         self.feed.filled.notify_all();
         let stored = match self.worker.take().map(|w| w.join()) {
             Some(Ok(r)) => r,
-            _ => Err(FtpError::Protocol("upload thread panicked".into())),
+            _ => Err(StoreError::Failed("upload thread panicked".into())),
         };
         match stored.and_then(|n| check_len(n, expected, &self.tmp)) {
             Ok(()) => Ok(std::mem::take(&mut self.tmp)),
@@ -360,7 +360,7 @@ const YIELD_AFTER: Duration = Duration::from_millis(500);
 
 fn check_len(sent: u64, expected: u64, path: &str) -> Result<()> {
     if sent != expected {
-        return Err(FtpError::Truncated(format!(
+        return Err(StoreError::Lost(format!(
             "{path}: sent {sent} of {expected} bytes"
         )));
     }

@@ -1,7 +1,9 @@
-//! [`RemoteStore`] over a [`Pool`] of FTPS connections.
+//! [`RemoteStore`] over a [`Pool`] of FTPS connections. FTP replies become the
+//! filesystem's [`StoreError`]s here, in one place ([`to_store`]).
 
 use super::pool::{Pool, Use};
 use crate::error::{FtpError, Result};
+use crate::fs::error::{Refusal, StoreError, StoreResult};
 use crate::fs::store::RemoteStore;
 use crate::ftp::{FtpConnection, RemoteEntry};
 use std::io::{BufRead, Read, Write};
@@ -45,8 +47,10 @@ impl FtpStore {
     }
 }
 
-impl RemoteStore for FtpStore {
-    fn check_name(&self, name: &str) -> Result<()> {
+impl FtpStore {
+    // ---- the operations, in FTP terms (see `RemoteStore` for each) ----
+
+    fn ftp_check_name(&self, name: &str) -> Result<()> {
         match self.pool.encoding().encode(name) {
             Ok(_) => Ok(()),
             Err(c) => Err(FtpError::Unencodable(format!(
@@ -55,11 +59,11 @@ impl RemoteStore for FtpStore {
         }
     }
 
-    fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
+    fn ftp_list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
         self.pool.run(Use::Transfer, |c| c.list_dir(dir))
     }
 
-    fn list_each(&self, dir: &str, sink: &mut dyn FnMut(RemoteEntry)) -> Result<()> {
+    fn ftp_list_each(&self, dir: &str, sink: &mut dyn FnMut(RemoteEntry)) -> Result<()> {
         let mut sent_any = false;
         self.pool.run(Use::Transfer, |c| {
             if sent_any {
@@ -73,7 +77,7 @@ impl RemoteStore for FtpStore {
         })
     }
 
-    fn read_from(
+    fn ftp_read_from(
         &self,
         path: &str,
         offset: u64,
@@ -110,7 +114,7 @@ impl RemoteStore for FtpStore {
         })
     }
 
-    fn write_file(&self, path: &str, data: &mut dyn BufRead) -> Result<u64> {
+    fn ftp_write_file(&self, path: &str, data: &mut dyn BufRead) -> Result<u64> {
         // Until a byte of `data` is consumed, a dead idle connection is replaced
         // as in every other operation.
         loop {
@@ -126,34 +130,124 @@ impl RemoteStore for FtpStore {
         }
     }
 
-    fn delete(&self, path: &str) -> Result<()> {
+    fn ftp_delete(&self, path: &str) -> Result<()> {
         self.repeatable(|c| c.delete(path), libc::ENOENT)
     }
 
-    fn mkdir(&self, path: &str) -> Result<()> {
+    fn ftp_mkdir(&self, path: &str) -> Result<()> {
         self.repeatable(|c| c.mkdir(path), libc::EEXIST)
     }
 
-    fn rmdir(&self, path: &str) -> Result<()> {
+    fn ftp_rmdir(&self, path: &str) -> Result<()> {
         self.repeatable(|c| c.rmdir(path), libc::ENOENT)
     }
 
-    fn rename(&self, from: &str, to: &str) -> Result<()> {
+    fn ftp_rename(&self, from: &str, to: &str) -> Result<()> {
         // Repeated after a lost connection, "no such file" for the source means
         // the first RNFR/RNTO went through.
         self.repeatable(|c| c.rename(from, to), libc::ENOENT)
     }
 
-    fn chmod(&self, path: &str, mode: u32) -> Result<()> {
+    fn ftp_chmod(&self, path: &str, mode: u32) -> Result<()> {
         self.pool.run(Use::Command, |c| c.chmod(path, mode))
+    }
+
+    fn ftp_set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()> {
+        self.pool.run(Use::Command, |c| c.set_mtime(path, mtime))
+    }
+}
+
+impl RemoteStore for FtpStore {
+    fn check_name(&self, name: &str) -> StoreResult<()> {
+        self.ftp_check_name(name).map_err(to_store)
+    }
+
+    fn list(&self, dir: &str) -> StoreResult<Vec<RemoteEntry>> {
+        self.ftp_list(dir).map_err(to_store)
+    }
+
+    fn list_each(&self, dir: &str, sink: &mut dyn FnMut(RemoteEntry)) -> StoreResult<()> {
+        self.ftp_list_each(dir, sink).map_err(to_store)
+    }
+
+    fn read_from(
+        &self,
+        path: &str,
+        offset: u64,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> StoreResult<()> {
+        self.ftp_read_from(path, offset, sink).map_err(to_store)
+    }
+
+    fn write_file(&self, path: &str, data: &mut dyn BufRead) -> StoreResult<u64> {
+        self.ftp_write_file(path, data).map_err(to_store)
+    }
+
+    fn delete(&self, path: &str) -> StoreResult<()> {
+        self.ftp_delete(path).map_err(to_store)
+    }
+
+    fn mkdir(&self, path: &str) -> StoreResult<()> {
+        self.ftp_mkdir(path).map_err(to_store)
+    }
+
+    fn rmdir(&self, path: &str) -> StoreResult<()> {
+        self.ftp_rmdir(path).map_err(to_store)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> StoreResult<()> {
+        self.ftp_rename(from, to).map_err(to_store)
+    }
+
+    fn chmod(&self, path: &str, mode: u32) -> StoreResult<()> {
+        self.ftp_chmod(path, mode).map_err(to_store)
+    }
+
+    fn set_mtime(&self, path: &str, mtime: SystemTime) -> StoreResult<()> {
+        self.ftp_set_mtime(path, mtime).map_err(to_store)
     }
 
     fn is_contended(&self) -> bool {
         self.pool.is_contended()
     }
+}
 
-    fn set_mtime(&self, path: &str, mtime: SystemTime) -> Result<()> {
-        self.pool.run(Use::Command, |c| c.set_mtime(path, mtime))
+/// An FTP client error in the filesystem's terms: what the server refused and
+/// why (from the reply code and its text), or a lost connection / "try again"
+/// (421, 425, 426, 450, 451) that may be repeated or resumed.
+pub fn to_store(e: FtpError) -> StoreError {
+    let message = e.to_string();
+    match &e {
+        FtpError::Reply {
+            code: 421 | 425 | 426 | 450 | 451,
+            ..
+        } => StoreError::Lost(message),
+        FtpError::Reply {
+            code: 500 | 502 | 504,
+            ..
+        } => StoreError::refused(Refusal::NotImplemented, message),
+        FtpError::Reply { .. } => {
+            let why = match e.errno() {
+                libc::ENOENT => Refusal::NotFound,
+                libc::EEXIST => Refusal::Exists,
+                libc::ENOTEMPTY => Refusal::NotEmpty,
+                libc::ENOTDIR => Refusal::NotDir,
+                libc::EISDIR => Refusal::IsDir,
+                libc::EACCES | libc::EPERM => Refusal::Denied,
+                libc::ENOSPC | libc::EDQUOT => Refusal::NoSpace,
+                libc::ENOTSUP => Refusal::NotImplemented,
+                _ => Refusal::Other,
+            };
+            StoreError::refused(why, message)
+        }
+        FtpError::Timeout(_) => StoreError::Timeout(message),
+        FtpError::Io { .. }
+        | FtpError::Closed(_)
+        | FtpError::Protocol(_)
+        | FtpError::Truncated(_) => StoreError::Lost(message),
+        FtpError::Tls(_) => StoreError::Failed(message),
+        FtpError::Invalid(_) => StoreError::Invalid(message),
+        FtpError::Unencodable(_) => StoreError::Unencodable(message),
     }
 }
 
