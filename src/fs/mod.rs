@@ -1,5 +1,7 @@
 //! The filesystem: logic over a [`store::RemoteStore`], and the fuser adapter.
 
+pub mod attr;
+pub mod config;
 pub mod dircache;
 pub mod dirstream;
 pub mod entries;

@@ -1,0 +1,337 @@
+//! Open files: handles, reads through the per-handle prefetcher, writes into the
+//! spool with a streaming upload for sequential writers (see `open_file.rs`).
+
+use super::*;
+
+impl FtpsFs {
+    /// Gives the file a spool if it has none: empty when truncating or new, else
+    /// the server's content, downloaded with the file marked busy and its lock
+    /// released (see `open_file.rs`).
+    pub(super) fn ensure_spool<'a>(
+        &self,
+        file: &'a OpenFile,
+        mut st: MutexGuard<'a, FileState>,
+        path: &str,
+        truncating: bool,
+    ) -> FsResult<MutexGuard<'a, FileState>> {
+        if st.spool.is_some() {
+            return Ok(st);
+        }
+        if truncating || st.is_new {
+            st.spool = Some(Spool::new(&self.cfg.spool_dir)?);
+            return Ok(st);
+        }
+        let (mut st, fetched) = file.unlocked(st, || {
+            Spool::fetch(&self.cfg.spool_dir, self.store.as_ref(), path)
+        });
+        let fetched = fetched?;
+        if st.spool.is_none() {
+            st.spool = Some(fetched);
+        } else {
+            fetched.discard();
+        }
+        Ok(st)
+    }
+
+    /// The file holds data the server does not have yet: journal it (see
+    /// `journal.rs`) unless already journaled.
+    /// Also the data's modification time: now, as for a local write (a time set
+    /// before it is superseded).
+    pub(super) fn mark_dirty(&self, st: &mut FileState, path: &str) {
+        st.dirty = true;
+        st.modified = Some(SystemTime::now());
+        st.pending_mtime = None;
+        if st.record.is_some() {
+            return;
+        }
+        let (Some(j), Some(sp)) = (&self.journal, &st.spool) else {
+            return;
+        };
+        let mut r = j.record(sp.path(), path, st.base);
+        if let Err(e) = r.write(j, false) {
+            log::warn!("journal record for {path}: {e}");
+        }
+        st.record = Some(r);
+    }
+
+    /// A local write to the spool failed: the program's data is incomplete, so
+    /// none of it may reach the server. Frees the spool (it must not keep filling
+    /// the disk), abandons any upload under way and remembers the error for every
+    /// later write, fsync and close of the file. The server keeps its content.
+    pub(super) fn spool_failed(&self, st: &mut FileState, path: &str, e: StoreError) -> Errno {
+        let errno = match e.errno() {
+            0 => libc::EIO,
+            n => n,
+        };
+        st.abandon_stream();
+        let written = st.spool.as_ref().map_or(0, Spool::len);
+        if let Some(sp) = st.spool.take() {
+            sp.discard();
+        }
+        st.record = None;
+        st.dirty = false;
+        st.failed = Some(errno);
+        log::error!(
+            "writing {path}: the local spool failed ({e}); the {written} bytes written since the last \
+             upload are dropped and the server keeps its previous content; close() and fsync() \
+             report the error"
+        );
+        Errno(errno)
+    }
+
+    pub(super) fn new_handle(&self, ino: u64, path: &str, writable: bool, append: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let h = FileHandle {
+            ino,
+            append,
+            writable,
+            reader: Mutex::new(Some(Prefetcher::new(self.store.clone(), path.to_string()))),
+        };
+        lock(&self.handles).insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub(super) fn state(&self, ino: u64) -> Arc<OpenFile> {
+        lock(&self.files)
+            .entry(ino)
+            .or_insert_with(|| Arc::new(OpenFile::new()))
+            .clone()
+    }
+
+    /// open(2) of an existing file. `flags` are the open flags.
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let acc = flags & libc::O_ACCMODE;
+        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if writable {
+            self.writable()?;
+        }
+        let path = self.path_of(ino)?;
+        let entry = self.entry(&path)?;
+        if entry.kind == EntryKind::Dir {
+            return Err(Errno(libc::EISDIR));
+        }
+        let state = self.state(ino);
+        {
+            let mut st = state.lock();
+            if st.handles == 0 && !st.dirty && !st.is_new {
+                st.base = journal::base_of(Some(&entry));
+            }
+            st.handles += 1;
+            if writable {
+                st.writers += 1;
+            }
+        }
+        if writable && flags & libc::O_TRUNC != 0 {
+            let truncated = state.lock_idle().and_then(|st| {
+                if let Some(e) = st.failed {
+                    return Err(Errno(e));
+                }
+                let mut st = self.ensure_spool(&state, st, &path, true)?;
+                st.abandon_stream();
+                st.stream_tried = false;
+                let r = st.spool.as_mut().map_or(Ok(()), |s| s.set_len(0));
+                let r = match r {
+                    Err(e) => Err(self.spool_failed(&mut st, &path, e)),
+                    Ok(()) => {
+                        self.mark_dirty(&mut st, &path);
+                        Ok(())
+                    }
+                };
+                drop(state.settle(st, self.store.as_ref()));
+                r
+            });
+            if let Err(e) = truncated {
+                let mut st = state.lock();
+                st.handles -= 1;
+                st.writers -= 1;
+                return Err(e);
+            }
+        }
+        Ok(self.new_handle(ino, &path, writable, flags & libc::O_APPEND != 0))
+    }
+
+    /// create(2): a new empty file, uploaded at the latest when closed.
+    pub fn create(&self, parent: u64, name: &str, mode: u32, flags: i32) -> FsResult<(Attr, u64)> {
+        self.writable()?;
+        self.new_name_ok(name)?;
+        let dir = self.path_of(parent)?;
+        let path = join(&dir, name);
+        if let Some(existing) = self.known(&dir, name)? {
+            if flags & libc::O_EXCL != 0 {
+                return Err(Errno(libc::EEXIST));
+            }
+            if existing.kind == EntryKind::Dir {
+                return Err(Errno(libc::EISDIR));
+            }
+            // O_CREAT on an existing file keeps its content unless O_TRUNC says otherwise.
+            let ino = self.inodes.get_or_create(&path, true);
+            let fh = self.open(ino, flags)?;
+            return Ok((self.getattr(ino)?, fh));
+        }
+        let ino = self.inodes.get_or_create(&path, true);
+        let state = self.state(ino);
+        {
+            let mut st = state.lock_idle()?;
+            st.handles += 1;
+            st.writers += 1;
+            st.is_new = true;
+            st.base = Base::Absent;
+            if st.spool.is_none() {
+                match Spool::new(&self.cfg.spool_dir) {
+                    Ok(sp) => st.spool = Some(sp),
+                    Err(e) => {
+                        st.handles -= 1;
+                        st.writers -= 1;
+                        return Err(e.into());
+                    }
+                }
+            }
+            self.mark_dirty(&mut st, &path);
+            let default = 0o666 & !self.cfg.umask;
+            if mode & 0o7777 != default && mode & 0o7777 != 0o644 {
+                st.pending_mode = Some(mode & 0o7777);
+            }
+        }
+        let e = RemoteEntry {
+            name: name.to_string(),
+            kind: EntryKind::File,
+            size: 0,
+            mtime: Some(SystemTime::now()),
+            mode: Some(mode & 0o7777),
+        };
+        self.cache.edit(&dir, |l| {
+            l.insert(name.to_string(), e.clone());
+        });
+        self.dir_changed(&dir);
+        let fh = self.new_handle(ino, &path, true, flags & libc::O_APPEND != 0);
+        Ok((self.make_attr(ino, &e), fh))
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno(libc::EBADF))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: usize) -> FsResult<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_into(fh, offset, size, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`FtpsFs::read`] appending to `out`, a buffer the caller reuses (no
+    /// allocation per read).
+    pub fn read_into(&self, fh: u64, offset: u64, size: usize, out: &mut Vec<u8>) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let state = lock(&self.files).get(&h.ino).cloned();
+        if let Some(state) = state {
+            let has_spool = {
+                let st = state.lock();
+                if let Some(e) = st.failed {
+                    return Err(Errno(e));
+                }
+                st.spool.is_some()
+            };
+            if has_spool {
+                let mut st = state.lock_idle()?;
+                if let Some(sp) = st.spool.as_mut() {
+                    return Ok(sp.read_into(offset, size, out)?);
+                }
+            }
+        }
+        let mut reader = lock(&h.reader);
+        match reader.as_mut() {
+            Some(p) => Ok(p.read_into(offset, size, out)?),
+            None => Err(Errno(libc::EBADF)),
+        }
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(Errno(libc::EBADF));
+        }
+        let (path, _) = self.inodes.path(h.ino).ok_or(Errno(libc::ENOENT))?;
+        let state = self.state(h.ino);
+        let st = state.lock_idle()?;
+        if let Some(e) = st.failed {
+            return Err(Errno(e));
+        }
+        let mut st = self.ensure_spool(&state, st, &path, false)?;
+        let sp = st.spool.as_mut().ok_or(Errno(libc::EIO))?;
+        let off = if h.append { sp.len() } else { offset };
+        let was_empty = sp.is_empty();
+        if let Err(e) = sp.write_at(off, data) {
+            let errno = self.spool_failed(&mut st, &path, e);
+            drop(state.settle(st, self.store.as_ref()));
+            return Err(errno);
+        }
+        self.mark_dirty(&mut st, &path);
+        let st = self.stream_write(&state, st, &path, off, was_empty, data);
+        drop(state.settle(st, self.store.as_ref()));
+        Ok(data.len())
+    }
+
+    /// Feeds the streaming upload of a sequential writer (see `StreamUpload`); any
+    /// other write pattern abandons it and the spool is uploaded at flush instead.
+    /// The push, which waits while the network is behind, runs with the file busy
+    /// and unlocked.
+    pub(super) fn stream_write<'a>(
+        &self,
+        file: &'a OpenFile,
+        mut st: MutexGuard<'a, FileState>,
+        path: &str,
+        off: u64,
+        was_empty: bool,
+        data: &[u8],
+    ) -> MutexGuard<'a, FileState> {
+        if self.cfg.inplace {
+            return st;
+        }
+        let sequential = st.stream.as_ref().map(|s| s.pos() == off);
+        match sequential {
+            Some(true) => {}
+            Some(false) => {
+                st.abandon_stream();
+                return st;
+            }
+            None if off == 0 && was_empty && !st.stream_tried => {
+                st.stream_tried = true;
+                let target = self.target(st.is_new);
+                if target == Target::InPlace {
+                    return st;
+                }
+                let name = uploader::upload_name(path, target);
+                // The journal knows the name before the server does.
+                if let (Some(j), Some(r)) = (&self.journal, st.record.as_mut()) {
+                    if let Err(e) = r.uploading(j, None, &name) {
+                        log::warn!("journal record for {path}: {e}; not streaming it");
+                        return st;
+                    }
+                }
+                st.stream = StreamUpload::start(self.store.clone(), &name, self.cfg.op_timeout);
+            }
+            None => return st,
+        }
+        let Some(mut stream) = st.stream.take() else {
+            return st;
+        };
+        let (mut st, pushed) = file.unlocked(st, || stream.push(data));
+        st.stream = Some(stream);
+        if !pushed {
+            st.abandon_stream();
+        }
+        st
+    }
+
+    /// Tests: the spool of an open file fails writes past `bytes` (a full disk).
+    #[cfg(test)]
+    pub fn limit_spool(&self, ino: u64, bytes: u64) {
+        if let Some(f) = lock(&self.files).get(&ino) {
+            if let Some(sp) = f.lock().spool.as_mut() {
+                sp.capacity = Some(bytes);
+            }
+        }
+    }
+}
