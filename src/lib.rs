@@ -13,4 +13,5 @@ pub mod ftp;
 pub mod mount;
 pub mod names;
 pub mod remote;
+pub mod sync;
 pub mod syslog;

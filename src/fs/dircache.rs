@@ -56,7 +56,7 @@ impl DirCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Listing>> {
-        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.lru)
     }
 
     /// The listing of `dir` if cached and fresh.
@@ -74,7 +74,7 @@ impl DirCache {
     }
 
     fn fills(&self) -> std::sync::MutexGuard<'_, HashMap<String, (usize, u64)>> {
-        self.fills.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.fills)
     }
 
     /// Notes that a listing of `dir` is being fetched from the server.

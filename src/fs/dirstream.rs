@@ -101,7 +101,7 @@ impl DirStream {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Adds an entry that just arrived (ignored if its name came before).

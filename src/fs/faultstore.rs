@@ -51,7 +51,7 @@ impl FaultStore {
     }
 
     fn refused(&self, op: &str) -> Result<()> {
-        let refuse = self.refuse.lock().unwrap_or_else(|p| p.into_inner());
+        let refuse = crate::sync::lock(&self.refuse);
         if refuse.contains(&op) {
             return Err(StoreError::refused(
                 Refusal::Denied,
@@ -65,7 +65,7 @@ impl FaultStore {
     }
 
     fn take_failure(&self, op: &str) -> Result<()> {
-        let mut next = self.fail_next.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = crate::sync::lock(&self.fail_next);
         if let Some(i) = next.iter().position(|o| *o == op) {
             next.remove(i);
             return Err(lost(op));
@@ -175,10 +175,7 @@ impl RemoteStore for FaultStore {
 
     fn chmod(&self, path: &str, mode: u32) -> Result<()> {
         self.refused("chmod")?;
-        self.chmods
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((path.to_string(), mode));
+        crate::sync::lock(&self.chmods).push((path.to_string(), mode));
         self.inner.chmod(path, mode)
     }
 

@@ -24,6 +24,7 @@ use super::store::{join, split, RemoteStore};
 use super::uploader::{self, StreamUpload, Target};
 use crate::ftp::entry::is_valid_name;
 use crate::ftp::{EntryKind, RemoteEntry};
+use crate::sync::lock;
 use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -83,10 +84,6 @@ pub struct FtpsFs {
 
 /// Most change times remembered (see `FtpsFs::ctimes`).
 const CTIMES_KEPT: usize = 4096;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn name_ok(name: &str) -> FsResult<()> {
     if name.contains(['\r', '\n']) {

@@ -76,7 +76,7 @@ impl Inodes {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.table)
     }
 
     /// The inode of `path`, creating it; `count` adds a kernel lookup reference.

@@ -44,11 +44,7 @@ pub struct ListingPrefetcher {
 
 impl Drop for ListingPrefetcher {
     fn drop(&mut self) {
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stop = true;
+        crate::sync::lock(&self.shared.queue).stop = true;
         self.shared.work.notify_all();
     }
 }
@@ -64,7 +60,7 @@ impl ListingPrefetcher {
                 .name("ftpsfs-list".into())
                 .spawn(move || loop {
                     let dir = {
-                        let mut g = q.queue.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut g = crate::sync::lock(&q.queue);
                         loop {
                             if g.stop {
                                 return;
@@ -80,11 +76,7 @@ impl ListingPrefetcher {
                             log::debug!("prefetching the listing of {dir}: {e}");
                         }
                     }
-                    q.queue
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .known
-                        .remove(&dir);
+                    crate::sync::lock(&q.queue).known.remove(&dir);
                     q.done.notify_all();
                 });
         }
@@ -93,7 +85,7 @@ impl ListingPrefetcher {
 
     /// Queues directories to be listed soon.
     pub fn queue(&self, dirs: impl IntoIterator<Item = String>) {
-        let mut g = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = crate::sync::lock(&self.shared.queue);
         let mut added = false;
         for d in dirs {
             if g.waiting.len() >= MAX_QUEUED {
@@ -115,7 +107,7 @@ impl ListingPrefetcher {
     /// that needs it now had better wait than list it a second time.
     pub fn wait_for(&self, dir: &str, limit: Duration) {
         let until = Instant::now() + limit;
-        let mut g = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = crate::sync::lock(&self.shared.queue);
         while g.known.contains(dir) {
             let now = Instant::now();
             if now >= until {

@@ -60,7 +60,7 @@ impl MemStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Node>> {
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.nodes)
     }
 
     /// True when `path` is a directory.
@@ -160,11 +160,7 @@ impl RemoteStore for MemStore {
 
     fn list_each(&self, dir: &str, sink: &mut dyn FnMut(RemoteEntry)) -> Result<()> {
         let entries = self.list(dir)?;
-        let pause = self
-            .list_pause
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let pause = crate::sync::lock(&self.list_pause).take();
         for (i, e) in entries.into_iter().enumerate() {
             if let Some((at, rx)) = &pause {
                 if i == *at && rx.recv().is_err() {

@@ -117,7 +117,7 @@ impl OpenFile {
 
     /// The state, for memory-only work; never waits for the network.
     pub fn lock(&self) -> MutexGuard<'_, FileState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// The state once no network work runs for the file; `ETIMEDOUT` when the

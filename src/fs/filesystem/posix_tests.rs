@@ -23,11 +23,7 @@ fn setup() -> (Arc<FaultStore>, FtpsFs, tempfile::TempDir) {
 }
 
 fn refuse(store: &FaultStore, ops: &[&'static str]) {
-    store
-        .refuse
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .extend_from_slice(ops);
+    crate::sync::lock(&store.refuse).extend_from_slice(ops);
 }
 
 fn t(secs: u64) -> SystemTime {
@@ -199,11 +195,7 @@ fn mkdir_applies_the_requested_mode() {
     let a = fs.mkdir(ROOT_INO, "private", 0o700).expect("mkdir");
     assert_eq!(a.perm, 0o700);
     fs.mkdir(ROOT_INO, "plain", 0o755).expect("mkdir");
-    let chmods = store
-        .chmods
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let chmods = crate::sync::lock(&store.chmods).clone();
     assert_eq!(chmods, [("/private".to_string(), 0o700)], "one SITE CHMOD");
     // Where the server refuses SITE CHMOD the directory is still made.
     refuse(&store, &["chmod"]);
@@ -234,11 +226,7 @@ fn rmdir_of_an_unreadable_empty_directory_succeeds() {
     refuse(&store, &["rmdir"]);
     assert_eq!(fs.rmdir(ROOT_INO, "kept"), Err(Errno(libc::EACCES)));
     // ...and where the listing shows entries, the directory is not empty.
-    store
-        .refuse
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|o| *o != "list");
+    crate::sync::lock(&store.refuse).retain(|o| *o != "list");
     assert_eq!(fs.rmdir(ROOT_INO, "full"), Err(Errno(libc::ENOTEMPTY)));
     assert_eq!(fs.rmdir(ROOT_INO, "kept"), Err(Errno(libc::EACCES)));
 }
