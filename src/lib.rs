@@ -11,5 +11,6 @@ pub mod error;
 pub mod fs;
 pub mod ftp;
 pub mod mount;
+pub mod options;
 pub mod remote;
 pub mod syslog;
