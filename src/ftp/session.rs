@@ -280,6 +280,7 @@ impl FtpConnection {
                     text: greeting.text(),
                 });
             }
+            log::debug!("> AUTH TLS");
             plain
                 .write_all(b"AUTH TLS\r\n")
                 .map_err(|e| FtpError::io("sending AUTH TLS", e))?;
