@@ -433,8 +433,16 @@ impl Mounted {
     pub fn unmount(mut self, mountpoint: &Path) -> Result<()> {
         let flushed = self.fs.flush_all();
         detach(mountpoint);
-        let deadline = std::time::Instant::now() + UNMOUNT_GRACE;
-        while self.is_running() && std::time::Instant::now() < deadline {
+        let start = std::time::Instant::now();
+        let mut told = false;
+        while self.is_running() && start.elapsed() < UNMOUNT_GRACE {
+            if !told && start.elapsed() > Duration::from_secs(2) {
+                told = true;
+                log::warn!(
+                    "{}: files are still open there; waiting up to {UNMOUNT_GRACE:?} for them",
+                    mountpoint.display()
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         if self.is_running() {

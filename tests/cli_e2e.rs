@@ -563,3 +563,67 @@ fn default_log_is_quiet_and_debug_tells_the_connection_story() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// systemd
+
+/// `-f` under systemd's Type=notify: READY=1 arrives once the mount is up, and
+/// SIGTERM unmounts and exits 0.
+#[test]
+fn foreground_mount_notifies_systemd_when_up() {
+    use std::os::unix::net::UnixDatagram;
+    let srv = start(ServerSpec::pyftpdlib());
+    fs::write(srv.root.join("f"), b"ready").unwrap();
+    let dir = scratch("cli-notify-");
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let pw = password_file();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ftpsfs"))
+        .arg(srv.url())
+        .arg(&mnt)
+        .arg("-f")
+        .arg("-o")
+        .arg(format!(
+            "cafile={},password_file={},spool_dir={}",
+            srv.ca_file().display(),
+            pw.path().display(),
+            dir.path().join("spool").display()
+        ))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = sock.recv(&mut buf);
+    let mounted_then = is_mounted(&mnt);
+    let read = fs::read(mnt.join("f"));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = Command::new("fusermount3").arg("-uz").arg(&mnt).status();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let n = got.expect("no READY=1 from ftpsfs -f");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(mounted_then, "READY=1 came before the mount was up");
+    assert_eq!(read.unwrap(), b"ready");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "SIGTERM did not end it cleanly"
+    );
+    assert!(!is_mounted(&mnt));
+}
