@@ -547,6 +547,8 @@ fn default_log_is_quiet_and_debug_tells_the_connection_story() {
     fs::write(m.path("f"), vec![7u8; 1 << 20]).unwrap();
     drop(m);
     let story = fs::read_to_string(&log).unwrap();
+    // Brief: a line per command, none per FUSE request or per 128 KiB written.
+    assert!(story.lines().count() < 120, "-d log too long:\n{story}");
     for want in [
         "connecting to 127.0.0.1:",
         "> AUTH TLS",
@@ -626,4 +628,50 @@ fn foreground_mount_notifies_systemd_when_up() {
         "SIGTERM did not end it cleanly"
     );
     assert!(!is_mounted(&mnt));
+}
+
+// ---------------------------------------------------------------------------
+// Defaults of a setuid (`user` fstab) mount
+
+/// A HOME (and XDG_CACHE_HOME) that belongs to another user, as a setuid `user`
+/// mount inherits root's: the spool and log defaults come from the real user's
+/// passwd entry instead, and nothing is created in the other user's directory.
+#[test]
+fn spool_default_ignores_a_home_of_another_user() {
+    let srv = start(ServerSpec::proftpd());
+    let dir = scratch("cli-home-");
+    let other_home = dir.path().join("other-home");
+    fs::create_dir(&other_home).unwrap();
+    std::os::unix::fs::chown(&other_home, Some(65534), Some(65534)).unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let pw = password_file();
+    let o = Command::new(env!("CARGO_BIN_EXE_ftpsfs"))
+        .arg(srv.url())
+        .arg(&mnt)
+        .arg("-o")
+        .arg(format!(
+            "cafile={},password_file={}",
+            srv.ca_file().display(),
+            pw.path().display()
+        ))
+        .env("HOME", &other_home)
+        .env("XDG_CACHE_HOME", other_home.join(".cache"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let mounted = is_mounted(&mnt);
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    let t = Instant::now();
+    while is_mounted(&mnt) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(mounted);
+    let left: Vec<_> = fs::read_dir(&other_home).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "ftpsfs wrote into another user's home: {left:?}"
+    );
 }

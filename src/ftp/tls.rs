@@ -439,7 +439,10 @@ fn describe_verify_error(
     let what = match (code, &summary) {
         (10, Some(s)) => format!("the server's certificate expired on {}", s.not_after),
         (10, None) => "the server's certificate has expired".to_string(),
-        (9, Some(s)) => format!("the server's certificate is not valid before {}", s.not_before),
+        (9, Some(s)) => format!(
+            "the server's certificate is not yet valid (valid from {})",
+            s.not_before
+        ),
         (9, None) => "the server's certificate is not yet valid".to_string(),
         (62 | 64, _) => format!(
             "hostname mismatch: the server's certificate is for {}, not for {host}",
