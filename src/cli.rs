@@ -46,6 +46,9 @@ impl From<FtpError> for Failure {
 pub fn exit_status(e: &FtpError) -> u8 {
     match e {
         FtpError::Invalid(_) => EXIT_USAGE,
+        // A handshake cut short may be the network's doing; a refused certificate,
+        // a wrong scheme or a client certificate problem is not.
+        FtpError::Tls(m) if m.starts_with("handshake failed") => EXIT_FAILURE,
         FtpError::Tls(_) => EXIT_REFUSED,
         FtpError::Reply {
             code: 530 | 532, ..

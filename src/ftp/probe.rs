@@ -10,7 +10,7 @@ use crate::error::FtpError;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a greeting may take before the port is probed for implicit TLS.
 pub const GREETING_PROBE_AFTER: Duration = Duration::from_secs(3);
@@ -18,19 +18,20 @@ pub const GREETING_PROBE_AFTER: Duration = Duration::from_secs(3);
 /// How long a probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn probe_connection(host: &str, port: u16) -> Option<TcpStream> {
+fn probe_connection(host: &str, port: u16, timeout: Duration) -> Option<TcpStream> {
     use std::net::ToSocketAddrs;
+    let timeout = timeout.max(Duration::from_millis(1));
     let addr = (host, port).to_socket_addrs().ok()?.next()?;
-    let s = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).ok()?;
-    s.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
-    s.set_write_timeout(Some(PROBE_TIMEOUT)).ok()?;
+    let s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
     Some(s)
 }
 
-/// True when `host:port` answers a TLS handshake (certificate not looked at: the
-/// connection is closed right after).
-pub fn speaks_tls(host: &str, port: u16) -> bool {
-    let Some(tcp) = probe_connection(host, port) else {
+/// True when `host:port` answers a TLS handshake within `timeout` (certificate not
+/// looked at: the connection is closed right after).
+pub fn speaks_tls(host: &str, port: u16, timeout: Duration) -> bool {
+    let Some(tcp) = probe_connection(host, port, timeout) else {
         return false;
     };
     let Ok(mut b) = SslConnector::builder(SslMethod::tls_client()) else {
@@ -49,7 +50,7 @@ pub fn speaks_tls(host: &str, port: u16) -> bool {
 
 /// True when `host:port` starts with an FTP reply in clear ("220 ...").
 pub fn speaks_plain_ftp(host: &str, port: u16) -> bool {
-    let Some(mut tcp) = probe_connection(host, port) else {
+    let Some(mut tcp) = probe_connection(host, port, PROBE_TIMEOUT) else {
         return false;
     };
     let mut buf = [0u8; 4];
@@ -69,16 +70,22 @@ pub fn speaks_plain_ftp(host: &str, port: u16) -> bool {
 
 /// Waits up to [`GREETING_PROBE_AFTER`] for the first byte of a plain connection's
 /// greeting (consuming nothing); if none comes and the port speaks TLS, that is the
-/// error. Otherwise the caller reads the greeting with its own timeout.
+/// error. Otherwise the caller reads the greeting in what is left of `wait`, to
+/// which the socket's read timeout is set.
 pub fn wait_for_greeting(
     tcp: &TcpStream,
     host: &str,
     port: u16,
-    timeout: Duration,
+    wait: Duration,
 ) -> crate::error::Result<()> {
-    if timeout <= GREETING_PROBE_AFTER {
+    if wait <= GREETING_PROBE_AFTER {
         return Ok(());
     }
+    let start = Instant::now();
+    let left = || {
+        wait.saturating_sub(start.elapsed())
+            .max(Duration::from_millis(1))
+    };
     let ctx = |e| FtpError::io("setting socket options", e);
     tcp.set_read_timeout(Some(GREETING_PROBE_AFTER))
         .map_err(ctx)?;
@@ -86,13 +93,13 @@ pub fn wait_for_greeting(
         tcp.peek(&mut [0u8; 1]),
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
     );
-    tcp.set_read_timeout(Some(timeout)).map_err(ctx)?;
-    if quiet && speaks_tls(host, port) {
+    if quiet && speaks_tls(host, port, PROBE_TIMEOUT.min(left())) {
         return Err(FtpError::Tls(format!(
             "{host}:{port} speaks implicit TLS (it waits for a TLS handshake and sends no FTP greeting): use ftps://{}:{port}/ instead of ftp://",
             bracket(host)
         )));
     }
+    tcp.set_read_timeout(Some(left())).map_err(ctx)?;
     Ok(())
 }
 
