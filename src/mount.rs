@@ -597,8 +597,10 @@ pub fn run(plan: MountPlan, foreground: bool) -> std::result::Result<(), Failure
     // Fork before any thread exists; the parent waits for the child's verdict:
     // "OK", or "E<status> <message>".
     let mut fds = [0; 2];
-    // SAFETY: pipe with a valid array.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+    // Close-on-exec: a helper the mount runs (fusermount3 for auto_unmount) must
+    // not keep the write end open, or the parent never sees the end of the report.
+    // SAFETY: pipe2 with a valid array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(FtpError::io("pipe", std::io::Error::last_os_error()).into());
     }
     // SAFETY: the fds were just created and are owned here.

@@ -675,3 +675,31 @@ fn spool_default_ignores_a_home_of_another_user() {
         "ftpsfs wrote into another user's home: {left:?}"
     );
 }
+
+/// `auto_unmount`: when the daemon is killed, fusermount3 takes the mount away
+/// instead of leaving "Transport endpoint is not connected".
+#[test]
+fn auto_unmount_leaves_no_dead_mount() {
+    let srv = start(ServerSpec::proftpd());
+    let m = Mount::with(&srv, "auto_unmount");
+    assert!(fs::read_dir(&m.mnt).is_ok());
+    // Only ftpsfs: the fusermount3 that watches it names the mountpoint too.
+    let daemons: Vec<u32> = m
+        .daemon_pids()
+        .iter()
+        .copied()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "ftpsfs")
+        })
+        .collect();
+    assert!(!daemons.is_empty());
+    for p in daemons {
+        unsafe { libc::kill(p as i32, libc::SIGKILL) };
+    }
+    let t = Instant::now();
+    while is_mounted(&m.mnt) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!is_mounted(&m.mnt), "the dead mount stayed");
+    assert!(fs::metadata(&m.mnt).is_ok());
+}
