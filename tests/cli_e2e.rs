@@ -703,3 +703,26 @@ fn auto_unmount_leaves_no_dead_mount() {
     assert!(!is_mounted(&m.mnt), "the dead mount stayed");
     assert!(fs::metadata(&m.mnt).is_ok());
 }
+
+/// `keepalive=SECS` (sshfs: `ServerAliveInterval=`): idle connections get a NOOP.
+#[test]
+fn keepalive_sends_noop_on_idle_connections() {
+    let srv = start(ServerSpec::vsftpd());
+    let log_dir = scratch("cli-keepalive-");
+    let log = log_dir.path().join("ftpsfs.log");
+    let m = Mount::with(
+        &srv,
+        &format!(
+            "ServerAliveInterval=1,log_level=debug,log_file={}",
+            log.display()
+        ),
+    );
+    let _ = fs::read_dir(&m.mnt).unwrap().count();
+    std::thread::sleep(Duration::from_secs(4));
+    drop(m);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("> NOOP"),
+        "no NOOP in 4 idle seconds:\n{text}"
+    );
+}
