@@ -1,9 +1,13 @@
 //! `ftpsfs check URL`: connect, log in, and report what a user or supporter needs to
 //! know about the site's FTPS: TLS version and cipher, the certificate, CCC, the
-//! features, data-session resumption, and the first entries of the listing.
+//! features, data-session resumption, and the first entries of the listing. Also the
+//! checks a mount makes on its first connection: the remote root is a directory, a
+//! pinned certificate has not expired.
 
+use crate::cli::{Failure, EXIT_REFUSED};
 use crate::config::SiteConfig;
-use crate::error::Result;
+use crate::error::FtpError;
+use crate::ftp::session::TlsInfo;
 use crate::ftp::{EntryKind, FtpConnection, Protection, TlsContext};
 use std::io::Write;
 use std::sync::Arc;
@@ -11,8 +15,50 @@ use std::sync::Arc;
 /// How many listing entries `check` prints.
 const SHOWN_ENTRIES: usize = 20;
 
+/// Refuses a remote root that does not exist or is not a directory (a mount of it
+/// would show an empty folder that refuses every write), with the server's words.
+pub fn verify_root(conn: &mut FtpConnection, host: &str, path: &str) -> Result<(), Failure> {
+    crate::ftp::session::check_path(path)?;
+    let r = conn.command(&format!("CWD {path}"))?;
+    if r.code / 100 == 2 {
+        return Ok(());
+    }
+    let said = format!("{} {}", r.code, r.text().trim());
+    if r.code / 100 != 5 {
+        return Err(FtpError::Reply {
+            command: "CWD".into(),
+            code: r.code,
+            text: r.text(),
+        }
+        .into());
+    }
+    let is_file = conn.size(path).is_ok();
+    let lower = said.to_ascii_lowercase();
+    let msg = if is_file || lower.contains("not a directory") {
+        format!("{path} on {host} is a file, not a directory ({said}); mount the directory that holds it")
+    } else if lower.contains("permission") || lower.contains("denied") {
+        format!("{path} on {host} cannot be entered ({said})")
+    } else {
+        format!("{path} on {host} does not exist ({said}); check the path in the URL")
+    };
+    Err(Failure::new(EXIT_REFUSED, msg))
+}
+
+/// A warning when the certificate accepted by `fingerprint=` is past its date
+/// (pinning accepts it anyway: it is that very certificate).
+pub fn pinned_cert_warning(site: &SiteConfig, info: &TlsInfo) -> Option<String> {
+    let cert = info.server_cert.as_ref()?;
+    (site.tls.fingerprint.is_some() && cert.expired).then(|| {
+        format!(
+            "the pinned server certificate expired on {}; it is accepted because fingerprint= names it, \
+             but ask the server's administrator to renew it (then pin the new one)",
+            cert.not_after
+        )
+    })
+}
+
 /// Runs the check, writing the report to `out`.
-pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<()> {
+pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<(), Failure> {
     let tls = TlsContext::new(site.tls.clone())?;
     let c = &site.connect;
     let mode = if c.implicit {
@@ -47,6 +93,13 @@ pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<()> {
             cert.not_before, cert.not_after
         );
         let _ = writeln!(out, "                  sha256  {}", cert.sha256);
+        if !cert.names.is_empty() {
+            let _ = writeln!(out, "                  names   {}", cert.names.join(", "));
+        }
+    }
+    if let Some(w) = pinned_cert_warning(site, &info) {
+        let _ = writeln!(out, "warning:          {w}");
+        eprintln!("ftpsfs: warning: {w}");
     }
     if site.tls.client_cert.is_some() {
         let _ = writeln!(out, "client cert:      presented and accepted");
@@ -73,6 +126,7 @@ pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<()> {
             &feats
         }
     );
+    verify_root(&mut conn, &c.host, &site.url.path)?;
     let how = if conn.features().mlst { "MLSD" } else { "LIST" };
     let entries = conn.list_dir(&site.url.path)?;
     let resumed = match conn.data_session_resumed() {

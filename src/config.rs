@@ -181,26 +181,6 @@ impl OptionList {
     }
 }
 
-/// Options understood by the connection (shared by `check` and the mount).
-pub const CONNECTION_OPTIONS: &[&str] = &[
-    "cafile",
-    "fingerprint",
-    "insecure",
-    "min_tls",
-    "max_tls",
-    "cert",
-    "key",
-    "key_password_file",
-    "prot",
-    "ccc",
-    "user",
-    "password_file",
-    "netrc",
-    "timeout",
-    "max_entries",
-    "encoding",
-];
-
 /// Everything needed to reach and log in to a site.
 #[derive(Debug, Clone)]
 pub struct SiteConfig {
@@ -209,14 +189,69 @@ pub struct SiteConfig {
     pub tls: TlsConfig,
 }
 
+/// Reads a password (or passphrase) file. Like ssh with a private key, refuses one
+/// that other users may read or change: the secret would not be one.
 fn read_secret_file(path: &Path, what: &str) -> Result<String> {
-    let s = std::fs::read_to_string(path)
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::open(path)
+        .map_err(|e| FtpError::Invalid(format!("cannot read {what} {}: {e}", path.display())))?;
+    let md = f
+        .metadata()
+        .map_err(|e| FtpError::Invalid(format!("cannot read {what} {}: {e}", path.display())))?;
+    if md.mode() & 0o077 != 0 {
+        return Err(FtpError::Invalid(format!(
+            "{what} {} is accessible by other users (mode {:03o}); make it private with: chmod 600 {}",
+            path.display(),
+            md.mode() & 0o777,
+            path.display()
+        )));
+    }
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut &f, &mut s)
         .map_err(|e| FtpError::Invalid(format!("cannot read {what} {}: {e}", path.display())))?;
     Ok(s.trim_end_matches(['\r', '\n']).to_string())
 }
 
-fn home_dir() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(PathBuf::from)
+/// True when `path` exists and belongs to the real user (not the effective one: a
+/// setuid mount keeps root's HOME and XDG variables).
+pub fn owned_by_real_user(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::fs::metadata(path).is_ok_and(|m| m.uid() == uid)
+}
+
+/// The real user's home: `$HOME` when it is theirs, else their passwd entry's.
+pub fn home_dir() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("HOME").map(PathBuf::from) {
+        if owned_by_real_user(&h) {
+            return Some(h);
+        }
+    }
+    passwd_home()
+}
+
+fn passwd_home() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: getpwuid_r with a buffer of the given size and valid out-pointers;
+    // pw_dir points into that buffer, read before it goes.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let rc = libc::getpwuid_r(
+            libc::getuid(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        );
+        if rc != 0 || out.is_null() || pw.pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr(pw.pw_dir);
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+    }
 }
 
 /// Looks `host` up in a netrc file: returns (login, password).
@@ -299,9 +334,7 @@ impl SiteConfig {
                     FtpError::Invalid("netrc: no HOME to find ~/.netrc in".into())
                 })?,
             };
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                FtpError::Invalid(format!("cannot read netrc {}: {e}", path.display()))
-            })?;
+            let text = read_secret_file(&path, "netrc")?;
             match netrc_lookup(&text, &url.host) {
                 Some((login, pw)) => {
                     if user.is_none() {

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod ftp;
 pub mod mount;
 pub mod names;
+pub mod options;
 pub mod remote;
 pub mod sync;
 pub mod syslog;

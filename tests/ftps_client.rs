@@ -1194,7 +1194,11 @@ fn check_fails(srv: &Server, password: &str, want: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "check succeeded: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one stderr line, got {stderr:?}");
+    // The first line says what failed; a refused certificate follows it with the
+    // certificate's details and the ways on (see tests/cli_e2e.rs).
+    if !stderr.contains("  sha256:   ") {
+        assert_eq!(lines.len(), 1, "expected one stderr line, got {stderr:?}");
+    }
     assert!(lines[0].contains(want), "{stderr}");
     assert!(!stderr.contains(password), "password leaked: {stderr}");
 }

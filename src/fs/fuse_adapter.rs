@@ -16,7 +16,10 @@ use std::time::{Duration, SystemTime};
 
 pub struct FuseAdapter {
     fs: Arc<FtpsFs>,
+    /// How long the kernel may keep attributes (`attr_timeout=`)...
     ttl: Duration,
+    /// ...and name lookups (`entry_timeout=`).
+    entry_ttl: Duration,
     /// Each operation's deadline.
     timeout: Duration,
     /// Buffers for read replies, reused: a read of up to 1 MiB then allocates
@@ -34,9 +37,18 @@ impl FuseAdapter {
         FuseAdapter {
             fs,
             ttl,
+            entry_ttl: ttl,
             timeout,
             read_buffers: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Kernel cache times of attributes and of name lookups (default: the
+    /// filesystem's `cache_timeout`).
+    pub fn with_ttls(mut self, attr: Duration, entry: Duration) -> Self {
+        self.ttl = attr;
+        self.entry_ttl = entry;
+        self
     }
 
     /// The deadline of one operation (`timeout=`, see `crate::deadline`).
@@ -120,7 +132,7 @@ impl Filesystem for FuseAdapter {
         let _deadline = self.deadline();
         let r = name_str(name).and_then(|n| self.fs.lookup(parent.0, &n).map_err(errno));
         match r {
-            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.entry_ttl, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -186,7 +198,7 @@ impl Filesystem for FuseAdapter {
         let r =
             name_str(name).and_then(|n| self.fs.mkdir(parent.0, &n, mode & !umask).map_err(errno));
         match r {
-            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.entry_ttl, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -216,7 +228,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         match self.fs.symlink() {
-            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.entry_ttl, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -400,7 +412,7 @@ impl Filesystem for FuseAdapter {
             }
         }
         let index = offset.saturating_sub(2) as usize;
-        let ttl = self.ttl;
+        let ttl = self.entry_ttl;
         let r = self.fs.read_dir(fh.0, index, true, |name, attr, next| {
             let a = to_fuse(attr);
             reply.add(a.ino, next + 2, names::to_os(name), &ttl, &a, Generation(0))
@@ -443,7 +455,7 @@ impl Filesystem for FuseAdapter {
             name_str(name).and_then(|n| self.fs.create(parent.0, &n, mode, flags).map_err(errno));
         match r {
             Ok((a, fh)) => reply.created(
-                &self.ttl,
+                &self.entry_ttl,
                 &to_fuse(&a),
                 Generation(0),
                 FileHandle(fh),

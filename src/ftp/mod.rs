@@ -5,6 +5,7 @@ pub mod entry;
 pub mod features;
 pub mod listing;
 pub mod netio;
+pub mod probe;
 pub mod reply;
 pub mod session;
 pub mod tls;

@@ -244,6 +244,16 @@ impl FtpConnection {
     /// Connects, secures, logs in and negotiates features. Any failure to get TLS is
     /// an error: there is no plaintext mode.
     pub fn connect(opts: Arc<ConnectOptions>, tls: Arc<TlsContext>) -> Result<Self> {
+        log::debug!(
+            "connecting to {}:{} ({})",
+            opts.host,
+            opts.port,
+            if opts.implicit {
+                "implicit TLS"
+            } else {
+                "explicit: AUTH TLS"
+            }
+        );
         let tcp = tcp_connect(&opts.host, opts.port, opts.timeout)?;
         // The login is bounded by the operation's deadline too; the first command
         // after it sets the socket back to `timeout` (see `Control::arm`).
@@ -259,9 +269,12 @@ impl FtpConnection {
         let mut reader = LineReader::new();
 
         let stream = if opts.implicit {
-            tls.connect(&opts.host, tcp, Some(&session), None)?
+            tls.connect(&opts.host, tcp, Some(&session), None)
+                .map_err(|e| super::probe::explain_implicit_failure(e, &opts.host, opts.port))?
         } else {
             let mut plain = tcp;
+            let wait = crate::deadline::bound(opts.timeout);
+            super::probe::wait_for_greeting(&plain, &opts.host, opts.port, wait)?;
             let greeting = reader.read_reply(&mut plain)?;
             if greeting.code != 220 {
                 return Err(FtpError::Reply {
@@ -270,6 +283,7 @@ impl FtpConnection {
                     text: greeting.text(),
                 });
             }
+            log::debug!("> AUTH TLS");
             plain
                 .write_all(b"AUTH TLS\r\n")
                 .map_err(|e| FtpError::io("sending AUTH TLS", e))?;
@@ -297,6 +311,15 @@ impl FtpConnection {
                 .unwrap_or_default(),
             server_cert: stream.ssl().peer_certificate().map(|c| summarize_cert(&c)),
         };
+        log::debug!("TLS {}, cipher {}", tls_info.version, tls_info.cipher);
+        if let Some(c) = &tls_info.server_cert {
+            log::debug!(
+                "certificate {} (issuer {}), sha256 {}",
+                c.subject,
+                c.issuer,
+                c.sha256
+            );
+        }
         {
             let mut slot = session
                 .lock()
@@ -341,6 +364,7 @@ impl FtpConnection {
         }
         let version = conn.tls_info.version.clone();
         conn.login().map_err(|e| post_handshake(e, &version))?;
+        log::debug!("logged in as {}", conn.opts.user);
         conn.protect()?;
         if opts.ccc {
             conn.clear_command_channel(tcp_clone)?;

@@ -339,20 +339,25 @@ impl TlsContext {
             });
         }
         let step = cfg.connect(host, tcp);
-        self.handshake_step(step, presented)
+        self.handshake_step(step, presented, host)
     }
 
     /// Drives a pending handshake on after its socket became ready.
     pub fn continue_handshake(&self, pending: PendingHandshake) -> Result<Handshake> {
-        let PendingHandshake { mid, presented } = pending;
+        let PendingHandshake {
+            mid,
+            presented,
+            host,
+        } = pending;
         let step = mid.handshake();
-        self.handshake_step(step, presented)
+        self.handshake_step(step, presented, &host)
     }
 
     fn handshake_step(
         &self,
         step: std::result::Result<TlsStream, HandshakeError<TcpStream>>,
         presented: Arc<Mutex<Option<X509>>>,
+        host: &str,
     ) -> Result<Handshake> {
         match step {
             Ok(s) => Ok(Handshake::Done(s)),
@@ -361,7 +366,7 @@ impl TlsContext {
                 let verify = ssl.verify_result();
                 let msg = if verify != X509VerifyResult::OK {
                     let peer = presented.lock().ok().and_then(|p| p.clone());
-                    describe_verify_error(verify, peer.as_deref(), &self.config)
+                    describe_verify_error(verify, peer.as_deref(), &self.config, host)
                 } else {
                     describe_handshake_error(mid.error())
                 };
@@ -370,9 +375,11 @@ impl TlsContext {
             Err(HandshakeError::SetupFailure(e)) => {
                 Err(FtpError::Tls(format!("setup failed: {e}")))
             }
-            Err(HandshakeError::WouldBlock(mid)) => {
-                Ok(Handshake::Pending(PendingHandshake { mid, presented }))
-            }
+            Err(HandshakeError::WouldBlock(mid)) => Ok(Handshake::Pending(PendingHandshake {
+                mid,
+                presented,
+                host: host.to_string(),
+            })),
         }
     }
 }
@@ -387,6 +394,7 @@ pub enum Handshake {
 pub struct PendingHandshake {
     mid: MidHandshakeSslStream<TcpStream>,
     presented: Arc<Mutex<Option<X509>>>,
+    host: String,
 }
 
 impl PendingHandshake {
@@ -414,30 +422,79 @@ fn pin_check(pin: &[u8], ctx: &mut X509StoreContextRef) -> bool {
     ok
 }
 
-fn describe_verify_error(v: X509VerifyResult, peer: Option<&X509Ref>, cfg: &TlsConfig) -> String {
+/// Explains a refused certificate as ssh explains an unknown host key: what the
+/// certificate is (subject, issuer, names, dates, fingerprint) and the ways on.
+fn describe_verify_error(
+    v: X509VerifyResult,
+    peer: Option<&X509Ref>,
+    cfg: &TlsConfig,
+    host: &str,
+) -> String {
     let code = v.as_raw();
-    let what = match code {
-        10 => "the server's certificate has expired".to_string(),
-        9 => "the server's certificate is not yet valid".to_string(),
-        62 | 64 => "hostname mismatch: the server's certificate is not valid for this host name/address"
-            .to_string(),
-        18 => "untrusted issuer: the server's certificate is self-signed and not trusted".to_string(),
-        2 | 19 | 20 | 21 => format!(
+    let summary = peer.map(|c| summarize_cert(&c.to_owned()));
+    let names = summary
+        .as_ref()
+        .map(|s| s.names.join(", "))
+        .unwrap_or_default();
+    let what = match (code, &summary) {
+        (10, Some(s)) => format!("the server's certificate expired on {}", s.not_after),
+        (10, None) => "the server's certificate has expired".to_string(),
+        (9, Some(s)) => format!(
+            "the server's certificate is not yet valid (valid from {})",
+            s.not_before
+        ),
+        (9, None) => "the server's certificate is not yet valid".to_string(),
+        (62 | 64, _) => format!(
+            "hostname mismatch: the server's certificate is for {}, not for {host}",
+            if names.is_empty() { "other names" } else { &names }
+        ),
+        (18, _) => "untrusted issuer: the server's certificate is self-signed and not trusted".to_string(),
+        (2 | 19 | 20 | 21, _) => format!(
             "untrusted issuer: the server's certificate was not issued by a trusted CA{}",
             if cfg.cafile.is_some() { " (not by the CA in cafile=)" } else { "" }
         ),
-        50 => format!(
+        (50, _) => format!(
             "fingerprint mismatch: the server presented sha256:{}, which is not the pinned fingerprint",
             peer.map(fingerprint_hex).unwrap_or_else(|| "?".into())
         ),
-        23 => "the server's certificate has been revoked".to_string(),
+        (23, _) => "the server's certificate has been revoked".to_string(),
         _ => format!("certificate verification failed: {}", v.error_string()),
     };
-    let fp = match (code, peer) {
-        (50, _) | (_, None) => String::new(),
-        (_, Some(c)) => format!(" [server certificate sha256:{}]", fingerprint_hex(c)),
+    let Some(s) = summary else {
+        return format!("{what}; connection refused");
     };
-    format!("{what}{fp}; connection refused")
+    let mut out = format!("{what}; connection refused.\n");
+    out.push_str(&format!("  subject:  {}\n", s.subject));
+    out.push_str(&format!("  issuer:   {}\n", s.issuer));
+    if !names.is_empty() {
+        out.push_str(&format!("  names:    {names}\n"));
+    }
+    out.push_str(&format!(
+        "  valid:    {} to {}\n",
+        s.not_before, s.not_after
+    ));
+    out.push_str(&format!("  sha256:   {}\n", s.sha256));
+    let pin = format!("-o fingerprint=sha256:{}", s.sha256);
+    let hint = match code {
+        50 => format!(
+            "If the server's certificate was replaced on purpose (ask its administrator), pin the new one: {pin}"
+        ),
+        62 | 64 => format!(
+            "Connect with a name the certificate has ({}), or, once you have checked the fingerprint \
+             with the server's administrator, pin this certificate: {pin}",
+            if names.is_empty() { "none" } else { &names }
+        ),
+        9 | 10 => format!(
+            "Ask the server's administrator to renew it. To go on meanwhile, once you have checked the \
+             fingerprint with them, pin this certificate (a pinned certificate is accepted whatever its dates, with a warning): {pin}"
+        ),
+        _ => format!(
+            "To trust it, either give the CA that issued it: -o cafile=PATH (a PEM file), or, once you have \
+             checked the fingerprint with the server's administrator, pin this certificate: {pin}"
+        ),
+    };
+    out.push_str(&hint);
+    out
 }
 
 fn describe_handshake_error(e: &openssl::ssl::Error) -> String {
@@ -485,6 +542,10 @@ pub struct CertSummary {
     pub not_before: String,
     pub not_after: String,
     pub sha256: String,
+    /// DNS names and addresses (subjectAltName), else the subject's CN.
+    pub names: Vec<String>,
+    /// Past its notAfter date now.
+    pub expired: bool,
 }
 
 fn name_line(n: &openssl::x509::X509NameRef) -> String {
@@ -498,9 +559,42 @@ fn name_line(n: &openssl::x509::X509NameRef) -> String {
         .join(", ")
 }
 
+fn cert_names(c: &X509Ref) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(sans) = c.subject_alt_names() {
+        for n in sans.iter() {
+            if let Some(d) = n.dnsname() {
+                names.push(d.to_string());
+            } else if let Some(ip) = n.ipaddress() {
+                let ip = match ip.len() {
+                    4 => <[u8; 4]>::try_from(ip).ok().map(std::net::IpAddr::from),
+                    16 => <[u8; 16]>::try_from(ip).ok().map(std::net::IpAddr::from),
+                    _ => None,
+                };
+                if let Some(ip) = ip {
+                    names.push(ip.to_string());
+                }
+            }
+        }
+    }
+    if names.is_empty() {
+        for e in c.subject_name().entries_by_nid(Nid::COMMONNAME) {
+            if let Ok(v) = e.data().to_string() {
+                names.push(v.to_string());
+            }
+        }
+    }
+    names
+}
+
 pub fn summarize_cert(c: &X509) -> CertSummary {
-    let _ = Nid::COMMONNAME;
+    let expired = openssl::asn1::Asn1Time::days_from_now(0)
+        .ok()
+        .and_then(|now| c.not_after().compare(&now).ok())
+        .is_some_and(|o| o == std::cmp::Ordering::Less);
     CertSummary {
+        names: cert_names(c),
+        expired,
         subject: name_line(c.subject_name()),
         issuer: name_line(c.issuer_name()),
         not_before: c.not_before().to_string(),

@@ -458,6 +458,11 @@ impl Pool {
 
     /// Keeper duty: NOOP on long-idle connections, close the oldest ones.
     pub fn maintain(&self) {
+        self.maintain_with(Some(KEEPALIVE_AFTER));
+    }
+
+    /// [`Self::maintain`] with NOOPs after `keepalive` of idleness (`None`: none).
+    pub fn maintain_with(&self, keepalive: Option<Duration>) {
         let idle: Vec<Idle> = std::mem::take(&mut self.lock().idle);
         let mut keep = Vec::new();
         let mut closed = 0;
@@ -466,7 +471,7 @@ impl Pool {
             if since.elapsed() > CLOSE_IDLE_AFTER {
                 c.quit();
                 closed += 1;
-            } else if c.idle_for() > KEEPALIVE_AFTER {
+            } else if keepalive.is_some_and(|k| c.idle_for() > k) {
                 match c.noop() {
                     Ok(()) => keep.push(Idle { conn: c, since }),
                     Err(_) => closed += 1,
