@@ -156,7 +156,42 @@ pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<(), Failure> {
     if entries.len() > SHOWN_ENTRIES {
         let _ = writeln!(out, "  ... and {} more", entries.len() - SHOWN_ENTRIES);
     }
+    let _ = writeln!(
+        out,
+        "names:            {}",
+        names_report(conn.features().utf8, c.encoding, &entries)
+    );
     conn.quit();
     let _ = writeln!(out, "result:           OK");
     Ok(())
+}
+
+/// Whether the server announced UTF8, and whether the listing had names that are
+/// not UTF-8 (and what to do about them).
+fn names_report(
+    utf8: bool,
+    encoding: crate::names::NameCodec,
+    entries: &[crate::ftp::RemoteEntry],
+) -> String {
+    let announced = if utf8 {
+        "UTF8 announced"
+    } else {
+        "UTF8 not announced"
+    };
+    if encoding.converts() {
+        return format!("{announced}; converted with encoding= (as given)");
+    }
+    let raw = entries
+        .iter()
+        .filter(|e| !crate::names::is_utf8(&e.name))
+        .count();
+    if raw == 0 {
+        format!("{announced}; every name listed is UTF-8")
+    } else {
+        format!(
+            "{announced}; {raw} of {} names are not UTF-8: shown as the server's bytes \
+             (if the server uses one charset, e.g. Latin-1: -o encoding=latin1)",
+            entries.len()
+        )
+    }
 }

@@ -103,6 +103,11 @@ pub fn to_os(name: &str) -> Cow<'_, OsStr> {
     }
 }
 
+/// True when the name is plain UTF-8 (no byte had to be carried as itself).
+pub fn is_utf8(name: &str) -> bool {
+    !name.chars().any(is_escape)
+}
+
 /// How long the name is in bytes, as the kernel sees it (NAME_MAX applies).
 pub fn byte_len(name: &str) -> usize {
     name.chars()

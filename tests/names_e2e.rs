@@ -129,3 +129,45 @@ fn encoding_latin1_converts_names_proftpd() {
 fn encoding_latin1_converts_names_vsftpd() {
     latin1_converted(ServerSpec::vsftpd());
 }
+
+/// `ftpsfs check` says whether the server announced UTF8 and whether its listing
+/// has names that are not UTF-8, with the way on.
+#[test]
+fn check_reports_names_that_are_not_utf8_vsftpd() {
+    let srv = support::start(ServerSpec::vsftpd());
+    fs::write(srv.root.join("plain.txt"), b"x").expect("write");
+    let run = || {
+        let pw = support::mount::scratch("names-pw-");
+        let pw_file = pw.path().join("pw");
+        fs::write(&pw_file, format!("{}\n", support::TEST_PASSWORD)).expect("pw");
+        fs::set_permissions(
+            &pw_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod 600");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ftpsfs"))
+            .args(["check", &srv.url(), "-o"])
+            .arg(format!(
+                "cafile={},password_file={}",
+                support::pki().ca_cert.display(),
+                pw_file.display()
+            ))
+            .env_remove("FTPSFS_PASSWORD")
+            .output()
+            .expect("run ftpsfs check");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run();
+    assert!(out.contains("every name listed is UTF-8"), "{out}");
+    fs::write(on_server(&srv, b"caf\xe9.txt"), b"x").expect("write");
+    let out = run();
+    assert!(
+        out.contains("1 of 2 names are not UTF-8") && out.contains("encoding=latin1"),
+        "{out}"
+    );
+}
