@@ -8,7 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod deadline;
 pub mod error;
-pub mod fs;
+pub(crate) mod fs;
 pub mod ftp;
 pub mod mount;
 pub mod names;

@@ -193,11 +193,6 @@ impl DirCache {
         }
     }
 
-    pub fn invalidate(&self, dir: &str) {
-        self.changed(dir);
-        self.lock().pop(dir);
-    }
-
     /// Drops `dir` and every cached listing below it.
     pub fn invalidate_tree(&self, dir: &str) {
         let prefix = format!("{dir}/");
@@ -217,12 +212,9 @@ impl DirCache {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -342,6 +342,7 @@ impl Entries {
     }
 
     /// The entries in the server's order.
+    #[cfg(test)]
     pub fn values(&self) -> impl Iterator<Item = RemoteEntry> + '_ {
         self.slots.iter().map(|s| self.entry(s))
     }
@@ -376,10 +377,6 @@ impl Entries {
 
     pub fn len(&self) -> usize {
         self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
     }
 
     /// How many entries are directories.

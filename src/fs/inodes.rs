@@ -198,12 +198,9 @@ impl Inodes {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().by_ino.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -13,6 +13,7 @@ pub mod fuse_adapter;
 pub mod inodes;
 pub mod journal;
 pub mod listing_prefetcher;
+#[cfg(test)]
 pub mod memstore;
 pub mod open_file;
 pub mod prefetcher;

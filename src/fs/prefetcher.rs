@@ -267,6 +267,7 @@ impl Prefetcher {
     }
 
     /// Reads up to `size` bytes at `offset`; fewer only at the end of the file.
+    #[cfg(test)]
     pub fn read(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         self.read_into(offset, size, &mut out)?;

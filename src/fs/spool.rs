@@ -201,6 +201,7 @@ impl Spool {
         self.writer_delay = per_block;
     }
 
+    #[cfg(test)]
     pub fn read_at(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
         self.read_into(offset, size, &mut buf)?;
