@@ -1,5 +1,5 @@
-//! [`RemoteStore`] over a [`Pool`] of FTPS connections. FTP replies become the
-//! filesystem's [`StoreError`]s here, in one place ([`to_store`]).
+//! `RemoteStore` over a [`Pool`] of FTPS connections. FTP replies become the
+//! filesystem's `StoreError`s here, in one place ([`to_store`]).
 
 use super::pool::{Pool, Use};
 use crate::error::{FtpError, Result};
