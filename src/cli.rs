@@ -262,9 +262,7 @@ pub fn run_check(args: Vec<String>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e.into()),
     };
-    if site.tls.insecure {
-        eprintln!("ftpsfs: WARNING: insecure: the server's certificate is NOT verified");
-    }
+    warn_if_insecure(&site);
     let mut out = std::io::stdout();
     match crate::check::run(&site, &mut out) {
         Ok(()) => ExitCode::SUCCESS,
@@ -320,12 +318,19 @@ pub fn run_mount(args: Vec<String>) -> ExitCode {
         Err(f) => return fail(f),
     };
     forget_password_env();
-    if plan.site.tls.insecure {
-        eprintln!("ftpsfs: WARNING: insecure: the server's certificate is NOT verified");
-        log::warn!("insecure: the server's certificate is NOT verified; anyone on the path can read and change your data");
-    }
+    warn_if_insecure(&plan.site);
     match crate::mount::run(plan, foreground) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => fail(f),
+    }
+}
+
+/// `-o insecure`: said on stderr and in the log, every time.
+fn warn_if_insecure(site: &crate::config::SiteConfig) {
+    if site.tls.insecure {
+        eprintln!("ftpsfs: WARNING: insecure: the server's certificate is NOT verified");
+        log::warn!(
+            "insecure: the server's certificate is NOT verified; anyone on the path can read and change your data"
+        );
     }
 }
