@@ -34,7 +34,11 @@ pub struct FaultStore {
     /// that cannot do it or does not let this account: "list", "rmdir", "chmod",
     /// "set_mtime" (any path), "set_mtime_dir" (directories only).
     pub refuse: Mutex<Vec<&'static str>>,
-    /// The modes asked for by chmod, in order.
+    /// Every call whose name is listed is answered "not implemented" (502).
+    pub unimplemented: Mutex<Vec<&'static str>>,
+    /// chmod calls, refused or not.
+    pub chmods_tried: AtomicU32,
+    /// The modes set by chmod, in order.
     pub chmods: Mutex<Vec<(String, u32)>>,
 }
 
@@ -51,6 +55,15 @@ impl FaultStore {
     }
 
     fn refused(&self, op: &str) -> Result<()> {
+        if crate::sync::lock(&self.unimplemented).contains(&op) {
+            return Err(StoreError::refused(
+                Refusal::NotImplemented,
+                format!(
+                    "server refused {}: 502 not implemented (injected)",
+                    op.to_uppercase()
+                ),
+            ));
+        }
         let refuse = crate::sync::lock(&self.refuse);
         if refuse.contains(&op) {
             return Err(StoreError::refused(
@@ -174,6 +187,7 @@ impl RemoteStore for FaultStore {
     }
 
     fn chmod(&self, path: &str, mode: u32) -> Result<()> {
+        self.chmods_tried.fetch_add(1, Ordering::SeqCst);
         self.refused("chmod")?;
         crate::sync::lock(&self.chmods).push((path.to_string(), mode));
         self.inner.chmod(path, mode)

@@ -74,6 +74,8 @@ pub struct FtpsFs {
     renames_refused: AtomicBool,
     /// A directory time the server could not set was skipped (logged once).
     dir_times_skipped: AtomicBool,
+    /// The server has no SITE CHMOD (a new directory keeps the server's mode).
+    no_chmod: AtomicBool,
     /// The root's mtime: the mount's start, then its own last change in the root
     /// (the root has no listing entry of its own to carry one).
     root_mtime: Mutex<SystemTime>,
@@ -122,6 +124,7 @@ impl FtpsFs {
             journal,
             renames_refused: AtomicBool::new(false),
             dir_times_skipped: AtomicBool::new(false),
+            no_chmod: AtomicBool::new(false),
             root_mtime: Mutex::new(SystemTime::now()),
             ctimes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(CTIMES_KEPT).unwrap_or(NonZeroUsize::MIN),

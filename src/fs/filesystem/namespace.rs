@@ -16,13 +16,19 @@ impl FtpsFs {
             return Err(Errno(libc::EEXIST));
         }
         self.store.mkdir(&path)?;
+        // The server's own mode for new directories is unknown (proftpd 0755,
+        // vsftpd 0700 by default): set the requested one, unless the server has
+        // shown it has no SITE CHMOD.
         let mode = mode & 0o7777;
-        let mode = if mode == 0o755 {
+        let mode = if self.no_chmod.load(Ordering::Relaxed) {
             None
         } else {
             match self.store.chmod(&path, mode) {
                 Ok(()) => Some(mode),
                 Err(e) => {
+                    if e.is_not_implemented() {
+                        self.no_chmod.store(true, Ordering::Relaxed);
+                    }
                     log::debug!("mkdir {path}: mode {mode:o} not applied: {e}");
                     None
                 }

@@ -196,11 +196,28 @@ fn mkdir_applies_the_requested_mode() {
     assert_eq!(a.perm, 0o700);
     fs.mkdir(ROOT_INO, "plain", 0o755).expect("mkdir");
     let chmods = crate::sync::lock(&store.chmods).clone();
-    assert_eq!(chmods, [("/private".to_string(), 0o700)], "one SITE CHMOD");
+    assert_eq!(
+        chmods,
+        [
+            ("/private".to_string(), 0o700),
+            ("/plain".to_string(), 0o755)
+        ],
+        "the requested mode, whatever the server's own default"
+    );
     // Where the server refuses SITE CHMOD the directory is still made.
     refuse(&store, &["chmod"]);
     let a = fs.mkdir(ROOT_INO, "x", 0o700).expect("mkdir");
     assert_eq!(a.perm, 0o755, "the server's mode, not a pretended one");
+    // A server without SITE CHMOD is asked once, not at every mkdir.
+    let (store, fs, _d) = setup();
+    crate::sync::lock(&store.unimplemented).push("chmod");
+    for d in ["a", "b", "c"] {
+        fs.mkdir(ROOT_INO, d, 0o700).expect("mkdir");
+    }
+    assert_eq!(
+        store.chmods_tried.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }
 
 // ---- rmdir -----------------------------------------------------------------------------
