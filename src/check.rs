@@ -73,6 +73,7 @@ pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<()> {
             &feats
         }
     );
+    let _ = writeln!(out, "reply order:      {}", reply_order(&mut conn));
     let how = if conn.features().mlst { "MLSD" } else { "LIST" };
     let entries = conn.list_dir(&site.url.path)?;
     let resumed = match conn.data_session_resumed() {
@@ -105,4 +106,16 @@ pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<()> {
     conn.quit();
     let _ = writeln!(out, "result:           OK");
     Ok(())
+}
+
+/// Whether the server answers pipelined commands in order (see
+/// `FtpConnection::probe_reply_order`).
+fn reply_order(conn: &mut FtpConnection) -> String {
+    match conn.probe_reply_order() {
+        Ok(true) => "kept (pipelined commands are answered in order)".into(),
+        Ok(false) => "NOT kept (answers pipelined commands out of order): \
+                      ftpsfs sends one command at a time to this server"
+            .into(),
+        Err(e) => format!("unknown ({e})"),
+    }
 }

@@ -344,6 +344,7 @@ impl SiteConfig {
                 .parsed::<usize>("max_entries")?
                 .unwrap_or(crate::ftp::session::DEFAULT_MAX_LISTING_ENTRIES)
                 .max(1),
+            server: Default::default(),
         };
         Ok(SiteConfig { url, connect, tls })
     }

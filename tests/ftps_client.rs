@@ -49,6 +49,7 @@ fn options(srv: &Server, protection: Protection, ccc: bool) -> Arc<ConnectOption
         password: Secret::new(srv.password.to_string()),
         timeout: TIMEOUT,
         max_listing_entries: ftpsfs::ftp::session::DEFAULT_MAX_LISTING_ENTRIES,
+        server: Default::default(),
     })
 }
 
@@ -1145,6 +1146,7 @@ fn check_ok(spec: ServerSpec) {
     );
     assert!(stdout.contains("listed-file.txt"), "{stdout}");
     assert!(stdout.contains("result:           OK"), "{stdout}");
+    assert!(stdout.contains("reply order:      kept"), "{stdout}");
     let mode = if srv.spec.implicit {
         "implicit FTPS"
     } else {
@@ -1453,4 +1455,120 @@ fn pool_prepares_data_connections_of_idle_connections() {
     assert_eq!(c.data_stats().prepared_used, before.prepared_used + 1);
     drop(c);
     pool.close_all();
+}
+
+// ---------------------------------------------------------------------------
+// A server that answers pipelined commands out of order (issue 14, item 1)
+
+/// pyftpdlib answering its storage commands 50 ms late, like an asynchronous server:
+/// an EPSV pipelined behind MKD, DELE or RNTO is answered first.
+fn reordering() -> Server {
+    start(ServerSpec::pyftpdlib().reorder_replies(true))
+}
+
+#[test]
+fn replies_out_of_order_are_matched_to_their_commands() {
+    let srv = reordering();
+    fs::write(srv.root.join("a.txt"), b"one\n").unwrap();
+    fs::write(srv.root.join("gone.txt"), b"x").unwrap();
+    let opts = options(&srv, Protection::Private, false);
+    let tls = TlsContext::new(trusting_ca()).unwrap();
+    let mut c = FtpConnection::connect(opts.clone(), tls.clone()).unwrap();
+    assert!(opts.server.pipelining(), "nothing seen yet");
+    // MKD + EPSV: the 229 comes first, then the 257; the directory was made.
+    c.mkdir("/p")
+        .unwrap_or_else(|e| panic!("mkdir: {e}\n{}", srv.log_contents()));
+    assert!(srv.root.join("p").is_dir());
+    assert!(!opts.server.pipelining(), "reordering must be noticed");
+    // From now on one command at a time: everything answers truthfully.
+    c.rename("/a.txt", "/p/b.txt").unwrap();
+    assert_eq!(fs::read(srv.root.join("p/b.txt")).unwrap(), b"one\n");
+    c.delete("/gone.txt").unwrap();
+    assert!(!srv.root.join("gone.txt").exists());
+    let e = c.mkdir("/p").unwrap_err();
+    assert_eq!(e.errno(), libc::EEXIST, "{e}");
+    let e = c.delete("/gone.txt").unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    let e = c.rename("/nothing", "/p/x").unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    // Transfers and listings stay in step.
+    let mut up = c.stor("/p/c.txt", false).unwrap();
+    up.write_all(b"two\n").unwrap();
+    up.finish().unwrap();
+    let mut up = c.stor("/p/c.txt", true).unwrap();
+    up.write_all(b"three\n").unwrap();
+    up.finish().unwrap();
+    assert_eq!(fs::read(srv.root.join("p/c.txt")).unwrap(), b"two\nthree\n");
+    let mut names: Vec<String> = c
+        .list_dir("/p")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b.txt", "c.txt"]);
+    assert_eq!(c.size("/p/c.txt").unwrap(), 10);
+    c.noop().unwrap();
+    assert!(!c.is_broken());
+}
+
+#[test]
+fn each_pipelined_command_gets_its_own_reply_on_first_contact() {
+    // Every kind of batch as the first command of a connection to a reordering server.
+    let srv = reordering();
+    fs::write(srv.root.join("f"), b"x").unwrap();
+    let tls = TlsContext::new(trusting_ca()).unwrap();
+    type Op = fn(&mut FtpConnection) -> Result<(), FtpError>;
+    let ops: [(&str, Op); 4] = [
+        ("rename", |c| c.rename("/f", "/g")),
+        ("delete", |c| c.delete("/g")),
+        ("mkdir", |c| c.mkdir("/d")),
+        ("rmdir", |c| c.rmdir("/d")),
+    ];
+    for (what, op) in ops {
+        let opts = options(&srv, Protection::Private, false);
+        let mut c = FtpConnection::connect(opts.clone(), tls.clone()).unwrap();
+        op(&mut c).unwrap_or_else(|e| panic!("{what}: {e}\n{}", srv.log_contents()));
+        assert!(!opts.server.pipelining(), "{what}: reordering not noticed");
+        c.noop()
+            .unwrap_or_else(|e| panic!("{what}: out of step afterwards: {e}"));
+    }
+    assert!(!srv.root.join("f").exists() && !srv.root.join("g").exists());
+    assert!(!srv.root.join("d").exists());
+    // A refused command whose reply came after the EPSV's: its own error.
+    let opts = options(&srv, Protection::Private, false);
+    let mut c = FtpConnection::connect(opts, tls).unwrap();
+    let e = c.delete("/missing").unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    c.noop().unwrap();
+}
+
+#[test]
+fn servers_in_order_keep_pipelining() {
+    let srv = start(ServerSpec::pyftpdlib());
+    let opts = options(&srv, Protection::Private, false);
+    let tls = TlsContext::new(trusting_ca()).unwrap();
+    let mut c = FtpConnection::connect(opts.clone(), tls).unwrap();
+    c.mkdir("/p").unwrap();
+    c.rename("/p", "/q").unwrap();
+    c.rmdir("/q").unwrap();
+    assert!(opts.server.pipelining());
+}
+
+#[test]
+fn check_reports_reply_order() {
+    let srv = reordering();
+    let pw = temp_file(support::TEST_PASSWORD);
+    let out = run_check(
+        &srv.url(),
+        &format!(
+            "cafile={},password_file={}",
+            srv.ca_file().display(),
+            pw.path().display()
+        ),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("reply order:      NOT kept"), "{stdout}");
+    assert!(stdout.contains("result:           OK"), "{stdout}");
 }

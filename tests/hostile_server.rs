@@ -54,6 +54,7 @@ fn options(srv: &HostileServer) -> Arc<ConnectOptions> {
         password: Secret::new("anything".into()),
         timeout: TIMEOUT,
         max_listing_entries: ftpsfs::ftp::session::DEFAULT_MAX_LISTING_ENTRIES,
+        server: Default::default(),
     })
 }
 

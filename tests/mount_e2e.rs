@@ -745,3 +745,40 @@ fn sigterm_idle_unmounts_cleanly_proftpd() {
 fn sigterm_idle_unmounts_cleanly_vsftpd() {
     sigterm_idle(ServerSpec::vsftpd());
 }
+
+// ---------------------------------------------------------------------------
+// A server that answers pipelined commands out of order (pyftpdlib made to answer its
+// storage commands late, like an asynchronous server)
+
+#[test]
+fn reordering_server_mkdir_mv_and_appends_tell_the_truth() {
+    with_mount(ServerSpec::pyftpdlib().reorder_replies(true), |srv, m| {
+        let e = Env::new(srv, m);
+        // mkdir: the 257 comes after the piggybacked EPSV's 229.
+        e.ok(r#"mkdir "$MNT/p""#);
+        assert!(e.root().join("p").is_dir());
+        e.ok(r#"test -d "$MNT/p""#);
+        let out = e.sh(r#"mkdir "$MNT/p""#);
+        assert!(!out.status.success(), "mkdir of an existing directory");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("File exists"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // mv of a file and of a directory.
+        e.ok(r#"echo one > "$MNT/p/f" && mv "$MNT/p/f" "$MNT/p/g""#);
+        assert!(!e.root().join("p/f").exists());
+        assert_eq!(fs::read(e.root().join("p/g")).unwrap(), b"one\n");
+        e.ok(r#"mv "$MNT/p" "$MNT/q""#);
+        assert!(e.root().join("q/g").is_file());
+        // echo >> twice keeps the file, with both lines.
+        e.ok(r#"echo first >> "$MNT/q/log" && echo second >> "$MNT/q/log""#);
+        assert_eq!(
+            fs::read(e.root().join("q/log")).unwrap(),
+            b"first\nsecond\n"
+        );
+        assert_eq!(e.ok(r#"cat "$MNT/q/log""#), "first\nsecond\n");
+        e.ok(r#"rm "$MNT/q/g" "$MNT/q/log" && rmdir "$MNT/q""#);
+        assert_eq!(fs::read_dir(e.root()).unwrap().count(), 0);
+    });
+}

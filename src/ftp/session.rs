@@ -2,6 +2,7 @@
 //! AUTH TLS, implicit TLS, PROT P/C, CCC), commands, and the data connections they
 //! open. Knows nothing of FUSE.
 
+mod order;
 mod passive;
 
 use super::data::{Download, Upload};
@@ -14,6 +15,7 @@ use super::tls::{
     TlsContext, TlsStream,
 };
 use crate::error::{FtpError, Result};
+pub use order::ServerTraits;
 pub use passive::DataStats;
 use passive::PreparedData;
 use std::fmt;
@@ -67,6 +69,9 @@ pub struct ConnectOptions {
     /// Most entries a directory listing may have (`max_entries=`); a listing also
     /// stops past `max_listing_entries * LISTING_BYTES_PER_ENTRY` bytes.
     pub max_listing_entries: usize,
+    /// What the connections learn about the server (whether it keeps the order of
+    /// pipelined replies), shared by every connection made with these options.
+    pub server: Arc<ServerTraits>,
 }
 
 /// Default of [`ConnectOptions::max_listing_entries`].
@@ -453,9 +458,8 @@ impl FtpConnection {
             batch.push(format!("OPTS MLST {facts}"));
         }
         batch.push("TYPE I".to_string());
-        self.send_batch(&batch)?;
-        for cmd in &batch {
-            let r = self.read_reply()?;
+        let (replies, _) = self.exchange(&batch, false)?;
+        for (cmd, r) in batch.iter().zip(replies) {
             if cmd == "TYPE I" {
                 accepted(cmd, r, |c| c == 200)?;
             } else if !r.is_positive() {
@@ -542,11 +546,104 @@ impl FtpConnection {
 
     /// [`Self::expect`] for the commands of a mounted filesystem (DELE, MKD...):
     /// an EPSV for the next transfer goes with the command when none is prepared.
+    /// When the server answered the two out of order and the command's refusal
+    /// could be the EPSV's, the command (which failed, so changed nothing) is sent
+    /// again alone for its real reason.
     fn expect_preparing(&mut self, cmd: &str, ok: impl Fn(u16) -> bool) -> Result<()> {
-        let piggyback = self.send_batch_preparing(&[cmd.to_string()])?;
-        let r = self.read_reply()?;
-        self.finish_piggyback(piggyback);
+        let (mut replies, unsure) = self.exchange(&[cmd.to_string()], true)?;
+        let mut r = replies.swap_remove(0);
+        if unsure.contains(&0) {
+            r = self.command(cmd)?;
+        }
         accepted(cmd, r, ok).map(drop)
+    }
+
+    /// True while the server is not known to answer pipelined commands out of order.
+    fn pipelining(&self) -> bool {
+        self.opts.server.pipelining()
+    }
+
+    /// Sends `lines` and returns one reply per line, in line order, and the lines
+    /// whose (negative) reply is uncertain (see `order`). Pipelined in one write,
+    /// with an EPSV for the next transfer when `prepare` and none is prepared,
+    /// unless the server reorders replies: then one command at a time.
+    fn exchange(&mut self, lines: &[String], prepare: bool) -> Result<(Vec<Reply>, Vec<usize>)> {
+        if !self.pipelining() {
+            let mut replies = Vec::with_capacity(lines.len());
+            for l in lines {
+                replies.push(self.command(l)?);
+            }
+            return Ok((replies, Vec::new()));
+        }
+        let piggyback =
+            prepare && self.use_epsv && self.prepared.is_none() && !self.out_of_tickets();
+        let mut all = lines.to_vec();
+        if piggyback {
+            all.push("EPSV".to_string());
+        }
+        self.send_batch(&all)?;
+        let mut replies = Vec::with_capacity(all.len());
+        for i in 0..all.len() {
+            match self.read_reply() {
+                Ok(r) => replies.push(r),
+                // The piggybacked EPSV's reply alone is lost: the caller's stand
+                // if they are in order (the connection is dropped afterwards).
+                Err(_) if piggyback && i == lines.len() && order::in_order(lines, &replies) => {
+                    self.broken = true;
+                    return Ok((replies, Vec::new()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (mut replies, unsure) = if order::in_order(&all, &replies) {
+            (replies, Vec::new())
+        } else {
+            let seen: Vec<String> = replies.iter().map(|r| r.code.to_string()).collect();
+            let sent: Vec<&str> = all.iter().map(|c| first_word(c)).collect();
+            self.opts.server.note_reordering(&format!(
+                "{} answered {}",
+                sent.join("+"),
+                seen.join(", ")
+            ));
+            match order::assign(&all, replies) {
+                Some(a) => (a.replies, a.unsure),
+                None => {
+                    self.broken = true;
+                    return Err(FtpError::Protocol(format!(
+                        "replies {} do not fit the commands {}",
+                        seen.join(", "),
+                        sent.join("+")
+                    )));
+                }
+            }
+        };
+        if piggyback {
+            if let Some(r) = replies.pop() {
+                self.use_piggybacked_epsv(r);
+            }
+        }
+        let unsure = unsure.into_iter().filter(|&i| i < lines.len()).collect();
+        Ok((replies, unsure))
+    }
+
+    /// Asks whether the server keeps the order of pipelined replies: a `CWD` to the
+    /// current directory and an `EPSV` sent together must be answered 250, then 229.
+    /// Leaves the connection in step either way (for `check`).
+    pub fn probe_reply_order(&mut self) -> Result<bool> {
+        let r = self.expect("PWD", |c| c == 257)?;
+        let dir = parse_pwd(&r.text()).unwrap_or_else(|| "/".to_string());
+        check_path(&dir)?;
+        let batch = [format!("CWD {dir}"), "EPSV".to_string()];
+        self.send_batch(&batch)?;
+        let replies = vec![self.read_reply()?, self.read_reply()?];
+        let kept = order::in_order(&batch, &replies);
+        if !kept {
+            self.opts.server.note_reordering(&format!(
+                "CWD+EPSV answered {}, {}",
+                replies[0].code, replies[1].code
+            ));
+        }
+        Ok(kept)
     }
 
     /// True when the next transfer first logs in a new control connection (see
@@ -667,11 +764,20 @@ impl FtpConnection {
     }
 
     /// Reads the replies to an aborted transfer and its ABOR, up to the NOOP's 200
-    /// (then the piggybacked EPSV's, when `piggyback`).
-    pub(crate) fn read_until_noop(&mut self, piggyback: bool) -> Result<()> {
-        for _ in 0..4 {
+    /// (then the piggybacked EPSV's, when `piggyback`). A 229 before the 200 is the
+    /// EPSV's, from a server that answers out of order.
+    pub(crate) fn read_until_noop(&mut self, mut piggyback: bool) -> Result<()> {
+        for _ in 0..5 {
             let r = self.read_reply()?;
             log::debug!("abort: {} {}", r.code, r.text());
+            if r.code == 229 && piggyback {
+                self.opts
+                    .server
+                    .note_reordering("ABOR+NOOP+EPSV answered 229 before 200");
+                piggyback = false;
+                self.use_piggybacked_epsv(r);
+                continue;
+            }
             if r.code == 200 {
                 self.finish_piggyback(piggyback);
                 return Ok(());
@@ -830,9 +936,10 @@ impl FtpConnection {
                 };
                 batch.push(format!("MDTM {p}"));
             }
-            self.send_batch(&batch)?;
-            for &i in chunk {
-                let r = self.read_reply()?;
+            // MDTM replies do not say whose time they are: a server known to reorder
+            // replies gets them one at a time.
+            let (replies, _) = self.exchange(&batch, false)?;
+            for (&i, r) in chunk.iter().zip(replies) {
                 if r.code == 213 {
                     if let Some(t) = timeconv::parse_mdtm_time(r.text().trim()) {
                         entries[i].mtime = Some(t);
@@ -906,11 +1013,20 @@ impl FtpConnection {
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         check_path(from)?;
         check_path(to)?;
-        let piggyback =
-            self.send_batch_preparing(&[format!("RNFR {from}"), format!("RNTO {to}")])?;
-        let rnfr = self.read_reply()?;
-        let rnto = self.read_reply()?;
-        self.finish_piggyback(piggyback);
+        let (rnfr, rnto) = if self.pipelining() {
+            let (mut r, unsure) =
+                self.exchange(&[format!("RNFR {from}"), format!("RNTO {to}")], true)?;
+            let rnto = r.pop();
+            match (r.pop(), rnto) {
+                // A refusal whose place is uncertain: the rename did not happen,
+                // so doing it again one command at a time is safe.
+                (Some(_), Some(_)) if !unsure.is_empty() => self.rename_unpipelined(from, to)?,
+                (Some(a), Some(b)) => (a, b),
+                _ => return Err(FtpError::Protocol("missing reply to RNFR/RNTO".into())),
+            }
+        } else {
+            self.rename_unpipelined(from, to)?
+        };
         if rnfr.code != 350 {
             return Err(FtpError::Reply {
                 command: "RNFR".into(),
@@ -926,6 +1042,21 @@ impl FtpConnection {
             });
         }
         Ok(())
+    }
+
+    /// RNFR, and RNTO only after its 350 (servers that reorder replies). A refused
+    /// RNFR comes back with a made-up 503 for RNTO, which was not sent.
+    fn rename_unpipelined(&mut self, from: &str, to: &str) -> Result<(Reply, Reply)> {
+        let rnfr = self.command(&format!("RNFR {from}"))?;
+        if rnfr.code != 350 {
+            let skipped = Reply {
+                code: 503,
+                lines: vec!["RNTO not sent".into()],
+            };
+            return Ok((rnfr, skipped));
+        }
+        let rnto = self.command(&format!("RNTO {to}"))?;
+        Ok((rnfr, rnto))
     }
 
     pub fn chmod(&mut self, path: &str, mode: u32) -> Result<()> {
@@ -1033,6 +1164,27 @@ fn accepted(cmd: &str, r: Reply, ok: impl Fn(u16) -> bool) -> Result<Reply> {
 
 fn first_word(s: &str) -> &str {
     s.split(' ').next().unwrap_or(s)
+}
+
+/// The directory of a PWD reply: the text between the first quote and the next
+/// lone one, doubled quotes undoubled (RFC 959).
+fn parse_pwd(text: &str) -> Option<String> {
+    let start = text.find('"')? + 1;
+    let mut out = String::new();
+    let mut it = text[start..].chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '"' {
+            if it.peek() == Some(&'"') {
+                it.next();
+                out.push('"');
+            } else {
+                return Some(out);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    None
 }
 
 /// `229 Entering Extended Passive Mode (|||6446|)` → 6446.

@@ -48,6 +48,7 @@
 //! | `tls_protocol`           | `TLSProtocol TLSv1.x`      | via `OPENSSL_CONF` Min/MaxProtocol   | min/max proto version     |
 //! | `tls_enabled=false`      | `TLSEngine off`            | `ssl_enable=NO`                      | plain `FTPHandler`        |
 //! | `session_reuse_required` | `NoSessionReuseRequired`   | `require_ssl_reuse`                  | never enforced (ignored)  |
+//! | `reorder_replies`        | panics                     | panics                               | slow replies 50 ms late   |
 //!
 //! # Notes
 //! * Ports: each server reserves a block of 20 loopback ports in 20000..32000 (below the
@@ -216,6 +217,10 @@ pub struct ServerSpec {
     pub deny_rename: bool,
     /// proftpd only: at most this many simultaneous logins of the test user.
     pub max_clients_per_user: Option<u32>,
+    /// pyftpdlib only: answer like an asynchronous server, whose storage commands
+    /// (MKD, RMD, DELE, RNTO, CWD, SIZE, MDTM, SITE, MFMT) reply 50 ms late, so that a
+    /// command pipelined behind one of them (EPSV) is answered first.
+    pub reorder_replies: bool,
 }
 
 impl ServerSpec {
@@ -231,6 +236,7 @@ impl ServerSpec {
             session_reuse_required: true,
             deny_rename: false,
             max_clients_per_user: None,
+            reorder_replies: false,
         }
     }
     pub fn proftpd() -> Self {
@@ -274,6 +280,10 @@ impl ServerSpec {
         self.deny_rename = on;
         self
     }
+    pub fn reorder_replies(mut self, on: bool) -> Self {
+        self.reorder_replies = on;
+        self
+    }
     pub fn max_clients_per_user(mut self, n: u32) -> Self {
         self.max_clients_per_user = Some(n);
         self
@@ -286,6 +296,10 @@ impl ServerSpec {
             self.kind == ServerKind::Proftpd
                 || (!self.deny_rename && self.max_clients_per_user.is_none()),
             "ServerSpec: deny_rename and max_clients_per_user are for proftpd"
+        );
+        assert!(
+            !self.reorder_replies || self.kind == ServerKind::Pyftpdlib,
+            "ServerSpec: reorder_replies is for pyftpdlib"
         );
         assert!(
             !self.implicit || self.tls_enabled,

@@ -386,6 +386,34 @@ else:
     class Handler(FTPHandler):
         pass
 
+if {reorder}:
+    # Like an asynchronous server: replies to storage commands come 50 ms late, so a
+    # command pipelined behind one (EPSV) is answered before it.
+    SLOW = {{'MKD', 'XMKD', 'RMD', 'XRMD', 'DELE', 'RNTO', 'CWD', 'XCWD', 'SIZE',
+            'MDTM', 'SITE', 'MFMT'}}
+    Base = Handler
+
+    class Handler(Base):
+        _slow = False
+
+        def pre_process_command(self, line, cmd, arg):
+            self._slow = cmd in SLOW
+            try:
+                Base.pre_process_command(self, line, cmd, arg)
+            finally:
+                self._slow = False
+
+        def respond(self, resp, logfun=logging.debug):
+            if self._slow:
+                def late():
+                    try:
+                        Base.respond(self, resp, logfun)
+                    except Exception:
+                        pass
+                self.ioloop.call_later(0.05, late)
+            else:
+                Base.respond(self, resp, logfun)
+
 Handler.authorizer = authorizer
 Handler.banner = {banner}
 Handler.passive_ports = list(range({pasv_lo}, {pasv_hi} + 1))
@@ -416,6 +444,11 @@ server.serve_forever()
             "False"
         },
         banner = py_str(&banner(ctx)),
+        reorder = if spec.reorder_replies {
+            "True"
+        } else {
+            "False"
+        },
         pasv_lo = ctx.pasv.start(),
         pasv_hi = ctx.pasv.end(),
         port = ctx.port,
