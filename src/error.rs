@@ -26,6 +26,8 @@ pub enum FtpError {
     Closed(String),
     /// A bad option, URL or path given by the user.
     Invalid(String),
+    /// A path that cannot be named to the server (ENAMETOOLONG).
+    NameTooLong(String),
 }
 
 pub type Result<T> = std::result::Result<T, FtpError>;
@@ -87,6 +89,7 @@ impl FtpError {
             FtpError::Reply { code, text, .. } => reply_errno(*code, text),
             FtpError::Timeout(_) => libc::ETIMEDOUT,
             FtpError::Invalid(_) => libc::EINVAL,
+            FtpError::NameTooLong(_) => libc::ENAMETOOLONG,
             FtpError::Closed(_) => libc::EIO,
             FtpError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             FtpError::Tls(_) | FtpError::Protocol(_) | FtpError::Truncated(_) => libc::EIO,
@@ -129,6 +132,9 @@ pub fn reply_errno(code: u16, text: &str) -> i32 {
     ]) {
         return libc::ENOENT;
     }
+    if says(&["name too long", "path too long", "line too long"]) {
+        return libc::ENAMETOOLONG;
+    }
     if says(&["not a directory"]) {
         return libc::ENOTDIR;
     }
@@ -165,6 +171,7 @@ impl fmt::Display for FtpError {
             FtpError::Truncated(m) => write!(f, "transfer truncated: {m}"),
             FtpError::Closed(m) => write!(f, "connection closed: {m}"),
             FtpError::Invalid(m) => write!(f, "{m}"),
+            FtpError::NameTooLong(m) => write!(f, "{m}"),
         }
     }
 }
@@ -197,6 +204,11 @@ mod tests {
         );
         assert_eq!(reply_errno(502, "Command not implemented"), libc::ENOTSUP);
         assert_eq!(reply_errno(550, "Failed."), libc::ENOENT);
+        assert_eq!(
+            reply_errno(550, "x: File name too long"),
+            libc::ENAMETOOLONG
+        );
+        assert_eq!(reply_errno(500, "Input line too long."), libc::ENAMETOOLONG);
         assert_eq!(reply_errno(553, "Could not create file."), libc::EACCES);
         assert_eq!(
             reply_errno(

@@ -1572,3 +1572,127 @@ fn check_reports_reply_order() {
     assert!(stdout.contains("reply order:      NOT kept"), "{stdout}");
     assert!(stdout.contains("result:           OK"), "{stdout}");
 }
+
+// ---------------------------------------------------------------------------
+// Long paths (issue 14, item 3): no command line over MAX_COMMAND_LINE bytes
+
+fn long_dir(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("/L{i:02}{}", "y".repeat(197)))
+        .collect::<String>()
+}
+
+fn long_paths_client(spec: ServerSpec) {
+    let srv = start(spec);
+    let mut c = connect(&srv);
+    let dir = long_dir(17);
+    // Directory chain one by one, as a filesystem makes it.
+    let mut at = String::new();
+    for comp in dir.split('/').skip(1) {
+        at = format!("{at}/{comp}");
+        c.mkdir(&at)
+            .unwrap_or_else(|e| panic!("mkdir {}: {e}", at.len()));
+    }
+    let local = srv.root.join(&dir[1..]);
+    assert!(local.is_dir());
+    // Deeper than the server's own file system allows (proftpd, pyftpdlib: its real
+    // path passes PATH_MAX; vsftpd works relative to its current directory and
+    // goes on): refused at once, as ENAMETOOLONG.
+    let t0 = std::time::Instant::now();
+    let mut deeper = dir.clone();
+    let mut refused = None;
+    while deeper.len() < 6000 {
+        deeper = format!("{deeper}/M{}", "w".repeat(197));
+        if let Err(e) = c.mkdir(&deeper) {
+            refused = Some(e);
+            break;
+        }
+    }
+    match (srv.spec.kind, refused) {
+        (ServerKind::Vsftpd, None) => {}
+        (_, Some(e)) => assert_eq!(e.errno(), libc::ENAMETOOLONG, "{e}"),
+        (k, None) => panic!("{k:?} took a path of {} bytes", deeper.len()),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    fs::remove_dir_all(local.join(deeper[dir.len() + 1..].split('/').next().unwrap())).unwrap();
+    let file = format!("{dir}/f.txt");
+    let mut up = c.stor(&file, false).unwrap();
+    up.write_all(b"deep\n").unwrap();
+    up.finish().unwrap();
+    assert_eq!(fs::read(local.join("f.txt")).unwrap(), b"deep\n");
+    assert_eq!(c.size(&file).unwrap(), 5);
+    let names: Vec<String> = c
+        .list_dir(&dir)
+        .unwrap_or_else(|e| panic!("list: {e}\n{}", srv.log_contents()))
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["f.txt"]);
+    if c.features().mlst {
+        let e = c.mlst(&file).unwrap().expect("MLST finds the file");
+        assert_eq!(e.size, 5);
+    }
+    // Absolute short paths still work after the changes of directory.
+    fs::write(srv.root.join("top.txt"), b"top").unwrap();
+    assert_eq!(c.size("/top.txt").unwrap(), 3);
+    let mut dl = c.retr(&file, 0).unwrap();
+    let mut got = Vec::new();
+    dl.read_to_end(&mut got).unwrap();
+    dl.finish().unwrap();
+    assert_eq!(got, b"deep\n");
+    // Rename within the directory, to the top and back.
+    let g = format!("{dir}/g.txt");
+    c.rename(&file, &g).unwrap();
+    // On a fresh connection too (its directory is not the file's yet).
+    let mut c2 = connect(&srv);
+    c2.rename(&g, "/up.txt").unwrap();
+    assert!(srv.root.join("up.txt").is_file());
+    let mut c3 = connect(&srv);
+    c3.rename("/up.txt", &file).unwrap();
+    // Two long paths in one tree: named from their common directory.
+    let sub = format!("{dir}/{}", "s".repeat(200));
+    c3.mkdir(&sub).unwrap();
+    let moved = format!("{sub}/f.txt");
+    connect(&srv).rename(&file, &moved).unwrap();
+    assert!(local.join("s".repeat(200)).join("f.txt").is_file());
+    connect(&srv).rename(&moved, &file).unwrap();
+    connect(&srv).rmdir(&sub).unwrap();
+    c.delete(&file).unwrap();
+    assert!(!local.join("f.txt").exists());
+    // Errors keep their meaning.
+    let e = c.delete(&file).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    let e = c
+        .size(&format!("{dir}/nodir/{}/x", "z".repeat(400)))
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    // A single component too long for any command line: at once, without a word.
+    let e = c.mkdir(&format!("/{}", "q".repeat(600))).unwrap_err();
+    assert_eq!(e.errno(), libc::ENAMETOOLONG, "{e}");
+    for comp in dir.split('/').skip(1).collect::<Vec<_>>().iter().rev() {
+        let _ = comp;
+        c.rmdir(&at).unwrap();
+        at.truncate(at.rfind('/').unwrap());
+    }
+    assert_eq!(
+        fs::read_dir(&srv.root).unwrap().count(),
+        1,
+        "only top.txt left"
+    );
+    c.noop().unwrap();
+}
+
+#[test]
+fn long_paths_client_proftpd() {
+    long_paths_client(ServerSpec::proftpd());
+}
+
+#[test]
+fn long_paths_client_vsftpd() {
+    long_paths_client(ServerSpec::vsftpd());
+}
+
+#[test]
+fn long_paths_client_pyftpdlib() {
+    long_paths_client(ServerSpec::pyftpdlib());
+}

@@ -782,3 +782,118 @@ fn reordering_server_mkdir_mv_and_appends_tell_the_truth() {
         assert_eq!(fs::read_dir(e.root()).unwrap().count(), 0);
     });
 }
+
+// ---------------------------------------------------------------------------
+// Long paths: a chain of directories whose full path is ~3400 bytes (each command
+// line stays short: ftpsfs changes into the parent and names things relative to it)
+
+/// `n` directory names of 200 bytes each, joined with '/'.
+fn long_chain(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("d{i:02}_{}", "x".repeat(196)))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn long_paths(spec: ServerSpec) {
+    let srv = support::start(spec);
+    let m = Mount::new(&srv);
+    let (srv, m) = (&srv, &m);
+    {
+        let e = Env::new(srv, m);
+        let t0 = Instant::now();
+        let chain = long_chain(17);
+        assert!(chain.len() > 3000 && chain.len() < 4000 - 100);
+        let sh = |script: &str| e.ok(&format!("C='{chain}'; {script}"));
+        sh(r#"mkdir -p "$MNT/$C""#);
+        assert!(
+            e.root().join(&chain).is_dir(),
+            "the chain exists on the server"
+        );
+        sh(r#"echo hello > "$MNT/$C/file.txt""#);
+        assert_eq!(
+            fs::read(e.root().join(&chain).join("file.txt")).unwrap(),
+            b"hello\n"
+        );
+        assert_eq!(sh(r#"cat "$MNT/$C/file.txt""#), "hello\n");
+        sh(r#"echo more >> "$MNT/$C/file.txt""#);
+        assert_eq!(sh(r#"cat "$MNT/$C/file.txt""#), "hello\nmore\n");
+        sh(r#"mv "$MNT/$C/file.txt" "$MNT/$C/renamed.txt""#);
+        assert_eq!(sh(r#"ls "$MNT/$C""#), "renamed.txt\n");
+        assert_eq!(
+            fs::read(e.root().join(&chain).join("renamed.txt")).unwrap(),
+            b"hello\nmore\n"
+        );
+        // Up to the top of the chain, and back down (paths in two subtrees).
+        let top = chain.split('/').next().unwrap().to_string();
+        sh(r#"mv "$MNT/$C/renamed.txt" "$MNT/${C%%/*}/up.txt""#);
+        assert!(e.root().join(&top).join("up.txt").is_file());
+        sh(r#"mv "$MNT/${C%%/*}/up.txt" "$MNT/$C/down.txt" && test -f "$MNT/$C/down.txt""#);
+        sh(r#"touch -d '2020-01-02 03:04:05 UTC' "$MNT/$C/down.txt""#);
+        assert_eq!(
+            sh(r#"ls -l --time-style=+%Y "$MNT/$C" | tail -n 1 | awk '{print $6}'"#),
+            "2020\n"
+        );
+        sh(r#"rm "$MNT/$C/down.txt" && test ! -e "$MNT/$C/down.txt""#);
+        assert!(!e.root().join(&chain).join("down.txt").exists());
+        // A file created empty at the bottom, closed at once (no stall at close).
+        sh(r#"touch "$MNT/$C/empty" && test -f "$ROOT/$C/empty""#);
+        sh(r#"rm -r "$MNT/$top""#.replace("$top", &top).as_str());
+        assert_eq!(fs::read_dir(e.root()).unwrap().count(), 0, "all removed");
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(30), "long paths took {took:?}");
+        // A file whose path on the server passes PATH_MAX (20 levels and a name of
+        // 255 bytes): vsftpd works relative to its directory and takes it; proftpd
+        // and pyftpdlib cannot, which is ENAMETOOLONG at once, not a creation that
+        // "succeeds" and then blocks at close.
+        let t0 = Instant::now();
+        let chain19 = long_chain(20);
+        let name = "f".repeat(255);
+        // (python, as sh ignores the result of close() after a redirection.)
+        let out = e.sh(&format!(
+            r#"mkdir -p "$MNT/{chain19}" && cd "$MNT/{chain19}" && python3 -c "
+f = open('{name}', 'w'); f.write('x\\n'); f.close(); print(open('{name}').read(), end='')""#
+        ));
+        let took = t0.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if srv.spec.kind == support::ServerKind::Vsftpd {
+            assert!(out.status.success(), "{stderr}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "x\n");
+        } else {
+            assert!(
+                !out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(stderr.contains("File name too long"), "{stderr}");
+            let on_server = e.ok(r#"find "$ROOT" -name 'fff*' | wc -l"#);
+            assert_eq!(on_server.trim(), "0");
+        }
+        assert!(took < Duration::from_secs(15), "took {took:?}: {stderr}");
+        e.ok(&format!(r#"rm -r "$MNT/{top}""#));
+        // The file name limit still applies per component.
+        let long_name = "n".repeat(256);
+        let out = e.sh(&format!(r#"touch "$MNT/{long_name}""#));
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("File name too long"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn long_paths_work_proftpd() {
+    long_paths(ServerSpec::proftpd());
+}
+
+#[test]
+fn long_paths_work_vsftpd() {
+    long_paths(ServerSpec::vsftpd());
+}
+
+#[test]
+fn long_paths_work_pyftpdlib() {
+    long_paths(ServerSpec::pyftpdlib());
+}

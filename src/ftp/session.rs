@@ -2,6 +2,7 @@
 //! AUTH TLS, implicit TLS, PROT P/C, CCC), commands, and the data connections they
 //! open. Knows nothing of FUSE.
 
+mod longpath;
 mod order;
 mod passive;
 
@@ -15,6 +16,7 @@ use super::tls::{
     TlsContext, TlsStream,
 };
 use crate::error::{FtpError, Result};
+pub use longpath::MAX_COMMAND_LINE;
 pub use order::ServerTraits;
 pub use passive::DataStats;
 use passive::PreparedData;
@@ -178,6 +180,8 @@ pub struct FtpConnection {
     /// The next transfer's data connection, opened ahead (see `passive`).
     prepared: Option<PreparedData>,
     data_stats: DataStats,
+    /// The server's current directory, changed into for long paths (`longpath`).
+    workdir: longpath::WorkDir,
 }
 
 /// Rejects paths that would smuggle a second command (CR/LF) or a NUL.
@@ -329,6 +333,7 @@ impl FtpConnection {
             round_trip: Duration::MAX,
             prepared: None,
             data_stats: DataStats::default(),
+            workdir: longpath::WorkDir::default(),
         };
         if opts.implicit {
             let version = conn.tls_info.version.clone();
@@ -636,6 +641,7 @@ impl FtpConnection {
         let batch = [format!("CWD {dir}"), "EPSV".to_string()];
         self.send_batch(&batch)?;
         let replies = vec![self.read_reply()?, self.read_reply()?];
+        self.workdir.set(dir);
         let kept = order::in_order(&batch, &replies);
         if !kept {
             self.opts.server.note_reordering(&format!(
@@ -799,7 +805,13 @@ impl FtpConnection {
                 text: "the server does not announce REST STREAM".into(),
             });
         }
-        let data = self.start_transfer(&format!("RETR {path}"), offset)?;
+        // A renewed connection starts in its login directory: renew before the
+        // path's argument is worked out relative to the current one.
+        self.renew_if_out_of_tickets()?;
+        self.forget_cwd();
+        let arg = self.path_args(5, &[path])?.remove(0);
+        let r = self.start_transfer(&format!("RETR {arg}"), offset);
+        let data = r.map_err(|e| self.deep(e))?;
         Ok(Download::new(self, data, format!("RETR {path}")))
     }
 
@@ -807,7 +819,11 @@ impl FtpConnection {
     pub fn stor(&mut self, path: &str, append: bool) -> Result<Upload<'_>> {
         check_path(path)?;
         let verb = if append { "APPE" } else { "STOR" };
-        let data = self.start_transfer(&format!("{verb} {path}"), 0)?;
+        self.renew_if_out_of_tickets()?;
+        self.forget_cwd();
+        let arg = self.path_args(5, &[path])?.remove(0);
+        let r = self.start_transfer(&format!("{verb} {arg}"), 0);
+        let data = r.map_err(|e| self.deep(e))?;
         Ok(Upload::new(self, data, format!("{verb} {path}")))
     }
 
@@ -827,11 +843,10 @@ impl FtpConnection {
     pub fn list_dir_each(&mut self, path: &str, sink: &mut dyn FnMut(RemoteEntry)) -> Result<()> {
         check_path(path)?;
         let use_mlsd = self.features.mlst;
-        let cmd = if use_mlsd {
-            format!("MLSD {path}")
-        } else {
-            format!("LIST -a {path}")
-        };
+        let verb = if use_mlsd { "MLSD" } else { "LIST -a" };
+        self.renew_if_out_of_tickets()?;
+        self.forget_cwd();
+        let cmd = format!("{verb} {}", self.dir_arg(verb.len() + 1, path)?);
         let data = self.start_transfer(&cmd, 0)?;
         let now = SystemTime::now();
         let mut entries = Vec::new();
@@ -928,14 +943,20 @@ impl FtpConnection {
             .collect();
         for chunk in files.chunks(BATCH) {
             let mut batch = Vec::with_capacity(chunk.len());
+            let mut asked = Vec::with_capacity(chunk.len());
             for &i in chunk {
                 let p = if dir.ends_with('/') {
                     format!("{dir}{}", entries[i].name)
                 } else {
                     format!("{dir}/{}", entries[i].name)
                 };
-                batch.push(format!("MDTM {p}"));
+                // The listing changed into a long directory: names from there.
+                if let Some(arg) = self.path_arg_here(5, &p) {
+                    batch.push(format!("MDTM {arg}"));
+                    asked.push(i);
+                }
             }
+            let chunk = &asked;
             // MDTM replies do not say whose time they are: a server known to reorder
             // replies gets them one at a time.
             let (replies, _) = self.exchange(&batch, false)?;
@@ -953,8 +974,11 @@ impl FtpConnection {
     // ---- simple commands -------------------------------------------------------
 
     pub fn size(&mut self, path: &str) -> Result<u64> {
-        check_path(path)?;
-        let r = self.expect(&format!("SIZE {path}"), |c| c == 213)?;
+        self.on_paths(5, &[path], |c, a| c.size_at(&a[0]))
+    }
+
+    fn size_at(&mut self, arg: &str) -> Result<u64> {
+        let r = self.expect(&format!("SIZE {arg}"), |c| c == 213)?;
         r.text()
             .trim()
             .parse()
@@ -962,19 +986,29 @@ impl FtpConnection {
     }
 
     pub fn mdtm(&mut self, path: &str) -> Result<SystemTime> {
-        check_path(path)?;
-        let r = self.expect(&format!("MDTM {path}"), |c| c == 213)?;
+        self.on_paths(5, &[path], |c, a| c.mdtm_at(&a[0]))
+    }
+
+    fn mdtm_at(&mut self, arg: &str) -> Result<SystemTime> {
+        let r = self.expect(&format!("MDTM {arg}"), |c| c == 213)?;
         timeconv::parse_mdtm_time(r.text().trim())
             .ok_or_else(|| FtpError::Protocol(format!("bad MDTM reply {:?}", clip(&r.text()))))
     }
 
     /// MLST of one path (where the server has MLST).
     pub fn mlst(&mut self, path: &str) -> Result<Option<RemoteEntry>> {
-        check_path(path)?;
-        let r = self.command(&format!("MLST {path}"))?;
+        // "Not found" goes through `on_paths` as the refusal it is (to be asked
+        // again from a fresh directory), and comes back as `None`.
+        match self.on_paths(5, &[path], |c, a| c.mlst_at(&a[0])) {
+            Err(FtpError::Reply { code: 550, .. }) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    fn mlst_at(&mut self, arg: &str) -> Result<RemoteEntry> {
+        let r = self.command(&format!("MLST {arg}"))?;
         match r.code {
             250 => {}
-            550 => return Ok(None),
             code => {
                 return Err(FtpError::Reply {
                     command: "MLST".into(),
@@ -986,7 +1020,6 @@ impl FtpConnection {
         for line in r.lines.iter().skip(1) {
             if line.starts_with(' ') {
                 return mlsd::parse_mlst_reply_line(line)
-                    .map(Some)
                     .map_err(|e| FtpError::Protocol(format!("bad MLST reply: {e}")));
             }
         }
@@ -994,25 +1027,30 @@ impl FtpConnection {
     }
 
     pub fn delete(&mut self, path: &str) -> Result<()> {
-        check_path(path)?;
-        self.expect_preparing(&format!("DELE {path}"), |c| c == 250 || c == 200)
+        self.on_paths(5, &[path], |c, a| {
+            c.expect_preparing(&format!("DELE {}", a[0]), |c| c == 250 || c == 200)
+        })
     }
 
     pub fn mkdir(&mut self, path: &str) -> Result<()> {
-        check_path(path)?;
-        self.expect_preparing(&format!("MKD {path}"), |c| c == 257 || c == 250)
+        self.on_paths(4, &[path], |c, a| {
+            c.expect_preparing(&format!("MKD {}", a[0]), |c| c == 257 || c == 250)
+        })
     }
 
     pub fn rmdir(&mut self, path: &str) -> Result<()> {
-        check_path(path)?;
-        self.expect_preparing(&format!("RMD {path}"), |c| c == 250 || c == 200)
+        self.on_paths(4, &[path], |c, a| {
+            c.expect_preparing(&format!("RMD {}", a[0]), |c| c == 250 || c == 200)
+        })
     }
 
     /// RNFR and RNTO sent together (one round trip); if RNFR is refused, the
     /// server answers RNTO with 503 and RNFR's error is returned.
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-        check_path(from)?;
-        check_path(to)?;
+        self.on_paths(5, &[from, to], |c, a| c.rename_at(&a[0], &a[1]))
+    }
+
+    fn rename_at(&mut self, from: &str, to: &str) -> Result<()> {
         let (rnfr, rnto) = if self.pipelining() {
             let (mut r, unsure) =
                 self.exchange(&[format!("RNFR {from}"), format!("RNTO {to}")], true)?;
@@ -1060,16 +1098,21 @@ impl FtpConnection {
     }
 
     pub fn chmod(&mut self, path: &str, mode: u32) -> Result<()> {
-        check_path(path)?;
-        self.expect_preparing(&format!("SITE CHMOD {:o} {path}", mode & 0o7777), |c| {
-            c == 200 || c == 250
+        self.on_paths(16, &[path], |c, a| {
+            c.expect_preparing(&format!("SITE CHMOD {:o} {}", mode & 0o7777, a[0]), |c| {
+                c == 200 || c == 250
+            })
         })
     }
 
     /// Sets the modification time with whatever the server offers: MFMT, then
     /// SITE UTIME, then vsftpd's two-argument MDTM. Remembers what worked.
     pub fn set_mtime(&mut self, path: &str, mtime: SystemTime) -> Result<()> {
-        check_path(path)?;
+        // The longest of the lines without the path: SITE UTIME's.
+        self.on_paths(64, &[path], |c, a| c.set_mtime_at(&a[0], mtime))
+    }
+
+    fn set_mtime_at(&mut self, path: &str, mtime: SystemTime) -> Result<()> {
         let t = timeconv::format_mfmt(mtime);
         let mut order = vec![];
         match self.mtime_method {

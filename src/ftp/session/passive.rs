@@ -195,11 +195,20 @@ impl FtpConnection {
         Ok(s)
     }
 
-    /// Opens a data connection and starts `cmd` on it (after `REST offset` if > 0).
-    pub(crate) fn start_transfer(&mut self, cmd: &str, offset: u64) -> Result<DataStream> {
+    /// Replaces the connection now when its next data connection could not resume
+    /// a TLS session (see `out_of_tickets`).
+    pub(super) fn renew_if_out_of_tickets(&mut self) -> Result<()> {
         if self.out_of_tickets() {
             self.renew()?;
         }
+        Ok(())
+    }
+
+    /// Opens a data connection and starts `cmd` on it (after `REST offset` if > 0).
+    /// A path in `cmd` may be relative to the current directory (`longpath`), which
+    /// a renewal here would lose: callers renew first (`renew_if_out_of_tickets`).
+    pub(crate) fn start_transfer(&mut self, cmd: &str, offset: u64) -> Result<DataStream> {
+        self.renew_if_out_of_tickets()?;
         let mut batch = Vec::with_capacity(3);
         if offset > 0 {
             batch.push(format!("REST {offset}"));
