@@ -320,7 +320,7 @@ fn control_connections(srv: &Server) -> usize {
             pids.dedup();
             pids.len()
         }
-        ServerKind::Pyftpdlib => panic!("not counted for pyftpdlib"),
+        k @ (ServerKind::Pyftpdlib | ServerKind::PureFtpd) => panic!("not counted for {k:?}"),
     }
 }
 
@@ -1695,4 +1695,9 @@ fn long_paths_client_vsftpd() {
 #[test]
 fn long_paths_client_pyftpdlib() {
     long_paths_client(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn long_paths_client_pure_ftpd() {
+    long_paths_client(ServerSpec::pure_ftpd());
 }

@@ -1,7 +1,10 @@
-//! End-to-end tests of the `ftpsfs` mount: the real binary mounts real proftpd and
-//! vsftpd servers (tests/support) with FUSE, and ordinary shell tools (cp, rsync, tar,
-//! find, mv, rm, dd, truncate, touch, cat, sha256sum) work on the mount. Results are
-//! compared with the server's own directory on disk.
+//! End-to-end tests of the `ftpsfs` mount: the real binary mounts real proftpd,
+//! vsftpd, pyftpdlib and pure-ftpd servers (tests/support) with FUSE, and ordinary
+//! shell tools (cp, rsync, tar, find, mv, rm, dd, truncate, touch, cat, sha256sum)
+//! work on the mount. Results are compared with the server's own directory on disk.
+//! Every client mode (explicit, implicit, PROT C, CCC) is mounted on each server that
+//! offers it; a server that answers pipelined commands out of order and paths longer
+//! than a command line are covered too.
 //!
 //! Needs root, /dev/fuse and fusermount3 (and rsync, else that test is skipped).
 
@@ -896,4 +899,195 @@ fn long_paths_work_vsftpd() {
 #[test]
 fn long_paths_work_pyftpdlib() {
     long_paths(ServerSpec::pyftpdlib());
+}
+
+// ---------------------------------------------------------------------------
+// pure-ftpd and pyftpdlib: the same checks as on proftpd and vsftpd
+
+#[test]
+fn cp_r_tree_in_and_out_pure_ftpd() {
+    cp_tree(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn cp_r_tree_in_and_out_pyftpdlib() {
+    cp_tree(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn rsync_twice_second_run_transfers_nothing_pure_ftpd() {
+    rsync_twice(ServerSpec::pure_ftpd(), "");
+}
+
+#[test]
+fn rsync_twice_omit_dir_times_pyftpdlib() {
+    rsync_twice(ServerSpec::pyftpdlib(), "--omit-dir-times");
+}
+
+#[test]
+fn tar_into_and_out_of_mount_pure_ftpd() {
+    tar_round_trip(ServerSpec::pure_ftpd(), "");
+}
+
+#[test]
+fn tar_into_and_out_of_mount_touch_pyftpdlib() {
+    tar_round_trip(ServerSpec::pyftpdlib(), "-m");
+}
+
+#[test]
+fn find_lists_same_paths_pure_ftpd() {
+    find_same(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn find_lists_same_paths_pyftpdlib() {
+    find_same(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn many_entries_listed_whole_pure_ftpd() {
+    many_entries(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn many_entries_listed_whole_pyftpdlib() {
+    many_entries(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn mv_rm_r_mkdir_p_pure_ftpd() {
+    mv_rm_mkdir(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn mv_rm_r_mkdir_p_pyftpdlib() {
+    mv_rm_mkdir(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn append_dd_truncate_touch_pure_ftpd() {
+    small_writes(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn append_dd_truncate_touch_pyftpdlib() {
+    small_writes(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn two_parallel_readers_pure_ftpd() {
+    parallel_readers(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn two_parallel_readers_pyftpdlib() {
+    parallel_readers(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn failed_upload_errors_and_keeps_spool_pure_ftpd() {
+    failed_upload(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn failed_upload_errors_and_keeps_spool_pyftpdlib() {
+    failed_upload(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn rmdir_non_empty_is_enotempty_pure_ftpd() {
+    rmdir_not_empty(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn rmdir_non_empty_is_enotempty_pyftpdlib() {
+    rmdir_not_empty(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn server_side_file_appears_after_cache_timeout_pure_ftpd() {
+    external_change(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn server_side_file_appears_after_cache_timeout_pyftpdlib() {
+    external_change(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn sigterm_unmounts_after_pending_upload_pure_ftpd() {
+    sigterm(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn sigterm_unmounts_after_pending_upload_pyftpdlib() {
+    sigterm(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn long_paths_work_pure_ftpd() {
+    long_paths(ServerSpec::pure_ftpd());
+}
+
+// ---------------------------------------------------------------------------
+// Every mode of the client as a mount, on every server that has it: explicit
+// (AUTH TLS), implicit, PROT C, CCC.
+
+/// Write, read back, list, rename and delete through a mount made with `opts`.
+fn mode_round_trip(spec: ServerSpec, opts: &str) {
+    let srv = support::start(spec);
+    let m = Mount::with(&srv, opts);
+    let e = Env::new(&srv, &m);
+    let what = format!("{} {opts:?}", srv.spec.kind.name());
+    fs::write(e.w().join("in.bin"), pattern(200_000, 7)).unwrap();
+    e.ok(r#"mkdir "$MNT/d" && cp "$W/in.bin" "$MNT/d/f.bin""#);
+    assert_eq!(
+        fs::read(e.root().join("d/f.bin")).unwrap(),
+        pattern(200_000, 7),
+        "{what}"
+    );
+    e.ok(r#"cmp "$W/in.bin" "$MNT/d/f.bin""#);
+    assert_eq!(e.ok(r#"ls "$MNT/d""#), "f.bin\n", "{what}");
+    e.ok(r#"mv "$MNT/d/f.bin" "$MNT/g.bin" && rm "$MNT/g.bin" && rmdir "$MNT/d""#);
+    assert_eq!(fs::read_dir(e.root()).unwrap().count(), 0, "{what}");
+}
+
+#[test]
+fn modes_explicit_on_every_server() {
+    for spec in [
+        ServerSpec::proftpd(),
+        ServerSpec::vsftpd(),
+        ServerSpec::pyftpdlib(),
+        ServerSpec::pure_ftpd(),
+    ] {
+        mode_round_trip(spec, "");
+    }
+}
+
+#[test]
+fn modes_implicit_where_servers_have_it() {
+    for spec in [ServerSpec::proftpd(), ServerSpec::vsftpd()] {
+        mode_round_trip(spec.implicit(true), "");
+    }
+}
+
+#[test]
+fn modes_prot_c_on_every_server() {
+    for spec in [
+        ServerSpec::proftpd(),
+        ServerSpec::vsftpd(),
+        ServerSpec::pyftpdlib(),
+        ServerSpec::pure_ftpd(),
+    ] {
+        mode_round_trip(spec.tls_required(support::TlsRequired::Ctrl), "prot=C");
+    }
+}
+
+#[test]
+fn modes_ccc_where_servers_have_it() {
+    // Only proftpd (auth+data) accepts CCC among the four.
+    mode_round_trip(
+        ServerSpec::proftpd().tls_required(support::TlsRequired::AuthData),
+        "ccc",
+    );
 }

@@ -497,6 +497,14 @@ impl FtpConnection {
         log::debug!("< {} {}", r.code, r.text());
         if r.code == 421 {
             self.broken = true;
+            if r.text().to_ascii_lowercase().contains("path too long") {
+                // pure-ftpd ends the session on a path past its limit: the path is
+                // the problem, not the connection (not to be tried again).
+                return Err(FtpError::NameTooLong(format!(
+                    "the server cannot take a path this long ({})",
+                    r.text()
+                )));
+            }
             return Err(FtpError::Closed(format!(
                 "server closed the session: {}",
                 r.text()
@@ -824,7 +832,11 @@ impl FtpConnection {
         let arg = self.path_args(5, &[path])?.remove(0);
         let r = self.start_transfer(&format!("{verb} {arg}"), 0);
         let data = r.map_err(|e| self.deep(e))?;
-        Ok(Upload::new(self, data, format!("{verb} {path}")))
+        // A path named from its directory is one a server may not hold: pure-ftpd
+        // acknowledges such an upload and stores nothing. Check it.
+        let check = self.workdir_relative() && self.features.size;
+        let up = Upload::new(self, data, format!("{verb} {path}"));
+        Ok(if check { up.checked(arg, append) } else { up })
     }
 
     /// Lists a directory: MLSD where the server has it, else `LIST -a`. Lines that do

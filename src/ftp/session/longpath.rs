@@ -218,6 +218,31 @@ impl FtpConnection {
         }
     }
 
+    /// True when the last `path_args` named a path from a directory changed into.
+    pub(super) fn workdir_relative(&self) -> bool {
+        self.workdir.last_relative
+    }
+
+    /// After an upload of a long path acknowledged by the server: its SIZE (asked
+    /// from the same directory) must show the bytes sent (`bytes` or more when
+    /// appending), or the upload is an error. pure-ftpd 1.0.50 answers 226 to a
+    /// STOR whose path passes its limit and stores nothing.
+    pub(crate) fn check_stored(&mut self, arg: &str, bytes: u64, append: bool) -> Result<()> {
+        let r = self.command(&format!("SIZE {arg}"))?;
+        let size = (r.code == 213)
+            .then(|| r.text().trim().parse::<u64>().ok())
+            .flatten();
+        match size {
+            Some(n) if n == bytes || (append && n >= bytes) => Ok(()),
+            _ => Err(FtpError::NameTooLong(format!(
+                "the server acknowledged an upload to a path this long but does not \
+                 show it ({} {})",
+                r.code,
+                r.text()
+            ))),
+        }
+    }
+
     /// Back to the login directory, for a caller's relative path.
     fn go_home(&mut self) -> Result<()> {
         if !self.workdir.moved {
