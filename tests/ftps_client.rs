@@ -1614,6 +1614,15 @@ fn long_paths_client(spec: ServerSpec) {
         (k, None) => panic!("{k:?} took a path of {} bytes", deeper.len()),
     }
     assert!(t0.elapsed() < Duration::from_secs(5));
+    if c.is_broken() {
+        // pure-ftpd ends the session over a path too long (421).
+        assert_eq!(srv.spec.kind, ServerKind::PureFtpd);
+        c = connect(&srv);
+    }
+    // Whole paths still work on this connection, its directory deep as it was
+    // (proftpd refuses even absolute paths from a directory near its PATH_MAX).
+    c.mkdir("/after-deep").unwrap();
+    c.rmdir("/after-deep").unwrap();
     fs::remove_dir_all(local.join(deeper[dir.len() + 1..].split('/').next().unwrap())).unwrap();
     let file = format!("{dir}/f.txt");
     let mut up = c.stor(&file, false).unwrap();

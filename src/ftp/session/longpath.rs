@@ -38,6 +38,10 @@ pub(super) struct WorkDir {
 impl WorkDir {
     /// Notes a CWD done outside this module (`check`'s probe).
     pub(super) fn set(&mut self, dir: String) {
+        if !self.moved {
+            // Still the login directory (the probe changes into the PWD's).
+            self.home.get_or_insert_with(|| dir.clone());
+        }
         self.cwd = Some(dir);
         self.moved = true;
     }
@@ -102,6 +106,10 @@ impl FtpConnection {
         self.workdir.last_relative = false;
         self.workdir.last_reused = false;
         if paths.iter().all(|p| fits(p)) {
+            // Whole paths, from the login directory: a server's current directory
+            // near its PATH_MAX breaks even absolute paths (proftpd: "Invalid
+            // argument"), so the first such command after a long one goes back.
+            self.go_home()?;
             return Ok(paths.iter().map(|p| p.to_string()).collect());
         }
         self.workdir.last_relative = true;
@@ -172,7 +180,9 @@ impl FtpConnection {
     /// directory anew (a listing of a removed directory is empty, not an error,
     /// and a transfer cannot be repeated: they always start afresh).
     pub(super) fn forget_cwd(&mut self) {
-        self.workdir.cwd = None;
+        if self.workdir.cwd != self.workdir.home {
+            self.workdir.cwd = None;
+        }
     }
 
     /// The argument for a command on the directory `dir` itself (a listing): `dir`,
@@ -181,9 +191,7 @@ impl FtpConnection {
     pub(super) fn dir_arg(&mut self, fixed: usize, dir: &str) -> Result<String> {
         check_path(dir)?;
         if fixed + dir.len() <= MAX_COMMAND_LINE || !dir.starts_with('/') {
-            if !dir.starts_with('/') {
-                self.go_home()?;
-            }
+            self.go_home()?;
             return Ok(dir.to_string());
         }
         self.change_dir(dir)?;
@@ -243,9 +251,10 @@ impl FtpConnection {
         }
     }
 
-    /// Back to the login directory, for a caller's relative path.
+    /// Back to the login directory (for whole paths, and a caller's relative ones);
+    /// nothing to do unless a long path moved away from it.
     fn go_home(&mut self) -> Result<()> {
-        if !self.workdir.moved {
+        if !self.workdir.moved || self.workdir.cwd == self.workdir.home {
             return Ok(());
         }
         let home = self.workdir.home.clone().unwrap_or_else(|| "/".into());
