@@ -1,7 +1,7 @@
 //! Start one real FTPS test server (the harness from tests/support) and keep it running.
 //!
 //! ```text
-//! cargo run --example test_server -- [proftpd|vsftpd|pyftpdlib] [--implicit]
+//! cargo run --example test_server -- [proftpd|vsftpd|pyftpdlib|pure-ftpd] [--implicit]
 //!     [--client-cert] [--tls12|--tls13] [--no-tls] [--cert good|expired|notyet|wronghost|untrusted]
 //!     [--tls-required on|auth+data|ctrl] [--no-session-reuse]
 //! ```
@@ -28,7 +28,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 fn usage(msg: &str) -> ! {
     eprintln!("test_server: {msg}");
     eprintln!(
-        "usage: test_server [proftpd|vsftpd|pyftpdlib] [--implicit] [--client-cert] \
+        "usage: test_server [proftpd|vsftpd|pyftpdlib|pure-ftpd] [--implicit] [--client-cert] \
          [--tls12|--tls13] [--no-tls] [--cert good|expired|notyet|wronghost|untrusted] \
          [--tls-required on|auth+data|ctrl] [--no-session-reuse]"
     );

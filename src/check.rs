@@ -126,6 +126,7 @@ pub fn run(site: &SiteConfig, out: &mut dyn Write) -> Result<(), Failure> {
             &feats
         }
     );
+    let _ = writeln!(out, "reply order:      {}", reply_order(&mut conn));
     verify_root(&mut conn, &c.host, &site.url.path)?;
     let how = if conn.features().mlst { "MLSD" } else { "LIST" };
     let entries = conn.list_dir(&site.url.path)?;
@@ -193,5 +194,17 @@ fn names_report(
              (if the server uses one charset, e.g. Latin-1: -o encoding=latin1)",
             entries.len()
         )
+    }
+}
+
+/// Whether the server answers pipelined commands in order (see
+/// `FtpConnection::probe_reply_order`).
+fn reply_order(conn: &mut FtpConnection) -> String {
+    match conn.probe_reply_order() {
+        Ok(true) => "kept (pipelined commands are answered in order)".into(),
+        Ok(false) => "NOT kept (answers pipelined commands out of order): \
+                      ftpsfs sends one command at a time to this server"
+            .into(),
+        Err(e) => format!("unknown ({e})"),
     }
 }

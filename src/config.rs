@@ -386,6 +386,7 @@ impl SiteConfig {
                     ))
                 })?,
             },
+            server: Default::default(),
         };
         Ok(SiteConfig { url, connect, tls })
     }

@@ -28,6 +28,8 @@ pub enum FtpError {
     Invalid(String),
     /// A name the server's charset (`encoding=`) cannot express.
     Unencodable(String),
+    /// A path that cannot be named to the server (ENAMETOOLONG).
+    NameTooLong(String),
 }
 
 pub type Result<T> = std::result::Result<T, FtpError>;
@@ -90,6 +92,7 @@ impl FtpError {
             FtpError::Timeout(_) => libc::ETIMEDOUT,
             FtpError::Invalid(_) => libc::EINVAL,
             FtpError::Unencodable(_) => libc::EILSEQ,
+            FtpError::NameTooLong(_) => libc::ENAMETOOLONG,
             FtpError::Closed(_) => libc::EIO,
             FtpError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             FtpError::Tls(_) | FtpError::Protocol(_) | FtpError::Truncated(_) => libc::EIO,
@@ -132,6 +135,9 @@ pub fn reply_errno(code: u16, text: &str) -> i32 {
     ]) {
         return libc::ENOENT;
     }
+    if says(&["name too long", "path too long", "line too long"]) {
+        return libc::ENAMETOOLONG;
+    }
     if says(&["not a directory"]) {
         return libc::ENOTDIR;
     }
@@ -167,7 +173,9 @@ impl fmt::Display for FtpError {
             FtpError::Protocol(m) => write!(f, "protocol error: {m}"),
             FtpError::Truncated(m) => write!(f, "transfer truncated: {m}"),
             FtpError::Closed(m) => write!(f, "connection closed: {m}"),
-            FtpError::Invalid(m) | FtpError::Unencodable(m) => write!(f, "{m}"),
+            FtpError::Invalid(m) | FtpError::Unencodable(m) | FtpError::NameTooLong(m) => {
+                write!(f, "{m}")
+            }
         }
     }
 }
@@ -200,6 +208,11 @@ mod tests {
         );
         assert_eq!(reply_errno(502, "Command not implemented"), libc::ENOTSUP);
         assert_eq!(reply_errno(550, "Failed."), libc::ENOENT);
+        assert_eq!(
+            reply_errno(550, "x: File name too long"),
+            libc::ENAMETOOLONG
+        );
+        assert_eq!(reply_errno(500, "Input line too long."), libc::ENAMETOOLONG);
         assert_eq!(reply_errno(553, "Could not create file."), libc::EACCES);
         assert_eq!(
             reply_errno(

@@ -50,6 +50,7 @@ fn options(srv: &Server, protection: Protection, ccc: bool) -> Arc<ConnectOption
         timeout: TIMEOUT,
         max_listing_entries: ftpsfs::ftp::session::DEFAULT_MAX_LISTING_ENTRIES,
         encoding: ftpsfs::names::NameCodec::default(),
+        server: Default::default(),
     })
 }
 
@@ -320,7 +321,7 @@ fn control_connections(srv: &Server) -> usize {
             pids.dedup();
             pids.len()
         }
-        ServerKind::Pyftpdlib => panic!("not counted for pyftpdlib"),
+        k @ (ServerKind::Pyftpdlib | ServerKind::PureFtpd) => panic!("not counted for {k:?}"),
     }
 }
 
@@ -1146,6 +1147,7 @@ fn check_ok(spec: ServerSpec) {
     );
     assert!(stdout.contains("listed-file.txt"), "{stdout}");
     assert!(stdout.contains("result:           OK"), "{stdout}");
+    assert!(stdout.contains("reply order:      kept"), "{stdout}");
     let mode = if srv.spec.implicit {
         "implicit FTPS"
     } else {
@@ -1458,4 +1460,258 @@ fn pool_prepares_data_connections_of_idle_connections() {
     assert_eq!(c.data_stats().prepared_used, before.prepared_used + 1);
     drop(c);
     pool.close_all();
+}
+
+// ---------------------------------------------------------------------------
+// A server that answers pipelined commands out of order (issue 14, item 1)
+
+/// pyftpdlib answering its storage commands 50 ms late, like an asynchronous server:
+/// an EPSV pipelined behind MKD, DELE or RNTO is answered first.
+fn reordering() -> Server {
+    start(ServerSpec::pyftpdlib().reorder_replies(true))
+}
+
+#[test]
+fn replies_out_of_order_are_matched_to_their_commands() {
+    let srv = reordering();
+    fs::write(srv.root.join("a.txt"), b"one\n").unwrap();
+    fs::write(srv.root.join("gone.txt"), b"x").unwrap();
+    let opts = options(&srv, Protection::Private, false);
+    let tls = TlsContext::new(trusting_ca()).unwrap();
+    let mut c = FtpConnection::connect(opts.clone(), tls.clone()).unwrap();
+    assert!(opts.server.pipelining(), "nothing seen yet");
+    // MKD + EPSV: the 229 comes first, then the 257; the directory was made.
+    c.mkdir("/p")
+        .unwrap_or_else(|e| panic!("mkdir: {e}\n{}", srv.log_contents()));
+    assert!(srv.root.join("p").is_dir());
+    assert!(!opts.server.pipelining(), "reordering must be noticed");
+    // From now on one command at a time: everything answers truthfully.
+    c.rename("/a.txt", "/p/b.txt").unwrap();
+    assert_eq!(fs::read(srv.root.join("p/b.txt")).unwrap(), b"one\n");
+    c.delete("/gone.txt").unwrap();
+    assert!(!srv.root.join("gone.txt").exists());
+    let e = c.mkdir("/p").unwrap_err();
+    assert_eq!(e.errno(), libc::EEXIST, "{e}");
+    let e = c.delete("/gone.txt").unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    let e = c.rename("/nothing", "/p/x").unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    // Transfers and listings stay in step.
+    let mut up = c.stor("/p/c.txt", false).unwrap();
+    up.write_all(b"two\n").unwrap();
+    up.finish().unwrap();
+    let mut up = c.stor("/p/c.txt", true).unwrap();
+    up.write_all(b"three\n").unwrap();
+    up.finish().unwrap();
+    assert_eq!(fs::read(srv.root.join("p/c.txt")).unwrap(), b"two\nthree\n");
+    let mut names: Vec<String> = c
+        .list_dir("/p")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b.txt", "c.txt"]);
+    assert_eq!(c.size("/p/c.txt").unwrap(), 10);
+    c.noop().unwrap();
+    assert!(!c.is_broken());
+}
+
+#[test]
+fn each_pipelined_command_gets_its_own_reply_on_first_contact() {
+    // Every kind of batch as the first command of a connection to a reordering server.
+    let srv = reordering();
+    fs::write(srv.root.join("f"), b"x").unwrap();
+    let tls = TlsContext::new(trusting_ca()).unwrap();
+    type Op = fn(&mut FtpConnection) -> Result<(), FtpError>;
+    let ops: [(&str, Op); 4] = [
+        ("rename", |c| c.rename("/f", "/g")),
+        ("delete", |c| c.delete("/g")),
+        ("mkdir", |c| c.mkdir("/d")),
+        ("rmdir", |c| c.rmdir("/d")),
+    ];
+    for (what, op) in ops {
+        let opts = options(&srv, Protection::Private, false);
+        let mut c = FtpConnection::connect(opts.clone(), tls.clone()).unwrap();
+        op(&mut c).unwrap_or_else(|e| panic!("{what}: {e}\n{}", srv.log_contents()));
+        assert!(!opts.server.pipelining(), "{what}: reordering not noticed");
+        c.noop()
+            .unwrap_or_else(|e| panic!("{what}: out of step afterwards: {e}"));
+    }
+    assert!(!srv.root.join("f").exists() && !srv.root.join("g").exists());
+    assert!(!srv.root.join("d").exists());
+    // A refused command whose reply came after the EPSV's: its own error.
+    let opts = options(&srv, Protection::Private, false);
+    let mut c = FtpConnection::connect(opts, tls).unwrap();
+    let e = c.delete("/missing").unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    c.noop().unwrap();
+}
+
+#[test]
+fn servers_in_order_keep_pipelining() {
+    let srv = start(ServerSpec::pyftpdlib());
+    let opts = options(&srv, Protection::Private, false);
+    let tls = TlsContext::new(trusting_ca()).unwrap();
+    let mut c = FtpConnection::connect(opts.clone(), tls).unwrap();
+    c.mkdir("/p").unwrap();
+    c.rename("/p", "/q").unwrap();
+    c.rmdir("/q").unwrap();
+    assert!(opts.server.pipelining());
+}
+
+#[test]
+fn check_reports_reply_order() {
+    let srv = reordering();
+    let pw = temp_file(support::TEST_PASSWORD);
+    let out = run_check(
+        &srv.url(),
+        &format!(
+            "cafile={},password_file={}",
+            srv.ca_file().display(),
+            pw.path().display()
+        ),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("reply order:      NOT kept"), "{stdout}");
+    assert!(stdout.contains("result:           OK"), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------
+// Long paths (issue 14, item 3): no command line over MAX_COMMAND_LINE bytes
+
+fn long_dir(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("/L{i:02}{}", "y".repeat(197)))
+        .collect::<String>()
+}
+
+fn long_paths_client(spec: ServerSpec) {
+    let srv = start(spec);
+    let mut c = connect(&srv);
+    let dir = long_dir(17);
+    // Directory chain one by one, as a filesystem makes it.
+    let mut at = String::new();
+    for comp in dir.split('/').skip(1) {
+        at = format!("{at}/{comp}");
+        c.mkdir(&at)
+            .unwrap_or_else(|e| panic!("mkdir {}: {e}", at.len()));
+    }
+    let local = srv.root.join(&dir[1..]);
+    assert!(local.is_dir());
+    // Deeper than the server's own file system allows (proftpd, pyftpdlib: its real
+    // path passes PATH_MAX; vsftpd works relative to its current directory and
+    // goes on): refused at once, as ENAMETOOLONG.
+    let t0 = std::time::Instant::now();
+    let mut deeper = dir.clone();
+    let mut refused = None;
+    while deeper.len() < 6000 {
+        deeper = format!("{deeper}/M{}", "w".repeat(197));
+        if let Err(e) = c.mkdir(&deeper) {
+            refused = Some(e);
+            break;
+        }
+    }
+    match (srv.spec.kind, refused) {
+        (ServerKind::Vsftpd, None) => {}
+        (_, Some(e)) => assert_eq!(e.errno(), libc::ENAMETOOLONG, "{e}"),
+        (k, None) => panic!("{k:?} took a path of {} bytes", deeper.len()),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    if c.is_broken() {
+        // pure-ftpd ends the session over a path too long (421).
+        assert_eq!(srv.spec.kind, ServerKind::PureFtpd);
+        c = connect(&srv);
+    }
+    // Whole paths still work on this connection, its directory deep as it was
+    // (proftpd refuses even absolute paths from a directory near its PATH_MAX).
+    c.mkdir("/after-deep").unwrap();
+    c.rmdir("/after-deep").unwrap();
+    fs::remove_dir_all(local.join(deeper[dir.len() + 1..].split('/').next().unwrap())).unwrap();
+    let file = format!("{dir}/f.txt");
+    let mut up = c.stor(&file, false).unwrap();
+    up.write_all(b"deep\n").unwrap();
+    up.finish().unwrap();
+    assert_eq!(fs::read(local.join("f.txt")).unwrap(), b"deep\n");
+    assert_eq!(c.size(&file).unwrap(), 5);
+    let names: Vec<String> = c
+        .list_dir(&dir)
+        .unwrap_or_else(|e| panic!("list: {e}\n{}", srv.log_contents()))
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["f.txt"]);
+    if c.features().mlst {
+        let e = c.mlst(&file).unwrap().expect("MLST finds the file");
+        assert_eq!(e.size, 5);
+    }
+    // Absolute short paths still work after the changes of directory.
+    fs::write(srv.root.join("top.txt"), b"top").unwrap();
+    assert_eq!(c.size("/top.txt").unwrap(), 3);
+    let mut dl = c.retr(&file, 0).unwrap();
+    let mut got = Vec::new();
+    dl.read_to_end(&mut got).unwrap();
+    dl.finish().unwrap();
+    assert_eq!(got, b"deep\n");
+    // Rename within the directory, to the top and back.
+    let g = format!("{dir}/g.txt");
+    c.rename(&file, &g).unwrap();
+    // On a fresh connection too (its directory is not the file's yet).
+    let mut c2 = connect(&srv);
+    c2.rename(&g, "/up.txt").unwrap();
+    assert!(srv.root.join("up.txt").is_file());
+    let mut c3 = connect(&srv);
+    c3.rename("/up.txt", &file).unwrap();
+    // Two long paths in one tree: named from their common directory.
+    let sub = format!("{dir}/{}", "s".repeat(200));
+    c3.mkdir(&sub).unwrap();
+    let moved = format!("{sub}/f.txt");
+    connect(&srv).rename(&file, &moved).unwrap();
+    assert!(local.join("s".repeat(200)).join("f.txt").is_file());
+    connect(&srv).rename(&moved, &file).unwrap();
+    connect(&srv).rmdir(&sub).unwrap();
+    c.delete(&file).unwrap();
+    assert!(!local.join("f.txt").exists());
+    // Errors keep their meaning.
+    let e = c.delete(&file).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    let e = c
+        .size(&format!("{dir}/nodir/{}/x", "z".repeat(400)))
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    // A single component too long for any command line: at once, without a word.
+    let e = c.mkdir(&format!("/{}", "q".repeat(600))).unwrap_err();
+    assert_eq!(e.errno(), libc::ENAMETOOLONG, "{e}");
+    for comp in dir.split('/').skip(1).collect::<Vec<_>>().iter().rev() {
+        let _ = comp;
+        c.rmdir(&at).unwrap();
+        at.truncate(at.rfind('/').unwrap());
+    }
+    assert_eq!(
+        fs::read_dir(&srv.root).unwrap().count(),
+        1,
+        "only top.txt left"
+    );
+    c.noop().unwrap();
+}
+
+#[test]
+fn long_paths_client_proftpd() {
+    long_paths_client(ServerSpec::proftpd());
+}
+
+#[test]
+fn long_paths_client_vsftpd() {
+    long_paths_client(ServerSpec::vsftpd());
+}
+
+#[test]
+fn long_paths_client_pyftpdlib() {
+    long_paths_client(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn long_paths_client_pure_ftpd() {
+    long_paths_client(ServerSpec::pure_ftpd());
 }

@@ -218,6 +218,12 @@ fn pyftpdlib_explicit_curl_round_trip() {
 }
 
 #[test]
+fn pure_ftpd_explicit_curl_round_trip() {
+    let srv = started(ServerSpec::pure_ftpd());
+    round_trip(&srv, &CurlOpts::default());
+}
+
+#[test]
 fn pyftpdlib_client_cert_required() {
     client_cert_required(ServerSpec::pyftpdlib());
 }
@@ -228,6 +234,7 @@ fn tls_disabled_refuses_auth_tls() {
         ServerSpec::proftpd(),
         ServerSpec::vsftpd(),
         ServerSpec::pyftpdlib(),
+        ServerSpec::pure_ftpd(),
     ] {
         let srv = started(spec.tls_enabled(false));
         let out = curl(&srv, &CurlOpts::default(), &[&base_url(&srv)]);

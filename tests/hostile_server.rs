@@ -55,6 +55,7 @@ fn options(srv: &HostileServer) -> Arc<ConnectOptions> {
         timeout: TIMEOUT,
         max_listing_entries: ftpsfs::ftp::session::DEFAULT_MAX_LISTING_ENTRIES,
         encoding: ftpsfs::names::NameCodec::default(),
+        server: Default::default(),
     })
 }
 

@@ -1,7 +1,10 @@
-//! End-to-end tests of the `ftpsfs` mount: the real binary mounts real proftpd and
-//! vsftpd servers (tests/support) with FUSE, and ordinary shell tools (cp, rsync, tar,
-//! find, mv, rm, dd, truncate, touch, cat, sha256sum) work on the mount. Results are
-//! compared with the server's own directory on disk.
+//! End-to-end tests of the `ftpsfs` mount: the real binary mounts real proftpd,
+//! vsftpd, pyftpdlib and pure-ftpd servers (tests/support) with FUSE, and ordinary
+//! shell tools (cp, rsync, tar, find, mv, rm, dd, truncate, touch, cat, sha256sum)
+//! work on the mount. Results are compared with the server's own directory on disk.
+//! Every client mode (explicit, implicit, PROT C, CCC) is mounted on each server that
+//! offers it; a server that answers pipelined commands out of order and paths longer
+//! than a command line are covered too.
 //!
 //! Needs root, /dev/fuse and fusermount3 (and rsync, else that test is skipped).
 
@@ -725,4 +728,347 @@ fn sigterm_idle_unmounts_cleanly_proftpd() {
 #[test]
 fn sigterm_idle_unmounts_cleanly_vsftpd() {
     sigterm_idle(ServerSpec::vsftpd());
+}
+
+// ---------------------------------------------------------------------------
+// A server that answers pipelined commands out of order (pyftpdlib made to answer its
+// storage commands late, like an asynchronous server)
+
+#[test]
+fn reordering_server_mkdir_mv_and_appends_tell_the_truth() {
+    with_mount(ServerSpec::pyftpdlib().reorder_replies(true), |srv, m| {
+        let e = Env::new(srv, m);
+        // mkdir: the 257 comes after the piggybacked EPSV's 229.
+        e.ok(r#"mkdir "$MNT/p""#);
+        assert!(e.root().join("p").is_dir());
+        e.ok(r#"test -d "$MNT/p""#);
+        let out = e.sh(r#"mkdir "$MNT/p""#);
+        assert!(!out.status.success(), "mkdir of an existing directory");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("File exists"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // mv of a file and of a directory.
+        e.ok(r#"echo one > "$MNT/p/f" && mv "$MNT/p/f" "$MNT/p/g""#);
+        assert!(!e.root().join("p/f").exists());
+        assert_eq!(fs::read(e.root().join("p/g")).unwrap(), b"one\n");
+        e.ok(r#"mv "$MNT/p" "$MNT/q""#);
+        assert!(e.root().join("q/g").is_file());
+        // echo >> twice keeps the file, with both lines.
+        e.ok(r#"echo first >> "$MNT/q/log" && echo second >> "$MNT/q/log""#);
+        assert_eq!(
+            fs::read(e.root().join("q/log")).unwrap(),
+            b"first\nsecond\n"
+        );
+        assert_eq!(e.ok(r#"cat "$MNT/q/log""#), "first\nsecond\n");
+        e.ok(r#"rm "$MNT/q/g" "$MNT/q/log" && rmdir "$MNT/q""#);
+        assert_eq!(fs::read_dir(e.root()).unwrap().count(), 0);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Long paths: a chain of directories whose full path is ~3400 bytes (each command
+// line stays short: ftpsfs changes into the parent and names things relative to it)
+
+/// `n` directory names of 200 bytes each, joined with '/'.
+fn long_chain(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("d{i:02}_{}", "x".repeat(196)))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn long_paths(spec: ServerSpec) {
+    let srv = support::start(spec);
+    let m = Mount::new(&srv);
+    let (srv, m) = (&srv, &m);
+    {
+        let e = Env::new(srv, m);
+        let t0 = Instant::now();
+        let chain = long_chain(17);
+        assert!(chain.len() > 3000 && chain.len() < 4000 - 100);
+        let sh = |script: &str| e.ok(&format!("C='{chain}'; {script}"));
+        sh(r#"mkdir -p "$MNT/$C""#);
+        assert!(
+            e.root().join(&chain).is_dir(),
+            "the chain exists on the server"
+        );
+        sh(r#"echo hello > "$MNT/$C/file.txt""#);
+        assert_eq!(
+            fs::read(e.root().join(&chain).join("file.txt")).unwrap(),
+            b"hello\n"
+        );
+        assert_eq!(sh(r#"cat "$MNT/$C/file.txt""#), "hello\n");
+        sh(r#"echo more >> "$MNT/$C/file.txt""#);
+        assert_eq!(sh(r#"cat "$MNT/$C/file.txt""#), "hello\nmore\n");
+        sh(r#"mv "$MNT/$C/file.txt" "$MNT/$C/renamed.txt""#);
+        assert_eq!(sh(r#"ls "$MNT/$C""#), "renamed.txt\n");
+        assert_eq!(
+            fs::read(e.root().join(&chain).join("renamed.txt")).unwrap(),
+            b"hello\nmore\n"
+        );
+        // Up to the top of the chain, and back down (paths in two subtrees).
+        let top = chain.split('/').next().unwrap().to_string();
+        sh(r#"mv "$MNT/$C/renamed.txt" "$MNT/${C%%/*}/up.txt""#);
+        assert!(e.root().join(&top).join("up.txt").is_file());
+        sh(r#"mv "$MNT/${C%%/*}/up.txt" "$MNT/$C/down.txt" && test -f "$MNT/$C/down.txt""#);
+        sh(r#"touch -d '2020-01-02 03:04:05 UTC' "$MNT/$C/down.txt""#);
+        assert_eq!(
+            sh(r#"ls -l --time-style=+%Y "$MNT/$C" | tail -n 1 | awk '{print $6}'"#),
+            "2020\n"
+        );
+        sh(r#"rm "$MNT/$C/down.txt" && test ! -e "$MNT/$C/down.txt""#);
+        assert!(!e.root().join(&chain).join("down.txt").exists());
+        // A file created empty at the bottom, closed at once (no stall at close).
+        sh(r#"touch "$MNT/$C/empty" && test -f "$ROOT/$C/empty""#);
+        sh(r#"rm -r "$MNT/$top""#.replace("$top", &top).as_str());
+        assert_eq!(fs::read_dir(e.root()).unwrap().count(), 0, "all removed");
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(30), "long paths took {took:?}");
+        // A file whose path on the server passes PATH_MAX (20 levels and a name of
+        // 255 bytes): vsftpd works relative to its directory and takes it; proftpd
+        // and pyftpdlib cannot, which is ENAMETOOLONG at once, not a creation that
+        // "succeeds" and then blocks at close.
+        let t0 = Instant::now();
+        let chain19 = long_chain(20);
+        let name = "f".repeat(255);
+        // (python, as sh ignores the result of close() after a redirection.)
+        let out = e.sh(&format!(
+            r#"mkdir -p "$MNT/{chain19}" && cd "$MNT/{chain19}" && python3 -c "
+f = open('{name}', 'w'); f.write('x\\n'); f.close(); print(open('{name}').read(), end='')""#
+        ));
+        let took = t0.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if srv.spec.kind == support::ServerKind::Vsftpd {
+            assert!(out.status.success(), "{stderr}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "x\n");
+        } else {
+            assert!(
+                !out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(stderr.contains("File name too long"), "{stderr}");
+            let on_server = e.ok(r#"find "$ROOT" -name 'fff*' | wc -l"#);
+            assert_eq!(on_server.trim(), "0");
+        }
+        assert!(took < Duration::from_secs(15), "took {took:?}: {stderr}");
+        e.ok(&format!(r#"rm -r "$MNT/{top}""#));
+        // The file name limit still applies per component.
+        let long_name = "n".repeat(256);
+        let out = e.sh(&format!(r#"touch "$MNT/{long_name}""#));
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("File name too long"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn long_paths_work_proftpd() {
+    long_paths(ServerSpec::proftpd());
+}
+
+#[test]
+fn long_paths_work_vsftpd() {
+    long_paths(ServerSpec::vsftpd());
+}
+
+#[test]
+fn long_paths_work_pyftpdlib() {
+    long_paths(ServerSpec::pyftpdlib());
+}
+
+// ---------------------------------------------------------------------------
+// pure-ftpd and pyftpdlib: the same checks as on proftpd and vsftpd
+
+#[test]
+fn cp_r_tree_in_and_out_pure_ftpd() {
+    cp_tree(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn cp_r_tree_in_and_out_pyftpdlib() {
+    cp_tree(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn rsync_twice_second_run_transfers_nothing_pure_ftpd() {
+    rsync_twice(ServerSpec::pure_ftpd(), "");
+}
+
+#[test]
+fn rsync_twice_omit_dir_times_pyftpdlib() {
+    rsync_twice(ServerSpec::pyftpdlib(), "--omit-dir-times");
+}
+
+#[test]
+fn tar_into_and_out_of_mount_pure_ftpd() {
+    tar_round_trip(ServerSpec::pure_ftpd(), "");
+}
+
+#[test]
+fn tar_into_and_out_of_mount_touch_pyftpdlib() {
+    tar_round_trip(ServerSpec::pyftpdlib(), "-m");
+}
+
+#[test]
+fn find_lists_same_paths_pure_ftpd() {
+    find_same(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn find_lists_same_paths_pyftpdlib() {
+    find_same(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn many_entries_listed_whole_pure_ftpd() {
+    many_entries(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn many_entries_listed_whole_pyftpdlib() {
+    many_entries(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn mv_rm_r_mkdir_p_pure_ftpd() {
+    mv_rm_mkdir(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn mv_rm_r_mkdir_p_pyftpdlib() {
+    mv_rm_mkdir(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn append_dd_truncate_touch_pure_ftpd() {
+    small_writes(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn append_dd_truncate_touch_pyftpdlib() {
+    small_writes(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn two_parallel_readers_pure_ftpd() {
+    parallel_readers(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn two_parallel_readers_pyftpdlib() {
+    parallel_readers(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn failed_upload_errors_and_keeps_spool_pure_ftpd() {
+    failed_upload(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn failed_upload_errors_and_keeps_spool_pyftpdlib() {
+    failed_upload(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn rmdir_non_empty_is_enotempty_pure_ftpd() {
+    rmdir_not_empty(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn rmdir_non_empty_is_enotempty_pyftpdlib() {
+    rmdir_not_empty(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn server_side_file_appears_after_cache_timeout_pure_ftpd() {
+    external_change(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn server_side_file_appears_after_cache_timeout_pyftpdlib() {
+    external_change(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn sigterm_unmounts_after_pending_upload_pure_ftpd() {
+    sigterm(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn sigterm_unmounts_after_pending_upload_pyftpdlib() {
+    sigterm(ServerSpec::pyftpdlib());
+}
+
+#[test]
+fn long_paths_work_pure_ftpd() {
+    long_paths(ServerSpec::pure_ftpd());
+}
+
+// ---------------------------------------------------------------------------
+// Every mode of the client as a mount, on every server that has it: explicit
+// (AUTH TLS), implicit, PROT C, CCC.
+
+/// Write, read back, list, rename and delete through a mount made with `opts`.
+fn mode_round_trip(spec: ServerSpec, opts: &str) {
+    let srv = support::start(spec);
+    let m = Mount::with(&srv, opts);
+    let e = Env::new(&srv, &m);
+    let what = format!("{} {opts:?}", srv.spec.kind.name());
+    fs::write(e.w().join("in.bin"), pattern(200_000, 7)).unwrap();
+    e.ok(r#"mkdir "$MNT/d" && cp "$W/in.bin" "$MNT/d/f.bin""#);
+    assert_eq!(
+        fs::read(e.root().join("d/f.bin")).unwrap(),
+        pattern(200_000, 7),
+        "{what}"
+    );
+    e.ok(r#"cmp "$W/in.bin" "$MNT/d/f.bin""#);
+    assert_eq!(e.ok(r#"ls "$MNT/d""#), "f.bin\n", "{what}");
+    e.ok(r#"mv "$MNT/d/f.bin" "$MNT/g.bin" && rm "$MNT/g.bin" && rmdir "$MNT/d""#);
+    assert_eq!(fs::read_dir(e.root()).unwrap().count(), 0, "{what}");
+}
+
+#[test]
+fn modes_explicit_on_every_server() {
+    for spec in [
+        ServerSpec::proftpd(),
+        ServerSpec::vsftpd(),
+        ServerSpec::pyftpdlib(),
+        ServerSpec::pure_ftpd(),
+    ] {
+        mode_round_trip(spec, "");
+    }
+}
+
+#[test]
+fn modes_implicit_where_servers_have_it() {
+    for spec in [ServerSpec::proftpd(), ServerSpec::vsftpd()] {
+        mode_round_trip(spec.implicit(true), "");
+    }
+}
+
+#[test]
+fn modes_prot_c_on_every_server() {
+    for spec in [
+        ServerSpec::proftpd(),
+        ServerSpec::vsftpd(),
+        ServerSpec::pyftpdlib(),
+        ServerSpec::pure_ftpd(),
+    ] {
+        mode_round_trip(spec.tls_required(support::TlsRequired::Ctrl), "prot=C");
+    }
+}
+
+#[test]
+fn modes_ccc_where_servers_have_it() {
+    // Only proftpd (auth+data) accepts CCC among the four.
+    mode_round_trip(
+        ServerSpec::proftpd().tls_required(support::TlsRequired::AuthData),
+        "ccc",
+    );
 }

@@ -46,6 +46,8 @@ pub enum StoreError {
     Local { context: String, source: io::Error },
     /// A name the server's charset cannot express.
     Unencodable(String),
+    /// A path the server cannot be given or cannot hold.
+    NameTooLong(String),
     /// A path or argument that cannot be sent at all.
     Invalid(String),
     /// Neither a refusal nor a lost connection (a TLS failure, an internal fault).
@@ -87,6 +89,7 @@ impl StoreError {
             StoreError::Timeout(_) => libc::ETIMEDOUT,
             StoreError::Local { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             StoreError::Unencodable(_) => libc::EILSEQ,
+            StoreError::NameTooLong(_) => libc::ENAMETOOLONG,
             StoreError::Invalid(_) => libc::EINVAL,
         }
     }
@@ -134,6 +137,7 @@ impl fmt::Display for StoreError {
             StoreError::Lost(m)
             | StoreError::Timeout(m)
             | StoreError::Unencodable(m)
+            | StoreError::NameTooLong(m)
             | StoreError::Invalid(m)
             | StoreError::Failed(m) => write!(f, "{m}"),
             StoreError::Local { context, source } => write!(f, "{context}: {source}"),

@@ -282,6 +282,9 @@ pub struct Upload<'a> {
     bytes: u64,
     what: String,
     lowered: Cell<bool>,
+    /// (argument, append): check with SIZE that the server stored what it
+    /// acknowledged (see `FtpConnection::check_stored`).
+    check: Option<(String, bool)>,
 }
 
 impl<'a> Upload<'a> {
@@ -292,7 +295,14 @@ impl<'a> Upload<'a> {
             bytes: 0,
             what,
             lowered: Cell::new(true),
+            check: None,
         }
+    }
+
+    /// After a positive final reply, asks SIZE of `arg` before believing it.
+    pub(crate) fn checked(mut self, arg: String, append: bool) -> Self {
+        self.check = Some((arg, append));
+        self
     }
 
     pub fn bytes(&self) -> u64 {
@@ -317,7 +327,13 @@ impl<'a> Upload<'a> {
                 Err(FtpError::io(format!("closing upload of {}", self.what), e))
             }
             (Ok(()), Err(e)) => Err(e),
-            (Ok(()), Ok(())) => Ok(self.bytes),
+            (Ok(()), Ok(())) => match self.check.take() {
+                Some((arg, append)) => self
+                    .conn
+                    .check_stored(&arg, self.bytes, append)
+                    .map(|()| self.bytes),
+                None => Ok(self.bytes),
+            },
         }
     }
 

@@ -2,6 +2,8 @@
 //! AUTH TLS, implicit TLS, PROT P/C, CCC), commands, and the data connections they
 //! open. Knows nothing of FUSE.
 
+mod longpath;
+mod order;
 mod passive;
 
 use super::data::{Download, Upload};
@@ -15,6 +17,8 @@ use super::tls::{
 };
 use crate::error::{FtpError, Result};
 use crate::names::NameCodec;
+pub use longpath::MAX_COMMAND_LINE;
+pub use order::ServerTraits;
 pub use passive::DataStats;
 use passive::PreparedData;
 use std::fmt;
@@ -70,6 +74,9 @@ pub struct ConnectOptions {
     pub max_listing_entries: usize,
     /// How names are written on the wire (`encoding=`; see `crate::names`).
     pub encoding: NameCodec,
+    /// What the connections learn about the server (whether it keeps the order of
+    /// pipelined replies), shared by every connection made with these options.
+    pub server: Arc<ServerTraits>,
 }
 
 /// Default of [`ConnectOptions::max_listing_entries`].
@@ -176,6 +183,8 @@ pub struct FtpConnection {
     /// The next transfer's data connection, opened ahead (see `passive`).
     prepared: Option<PreparedData>,
     data_stats: DataStats,
+    /// The server's current directory, changed into for long paths (`longpath`).
+    workdir: longpath::WorkDir,
 }
 
 /// Rejects paths that would smuggle a second command (CR/LF) or a NUL.
@@ -350,6 +359,7 @@ impl FtpConnection {
             round_trip: Duration::MAX,
             prepared: None,
             data_stats: DataStats::default(),
+            workdir: longpath::WorkDir::default(),
         };
         if opts.implicit {
             let version = conn.tls_info.version.clone();
@@ -481,9 +491,8 @@ impl FtpConnection {
             batch.push(format!("OPTS MLST {facts}"));
         }
         batch.push("TYPE I".to_string());
-        self.send_batch(&batch)?;
-        for cmd in &batch {
-            let r = self.read_reply()?;
+        let (replies, _) = self.exchange(&batch, false)?;
+        for (cmd, r) in batch.iter().zip(replies) {
             if cmd == "TYPE I" {
                 accepted(cmd, r, |c| c == 200)?;
             } else if !r.is_positive() {
@@ -525,6 +534,14 @@ impl FtpConnection {
         log::debug!("< {} {}", r.code, r.text());
         if r.code == 421 {
             self.broken = true;
+            if r.text().to_ascii_lowercase().contains("path too long") {
+                // pure-ftpd ends the session on a path past its limit: the path is
+                // the problem, not the connection (not to be tried again).
+                return Err(FtpError::NameTooLong(format!(
+                    "the server cannot take a path this long ({})",
+                    r.text()
+                )));
+            }
             return Err(FtpError::Closed(format!(
                 "server closed the session: {}",
                 r.text()
@@ -579,11 +596,105 @@ impl FtpConnection {
 
     /// [`Self::expect`] for the commands of a mounted filesystem (DELE, MKD...):
     /// an EPSV for the next transfer goes with the command when none is prepared.
+    /// When the server answered the two out of order and the command's refusal
+    /// could be the EPSV's, the command (which failed, so changed nothing) is sent
+    /// again alone for its real reason.
     fn expect_preparing(&mut self, cmd: &str, ok: impl Fn(u16) -> bool) -> Result<()> {
-        let piggyback = self.send_batch_preparing(&[cmd.to_string()])?;
-        let r = self.read_reply()?;
-        self.finish_piggyback(piggyback);
+        let (mut replies, unsure) = self.exchange(&[cmd.to_string()], true)?;
+        let mut r = replies.swap_remove(0);
+        if unsure.contains(&0) {
+            r = self.command(cmd)?;
+        }
         accepted(cmd, r, ok).map(drop)
+    }
+
+    /// True while the server is not known to answer pipelined commands out of order.
+    fn pipelining(&self) -> bool {
+        self.opts.server.pipelining()
+    }
+
+    /// Sends `lines` and returns one reply per line, in line order, and the lines
+    /// whose (negative) reply is uncertain (see `order`). Pipelined in one write,
+    /// with an EPSV for the next transfer when `prepare` and none is prepared,
+    /// unless the server reorders replies: then one command at a time.
+    fn exchange(&mut self, lines: &[String], prepare: bool) -> Result<(Vec<Reply>, Vec<usize>)> {
+        if !self.pipelining() {
+            let mut replies = Vec::with_capacity(lines.len());
+            for l in lines {
+                replies.push(self.command(l)?);
+            }
+            return Ok((replies, Vec::new()));
+        }
+        let piggyback =
+            prepare && self.use_epsv && self.prepared.is_none() && !self.out_of_tickets();
+        let mut all = lines.to_vec();
+        if piggyback {
+            all.push("EPSV".to_string());
+        }
+        self.send_batch(&all)?;
+        let mut replies = Vec::with_capacity(all.len());
+        for i in 0..all.len() {
+            match self.read_reply() {
+                Ok(r) => replies.push(r),
+                // The piggybacked EPSV's reply alone is lost: the caller's stand
+                // if they are in order (the connection is dropped afterwards).
+                Err(_) if piggyback && i == lines.len() && order::in_order(lines, &replies) => {
+                    self.broken = true;
+                    return Ok((replies, Vec::new()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (mut replies, unsure) = if order::in_order(&all, &replies) {
+            (replies, Vec::new())
+        } else {
+            let seen: Vec<String> = replies.iter().map(|r| r.code.to_string()).collect();
+            let sent: Vec<&str> = all.iter().map(|c| first_word(c)).collect();
+            self.opts.server.note_reordering(&format!(
+                "{} answered {}",
+                sent.join("+"),
+                seen.join(", ")
+            ));
+            match order::assign(&all, replies) {
+                Some(a) => (a.replies, a.unsure),
+                None => {
+                    self.broken = true;
+                    return Err(FtpError::Protocol(format!(
+                        "replies {} do not fit the commands {}",
+                        seen.join(", "),
+                        sent.join("+")
+                    )));
+                }
+            }
+        };
+        if piggyback {
+            if let Some(r) = replies.pop() {
+                self.use_piggybacked_epsv(r);
+            }
+        }
+        let unsure = unsure.into_iter().filter(|&i| i < lines.len()).collect();
+        Ok((replies, unsure))
+    }
+
+    /// Asks whether the server keeps the order of pipelined replies: a `CWD` to the
+    /// current directory and an `EPSV` sent together must be answered 250, then 229.
+    /// Leaves the connection in step either way (for `check`).
+    pub fn probe_reply_order(&mut self) -> Result<bool> {
+        let r = self.expect("PWD", |c| c == 257)?;
+        let dir = parse_pwd(&r.text()).unwrap_or_else(|| "/".to_string());
+        check_path(&dir)?;
+        let batch = [format!("CWD {dir}"), "EPSV".to_string()];
+        self.send_batch(&batch)?;
+        let replies = vec![self.read_reply()?, self.read_reply()?];
+        self.workdir.set(dir);
+        let kept = order::in_order(&batch, &replies);
+        if !kept {
+            self.opts.server.note_reordering(&format!(
+                "CWD+EPSV answered {}, {}",
+                replies[0].code, replies[1].code
+            ));
+        }
+        Ok(kept)
     }
 
     /// True when the next transfer first logs in a new control connection (see
@@ -704,11 +815,20 @@ impl FtpConnection {
     }
 
     /// Reads the replies to an aborted transfer and its ABOR, up to the NOOP's 200
-    /// (then the piggybacked EPSV's, when `piggyback`).
-    pub(crate) fn read_until_noop(&mut self, piggyback: bool) -> Result<()> {
-        for _ in 0..4 {
+    /// (then the piggybacked EPSV's, when `piggyback`). A 229 before the 200 is the
+    /// EPSV's, from a server that answers out of order.
+    pub(crate) fn read_until_noop(&mut self, mut piggyback: bool) -> Result<()> {
+        for _ in 0..5 {
             let r = self.read_reply()?;
             log::debug!("abort: {} {}", r.code, r.text());
+            if r.code == 229 && piggyback {
+                self.opts
+                    .server
+                    .note_reordering("ABOR+NOOP+EPSV answered 229 before 200");
+                piggyback = false;
+                self.use_piggybacked_epsv(r);
+                continue;
+            }
             if r.code == 200 {
                 self.finish_piggyback(piggyback);
                 return Ok(());
@@ -730,7 +850,13 @@ impl FtpConnection {
                 text: "the server does not announce REST STREAM".into(),
             });
         }
-        let data = self.start_transfer(&format!("RETR {path}"), offset)?;
+        // A renewed connection starts in its login directory: renew before the
+        // path's argument is worked out relative to the current one.
+        self.renew_if_out_of_tickets()?;
+        self.forget_cwd();
+        let arg = self.path_args(5, &[path])?.remove(0);
+        let r = self.start_transfer(&format!("RETR {arg}"), offset);
+        let data = r.map_err(|e| self.deep(e))?;
         Ok(Download::new(self, data, format!("RETR {path}")))
     }
 
@@ -738,8 +864,16 @@ impl FtpConnection {
     pub fn stor(&mut self, path: &str, append: bool) -> Result<Upload<'_>> {
         check_path(path)?;
         let verb = if append { "APPE" } else { "STOR" };
-        let data = self.start_transfer(&format!("{verb} {path}"), 0)?;
-        Ok(Upload::new(self, data, format!("{verb} {path}")))
+        self.renew_if_out_of_tickets()?;
+        self.forget_cwd();
+        let arg = self.path_args(5, &[path])?.remove(0);
+        let r = self.start_transfer(&format!("{verb} {arg}"), 0);
+        let data = r.map_err(|e| self.deep(e))?;
+        // A path named from its directory is one a server may not hold: pure-ftpd
+        // acknowledges such an upload and stores nothing. Check it.
+        let check = self.workdir_relative() && self.features.size;
+        let up = Upload::new(self, data, format!("{verb} {path}"));
+        Ok(if check { up.checked(arg, append) } else { up })
     }
 
     /// Lists a directory: MLSD where the server has it, else `LIST -a`. Lines that do
@@ -758,11 +892,10 @@ impl FtpConnection {
     pub fn list_dir_each(&mut self, path: &str, sink: &mut dyn FnMut(RemoteEntry)) -> Result<()> {
         check_path(path)?;
         let use_mlsd = self.features.mlst;
-        let cmd = if use_mlsd {
-            format!("MLSD {path}")
-        } else {
-            format!("LIST -a {path}")
-        };
+        let verb = if use_mlsd { "MLSD" } else { "LIST -a" };
+        self.renew_if_out_of_tickets()?;
+        self.forget_cwd();
+        let cmd = format!("{verb} {}", self.dir_arg(verb.len() + 1, path)?);
         let data = self.start_transfer(&cmd, 0)?;
         let now = SystemTime::now();
         let mut entries = Vec::new();
@@ -857,17 +990,24 @@ impl FtpConnection {
             .collect();
         for chunk in files.chunks(BATCH) {
             let mut batch = Vec::with_capacity(chunk.len());
+            let mut asked = Vec::with_capacity(chunk.len());
             for &i in chunk {
                 let p = if dir.ends_with('/') {
                     format!("{dir}{}", entries[i].name)
                 } else {
                     format!("{dir}/{}", entries[i].name)
                 };
-                batch.push(format!("MDTM {p}"));
+                // The listing changed into a long directory: names from there.
+                if let Some(arg) = self.path_arg_here(5, &p) {
+                    batch.push(format!("MDTM {arg}"));
+                    asked.push(i);
+                }
             }
-            self.send_batch(&batch)?;
-            for &i in chunk {
-                let r = self.read_reply()?;
+            let chunk = &asked;
+            // MDTM replies do not say whose time they are: a server known to reorder
+            // replies gets them one at a time.
+            let (replies, _) = self.exchange(&batch, false)?;
+            for (&i, r) in chunk.iter().zip(replies) {
                 if r.code == 213 {
                     if let Some(t) = timeconv::parse_mdtm_time(r.text().trim()) {
                         entries[i].mtime = Some(t);
@@ -881,8 +1021,11 @@ impl FtpConnection {
     // ---- simple commands -------------------------------------------------------
 
     pub fn size(&mut self, path: &str) -> Result<u64> {
-        check_path(path)?;
-        let r = self.expect(&format!("SIZE {path}"), |c| c == 213)?;
+        self.on_paths(5, &[path], |c, a| c.size_at(&a[0]))
+    }
+
+    fn size_at(&mut self, arg: &str) -> Result<u64> {
+        let r = self.expect(&format!("SIZE {arg}"), |c| c == 213)?;
         r.text()
             .trim()
             .parse()
@@ -890,19 +1033,29 @@ impl FtpConnection {
     }
 
     pub fn mdtm(&mut self, path: &str) -> Result<SystemTime> {
-        check_path(path)?;
-        let r = self.expect(&format!("MDTM {path}"), |c| c == 213)?;
+        self.on_paths(5, &[path], |c, a| c.mdtm_at(&a[0]))
+    }
+
+    fn mdtm_at(&mut self, arg: &str) -> Result<SystemTime> {
+        let r = self.expect(&format!("MDTM {arg}"), |c| c == 213)?;
         timeconv::parse_mdtm_time(r.text().trim())
             .ok_or_else(|| FtpError::Protocol(format!("bad MDTM reply {:?}", clip(&r.text()))))
     }
 
     /// MLST of one path (where the server has MLST).
     pub fn mlst(&mut self, path: &str) -> Result<Option<RemoteEntry>> {
-        check_path(path)?;
-        let r = self.command(&format!("MLST {path}"))?;
+        // "Not found" goes through `on_paths` as the refusal it is (to be asked
+        // again from a fresh directory), and comes back as `None`.
+        match self.on_paths(5, &[path], |c, a| c.mlst_at(&a[0])) {
+            Err(FtpError::Reply { code: 550, .. }) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    fn mlst_at(&mut self, arg: &str) -> Result<RemoteEntry> {
+        let r = self.command(&format!("MLST {arg}"))?;
         match r.code {
             250 => {}
-            550 => return Ok(None),
             code => {
                 return Err(FtpError::Reply {
                     command: "MLST".into(),
@@ -914,7 +1067,6 @@ impl FtpConnection {
         for line in r.lines.iter().skip(1) {
             if line.starts_with(' ') {
                 return mlsd::parse_mlst_reply_line(line)
-                    .map(Some)
                     .map_err(|e| FtpError::Protocol(format!("bad MLST reply: {e}")));
             }
         }
@@ -922,30 +1074,44 @@ impl FtpConnection {
     }
 
     pub fn delete(&mut self, path: &str) -> Result<()> {
-        check_path(path)?;
-        self.expect_preparing(&format!("DELE {path}"), |c| c == 250 || c == 200)
+        self.on_paths(5, &[path], |c, a| {
+            c.expect_preparing(&format!("DELE {}", a[0]), |c| c == 250 || c == 200)
+        })
     }
 
     pub fn mkdir(&mut self, path: &str) -> Result<()> {
-        check_path(path)?;
-        self.expect_preparing(&format!("MKD {path}"), |c| c == 257 || c == 250)
+        self.on_paths(4, &[path], |c, a| {
+            c.expect_preparing(&format!("MKD {}", a[0]), |c| c == 257 || c == 250)
+        })
     }
 
     pub fn rmdir(&mut self, path: &str) -> Result<()> {
-        check_path(path)?;
-        self.expect_preparing(&format!("RMD {path}"), |c| c == 250 || c == 200)
+        self.on_paths(4, &[path], |c, a| {
+            c.expect_preparing(&format!("RMD {}", a[0]), |c| c == 250 || c == 200)
+        })
     }
 
     /// RNFR and RNTO sent together (one round trip); if RNFR is refused, the
     /// server answers RNTO with 503 and RNFR's error is returned.
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-        check_path(from)?;
-        check_path(to)?;
-        let piggyback =
-            self.send_batch_preparing(&[format!("RNFR {from}"), format!("RNTO {to}")])?;
-        let rnfr = self.read_reply()?;
-        let rnto = self.read_reply()?;
-        self.finish_piggyback(piggyback);
+        self.on_paths(5, &[from, to], |c, a| c.rename_at(&a[0], &a[1]))
+    }
+
+    fn rename_at(&mut self, from: &str, to: &str) -> Result<()> {
+        let (rnfr, rnto) = if self.pipelining() {
+            let (mut r, unsure) =
+                self.exchange(&[format!("RNFR {from}"), format!("RNTO {to}")], true)?;
+            let rnto = r.pop();
+            match (r.pop(), rnto) {
+                // A refusal whose place is uncertain: the rename did not happen,
+                // so doing it again one command at a time is safe.
+                (Some(_), Some(_)) if !unsure.is_empty() => self.rename_unpipelined(from, to)?,
+                (Some(a), Some(b)) => (a, b),
+                _ => return Err(FtpError::Protocol("missing reply to RNFR/RNTO".into())),
+            }
+        } else {
+            self.rename_unpipelined(from, to)?
+        };
         if rnfr.code != 350 {
             return Err(FtpError::Reply {
                 command: "RNFR".into(),
@@ -963,17 +1129,37 @@ impl FtpConnection {
         Ok(())
     }
 
+    /// RNFR, and RNTO only after its 350 (servers that reorder replies). A refused
+    /// RNFR comes back with a made-up 503 for RNTO, which was not sent.
+    fn rename_unpipelined(&mut self, from: &str, to: &str) -> Result<(Reply, Reply)> {
+        let rnfr = self.command(&format!("RNFR {from}"))?;
+        if rnfr.code != 350 {
+            let skipped = Reply {
+                code: 503,
+                lines: vec!["RNTO not sent".into()],
+            };
+            return Ok((rnfr, skipped));
+        }
+        let rnto = self.command(&format!("RNTO {to}"))?;
+        Ok((rnfr, rnto))
+    }
+
     pub fn chmod(&mut self, path: &str, mode: u32) -> Result<()> {
-        check_path(path)?;
-        self.expect_preparing(&format!("SITE CHMOD {:o} {path}", mode & 0o7777), |c| {
-            c == 200 || c == 250
+        self.on_paths(16, &[path], |c, a| {
+            c.expect_preparing(&format!("SITE CHMOD {:o} {}", mode & 0o7777, a[0]), |c| {
+                c == 200 || c == 250
+            })
         })
     }
 
     /// Sets the modification time with whatever the server offers: MFMT, then
     /// SITE UTIME, then vsftpd's two-argument MDTM. Remembers what worked.
     pub fn set_mtime(&mut self, path: &str, mtime: SystemTime) -> Result<()> {
-        check_path(path)?;
+        // The longest of the lines without the path: SITE UTIME's.
+        self.on_paths(64, &[path], |c, a| c.set_mtime_at(&a[0], mtime))
+    }
+
+    fn set_mtime_at(&mut self, path: &str, mtime: SystemTime) -> Result<()> {
         let t = timeconv::format_mfmt(mtime);
         let mut order = vec![];
         match self.mtime_method {
@@ -1068,6 +1254,27 @@ fn accepted(cmd: &str, r: Reply, ok: impl Fn(u16) -> bool) -> Result<Reply> {
 
 fn first_word(s: &str) -> &str {
     s.split(' ').next().unwrap_or(s)
+}
+
+/// The directory of a PWD reply: the text between the first quote and the next
+/// lone one, doubled quotes undoubled (RFC 959).
+fn parse_pwd(text: &str) -> Option<String> {
+    let start = text.find('"')? + 1;
+    let mut out = String::new();
+    let mut it = text[start..].chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '"' {
+            if it.peek() == Some(&'"') {
+                it.next();
+                out.push('"');
+            } else {
+                return Some(out);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    None
 }
 
 /// `229 Entering Extended Passive Mode (|||6446|)` → 6446.

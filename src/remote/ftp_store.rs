@@ -248,6 +248,7 @@ pub fn to_store(e: FtpError) -> StoreError {
         FtpError::Tls(_) => StoreError::Failed(message),
         FtpError::Invalid(_) => StoreError::Invalid(message),
         FtpError::Unencodable(_) => StoreError::Unencodable(message),
+        FtpError::NameTooLong(_) => StoreError::NameTooLong(message),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Test harness: real FTPS servers (proftpd, vsftpd, pyftpdlib) on loopback.
+//! Test harness: real FTPS servers (proftpd, vsftpd, pyftpdlib, pure-ftpd) on loopback.
 //!
 //! Use from an integration test with `mod support;`, or from an example with
 //! `#[path = "../tests/support/mod.rs"] mod support;`.
@@ -38,16 +38,24 @@
 //!   pids, spool dir) and shell helpers for e2e tests; see tests/support/mount.rs.
 //!
 //! # What each server supports
-//! | spec field               | proftpd                    | vsftpd                               | pyftpdlib                 |
-//! |--------------------------|----------------------------|--------------------------------------|---------------------------|
-//! | `implicit`               | `UseImplicitSSL`           | `implicit_ssl=YES`                   | not supported (panics)    |
-//! | `tls_required=On`        | `TLSRequired on`           | force ssl logins + data              | control + data required   |
-//! | `tls_required=AuthData`  | `auth+data` (CCC allowed)  | not supported (panics)               | not supported (panics)    |
-//! | `tls_required=Ctrl`      | `ctrl` (PROT C allowed)    | `force_local_data_ssl=NO`            | `tls_data_required=False` |
-//! | `client_cert_required`   | `TLSVerifyClient on`       | `require_cert`+`validate_cert`       | `VERIFY_PEER|FAIL_IF_NO..`|
-//! | `tls_protocol`           | `TLSProtocol TLSv1.x`      | via `OPENSSL_CONF` Min/MaxProtocol   | min/max proto version     |
-//! | `tls_enabled=false`      | `TLSEngine off`            | `ssl_enable=NO`                      | plain `FTPHandler`        |
-//! | `session_reuse_required` | `NoSessionReuseRequired`   | `require_ssl_reuse`                  | never enforced (ignored)  |
+//! | spec field               | proftpd                    | vsftpd                               | pyftpdlib                 | pure-ftpd                |
+//! |--------------------------|----------------------------|--------------------------------------|---------------------------|--------------------------|
+//! | `implicit`               | `UseImplicitSSL`           | `implicit_ssl=YES`                   | not supported (panics)    | not supported (panics)   |
+//! | `tls_required=On`        | `TLSRequired on`           | force ssl logins + data              | control + data required   | `-Y 3`                   |
+//! | `tls_required=AuthData`  | `auth+data` (CCC allowed)  | not supported (panics)               | not supported (panics)    | not supported (panics)   |
+//! | `tls_required=Ctrl`      | `ctrl` (PROT C allowed)    | `force_local_data_ssl=NO`            | `tls_data_required=False` | `-Y 2`                   |
+//! | `client_cert_required`   | `TLSVerifyClient on`       | `require_cert`+`validate_cert`       | `VERIFY_PEER|FAIL_IF_NO..`| not supported (panics)   |
+//! | `tls_protocol`           | `TLSProtocol TLSv1.x`      | via `OPENSSL_CONF` Min/MaxProtocol   | min/max proto version     | via `OPENSSL_CONF`       |
+//! | `tls_enabled=false`      | `TLSEngine off`            | `ssl_enable=NO`                      | plain `FTPHandler`        | `-Y 0`                   |
+//! | `session_reuse_required` | `NoSessionReuseRequired`   | `require_ssl_reuse`                  | never enforced (ignored)  | never enforced (ignored) |
+//! | `reorder_replies`        | panics                     | panics                               | slow replies 50 ms late   | panics                   |
+//!
+//! pure-ftpd (unpacked under /opt/ftpsfs-servers/pure-ftpd, it conflicts with proftpd as
+//! a package) logs in a virtual user from a puredb file made with `pure-pw mkdb` (a
+//! SHA-512 crypt hash: argon2 takes seconds per login), chrooted to the root (`/./`),
+//! with dot files shown (`-D`); its 220 greeting carries the token through a
+//! "fortune" file (`-F`). It logs to syslog only (none here): the harness keeps its
+//! transfer log (`-O clf:`). No CCC, no implicit mode.
 //!
 //! # Notes
 //! * Ports: each server reserves a block of 20 loopback ports in 20000..32000 (below the
@@ -115,6 +123,8 @@ pub const PROFTPD_BIN: &str = "/usr/sbin/proftpd";
 pub const PROFTPD_MODULE_PATH: &str = "/usr/lib/proftpd";
 pub const VSFTPD_BIN: &str = "/opt/ftpsfs-servers/vsftpd/usr/sbin/vsftpd";
 pub const PYTHON_BIN: &str = "/opt/ftpsfs-servers/pyenv/bin/python";
+pub const PURE_FTPD_BIN: &str = "/opt/ftpsfs-servers/pure-ftpd/usr/sbin/pure-ftpd";
+pub const PURE_PW_BIN: &str = "/opt/ftpsfs-servers/pure-ftpd/usr/bin/pure-pw";
 pub const PAM_SERVICE: &str = "ftpsfs-test-vsftpd";
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -128,13 +138,15 @@ pub enum ServerKind {
     Proftpd,
     Vsftpd,
     Pyftpdlib,
+    PureFtpd,
 }
 
 impl ServerKind {
-    pub const ALL: [ServerKind; 3] = [
+    pub const ALL: [ServerKind; 4] = [
         ServerKind::Proftpd,
         ServerKind::Vsftpd,
         ServerKind::Pyftpdlib,
+        ServerKind::PureFtpd,
     ];
 
     pub fn name(self) -> &'static str {
@@ -142,6 +154,7 @@ impl ServerKind {
             ServerKind::Proftpd => "proftpd",
             ServerKind::Vsftpd => "vsftpd",
             ServerKind::Pyftpdlib => "pyftpdlib",
+            ServerKind::PureFtpd => "pure-ftpd",
         }
     }
 
@@ -153,7 +166,7 @@ impl ServerKind {
 
     /// Whether the server supports implicit FTPS.
     pub fn supports_implicit(self) -> bool {
-        self != ServerKind::Pyftpdlib
+        matches!(self, ServerKind::Proftpd | ServerKind::Vsftpd)
     }
 }
 
@@ -216,6 +229,10 @@ pub struct ServerSpec {
     pub deny_rename: bool,
     /// proftpd only: at most this many simultaneous logins of the test user.
     pub max_clients_per_user: Option<u32>,
+    /// pyftpdlib only: answer like an asynchronous server, whose storage commands
+    /// (MKD, RMD, DELE, RNTO, CWD, SIZE, MDTM, SITE, MFMT) reply 50 ms late, so that a
+    /// command pipelined behind one of them (EPSV) is answered first.
+    pub reorder_replies: bool,
 }
 
 impl ServerSpec {
@@ -231,6 +248,7 @@ impl ServerSpec {
             session_reuse_required: true,
             deny_rename: false,
             max_clients_per_user: None,
+            reorder_replies: false,
         }
     }
     pub fn proftpd() -> Self {
@@ -241,6 +259,9 @@ impl ServerSpec {
     }
     pub fn pyftpdlib() -> Self {
         Self::new(ServerKind::Pyftpdlib)
+    }
+    pub fn pure_ftpd() -> Self {
+        Self::new(ServerKind::PureFtpd)
     }
     pub fn implicit(mut self, on: bool) -> Self {
         self.implicit = on;
@@ -274,6 +295,10 @@ impl ServerSpec {
         self.deny_rename = on;
         self
     }
+    pub fn reorder_replies(mut self, on: bool) -> Self {
+        self.reorder_replies = on;
+        self
+    }
     pub fn max_clients_per_user(mut self, n: u32) -> Self {
         self.max_clients_per_user = Some(n);
         self
@@ -286,6 +311,14 @@ impl ServerSpec {
             self.kind == ServerKind::Proftpd
                 || (!self.deny_rename && self.max_clients_per_user.is_none()),
             "ServerSpec: deny_rename and max_clients_per_user are for proftpd"
+        );
+        assert!(
+            !(self.kind == ServerKind::PureFtpd && self.client_cert_required),
+            "ServerSpec: client certificates are not set up for pure-ftpd"
+        );
+        assert!(
+            !self.reorder_replies || self.kind == ServerKind::Pyftpdlib,
+            "ServerSpec: reorder_replies is for pyftpdlib"
         );
         assert!(
             !self.implicit || self.tls_enabled,

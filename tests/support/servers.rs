@@ -10,8 +10,8 @@ use std::process::Command;
 
 use super::{
     pki, test_password_hash, CertChoice, ServerKind, ServerSpec, TestUser, TlsProtocol,
-    TlsRequired, PAM_SERVICE, PROFTPD_BIN, PROFTPD_MODULE_PATH, PYTHON_BIN, TEST_PASSWORD,
-    TEST_USER, VSFTPD_BIN,
+    TlsRequired, PAM_SERVICE, PROFTPD_BIN, PROFTPD_MODULE_PATH, PURE_FTPD_BIN, PURE_PW_BIN,
+    PYTHON_BIN, TEST_PASSWORD, TEST_USER, VSFTPD_BIN,
 };
 
 pub(super) struct Ctx<'a> {
@@ -36,6 +36,7 @@ pub(super) fn prepare(ctx: &Ctx) -> Prepared {
         ServerKind::Proftpd => proftpd(ctx),
         ServerKind::Vsftpd => vsftpd(ctx),
         ServerKind::Pyftpdlib => pyftpdlib(ctx),
+        ServerKind::PureFtpd => pure_ftpd(ctx),
     }
 }
 
@@ -283,27 +284,106 @@ fn vsftpd(ctx: &Ctx) -> Prepared {
     let mut cmd = Command::new(VSFTPD_BIN);
     cmd.arg(&conf);
     let mut log_files = vec![conf];
-    if let Some(p) = spec.tls_protocol.filter(|_| spec.tls_enabled) {
-        // vsftpd 3.0.3 only has ssl_tlsv1 (1.0 and up): pin the version through OpenSSL's
-        // system_default configuration instead, which every SSL_CTX picks up.
-        let v = match p {
-            TlsProtocol::Tls12Only => "TLSv1.2",
-            TlsProtocol::Tls13Only => "TLSv1.3",
-        };
-        let ossl = d.join("openssl.cnf");
-        write(
-            &ossl,
-            &format!(
-                "openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_sect\n\
-                 [ssl_sect]\nsystem_default = system_default_sect\n\
-                 [system_default_sect]\nMinProtocol = {v}\nMaxProtocol = {v}\n"
-            ),
-            0o644,
-        );
-        cmd.env("OPENSSL_CONF", &ossl);
-        log_files.push(ossl);
-    }
+    // vsftpd 3.0.3 only has ssl_tlsv1 (1.0 and up): pin the version through OpenSSL.
+    log_files.extend(pin_tls_version(&mut cmd, ctx));
     log_files.extend([log, xferlog]);
+    Prepared {
+        command: cmd,
+        log_files,
+    }
+}
+
+/// Pins the TLS version of `spec.tls_protocol` through OpenSSL's system_default
+/// configuration, which every SSL_CTX of the server picks up; the file written, if any.
+fn pin_tls_version(cmd: &mut Command, ctx: &Ctx) -> Option<PathBuf> {
+    let spec = ctx.spec;
+    let p = spec.tls_protocol.filter(|_| spec.tls_enabled)?;
+    let v = match p {
+        TlsProtocol::Tls12Only => "TLSv1.2",
+        TlsProtocol::Tls13Only => "TLSv1.3",
+    };
+    let ossl = ctx.conf_dir.join("openssl.cnf");
+    write(
+        &ossl,
+        &format!(
+            "openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_sect\n\
+             [ssl_sect]\nsystem_default = system_default_sect\n\
+             [system_default_sect]\nMinProtocol = {v}\nMaxProtocol = {v}\n"
+        ),
+        0o644,
+    );
+    cmd.env("OPENSSL_CONF", &ossl);
+    Some(ossl)
+}
+
+// ---------------------------------------------------------------------------
+// pure-ftpd
+
+fn pure_ftpd(ctx: &Ctx) -> Prepared {
+    let d = ctx.conf_dir;
+    let spec = ctx.spec;
+    let (cert, key) = cert(ctx);
+    let xferlog = d.join("xferlog");
+    fresh_log(&xferlog);
+    // A virtual user chrooted ("/./") to the root, as the test user. pure-pw's own
+    // hashes are argon2 (seconds per login): write the passwd file with a SHA-512
+    // crypt hash and let pure-pw only make the database.
+    let passwd = d.join("pureftpd.passwd");
+    let pdb = d.join("pureftpd.pdb");
+    let _ = fs::remove_file(&pdb);
+    write(
+        &passwd,
+        &format!(
+            "{TEST_USER}:{}:{}:{}::{}/./::::::::::::\n",
+            test_password_hash(),
+            ctx.user.uid,
+            ctx.user.gid,
+            ctx.root.display()
+        ),
+        0o600,
+    );
+    let out = Command::new(PURE_PW_BIN)
+        .arg("mkdb")
+        .arg(&pdb)
+        .arg("-f")
+        .arg(&passwd)
+        .output()
+        .unwrap_or_else(|e| panic!("run {PURE_PW_BIN}: {e}"));
+    assert!(
+        out.status.success(),
+        "pure-pw mkdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The greeting shows this "fortune": it carries the readiness token.
+    let fortune = d.join("banner");
+    write(&fortune, &format!("{}\n", banner(ctx)), 0o644);
+    let tls = match (spec.tls_enabled, spec.tls_required) {
+        (false, _) => "0",
+        (true, TlsRequired::Ctrl) => "2",
+        (true, _) => "3",
+    };
+    let mut cmd = Command::new(PURE_FTPD_BIN);
+    cmd.arg("-S")
+        .arg(format!("127.0.0.1,{}", ctx.port))
+        .arg("-p")
+        .arg(format!("{}:{}", ctx.pasv.start(), ctx.pasv.end()))
+        .arg("-l")
+        .arg(format!("puredb:{}", pdb.display()))
+        .args(["-E", "-H", "-A", "-D", "-u", "1", "-c", "500", "-C", "500"])
+        .args(["-L", "100000:16", "-I", "10"])
+        .arg("-Y")
+        .arg(tls)
+        .arg("-2")
+        .arg(format!("{},{}", cert.display(), key.display()))
+        .arg("-F")
+        .arg(&fortune)
+        .arg("-O")
+        .arg(format!("clf:{}", xferlog.display()))
+        .arg("-g")
+        .arg(d.join("pure-ftpd.pid"));
+    let mut log_files = vec![fortune];
+    log_files.extend(pin_tls_version(&mut cmd, ctx));
+    log_files.push(xferlog);
     Prepared {
         command: cmd,
         log_files,
@@ -386,6 +466,34 @@ else:
     class Handler(FTPHandler):
         pass
 
+if {reorder}:
+    # Like an asynchronous server: replies to storage commands come 50 ms late, so a
+    # command pipelined behind one (EPSV) is answered before it.
+    SLOW = {{'MKD', 'XMKD', 'RMD', 'XRMD', 'DELE', 'RNTO', 'CWD', 'XCWD', 'SIZE',
+            'MDTM', 'SITE', 'MFMT'}}
+    Base = Handler
+
+    class Handler(Base):
+        _slow = False
+
+        def pre_process_command(self, line, cmd, arg):
+            self._slow = cmd in SLOW
+            try:
+                Base.pre_process_command(self, line, cmd, arg)
+            finally:
+                self._slow = False
+
+        def respond(self, resp, logfun=logging.debug):
+            if self._slow:
+                def late():
+                    try:
+                        Base.respond(self, resp, logfun)
+                    except Exception:
+                        pass
+                self.ioloop.call_later(0.05, late)
+            else:
+                Base.respond(self, resp, logfun)
+
 Handler.authorizer = authorizer
 Handler.banner = {banner}
 Handler.passive_ports = list(range({pasv_lo}, {pasv_hi} + 1))
@@ -416,6 +524,11 @@ server.serve_forever()
             "False"
         },
         banner = py_str(&banner(ctx)),
+        reorder = if spec.reorder_replies {
+            "True"
+        } else {
+            "False"
+        },
         pasv_lo = ctx.pasv.start(),
         pasv_hi = ctx.pasv.end(),
         port = ctx.port,

@@ -94,7 +94,8 @@ impl FtpConnection {
     /// own. The caller reads its own replies, then calls [`Self::finish_piggyback`]
     /// with the returned flag, whatever those replies said.
     pub(crate) fn send_batch_preparing(&mut self, lines: &[String]) -> Result<bool> {
-        let piggyback = self.use_epsv && self.prepared.is_none() && !self.out_of_tickets();
+        let piggyback =
+            self.use_epsv && self.prepared.is_none() && !self.out_of_tickets() && self.pipelining();
         if !piggyback {
             self.send_batch(lines)?;
             return Ok(false);
@@ -113,13 +114,14 @@ impl FtpConnection {
         if !sent {
             return;
         }
-        let r = match self.read_reply() {
-            Ok(r) => r,
-            Err(_) => {
-                self.broken = true;
-                return;
-            }
-        };
+        match self.read_reply() {
+            Ok(r) => self.use_piggybacked_epsv(r),
+            Err(_) => self.broken = true,
+        }
+    }
+
+    /// Starts the data connection a piggybacked EPSV's reply `r` offers, if any.
+    pub(crate) fn use_piggybacked_epsv(&mut self, r: Reply) {
         if r.code != 229 {
             log::debug!("piggybacked EPSV refused: {} {}", r.code, r.text());
             return;
@@ -193,19 +195,28 @@ impl FtpConnection {
         Ok(s)
     }
 
-    /// Opens a data connection and starts `cmd` on it (after `REST offset` if > 0).
-    pub(crate) fn start_transfer(&mut self, cmd: &str, offset: u64) -> Result<DataStream> {
+    /// Replaces the connection now when its next data connection could not resume
+    /// a TLS session (see `out_of_tickets`).
+    pub(super) fn renew_if_out_of_tickets(&mut self) -> Result<()> {
         if self.out_of_tickets() {
             self.renew()?;
         }
+        Ok(())
+    }
+
+    /// Opens a data connection and starts `cmd` on it (after `REST offset` if > 0).
+    /// A path in `cmd` may be relative to the current directory (`longpath`), which
+    /// a renewal here would lose: callers renew first (`renew_if_out_of_tickets`).
+    pub(crate) fn start_transfer(&mut self, cmd: &str, offset: u64) -> Result<DataStream> {
+        self.renew_if_out_of_tickets()?;
         let mut batch = Vec::with_capacity(3);
         if offset > 0 {
             batch.push(format!("REST {offset}"));
         }
         batch.push(cmd.to_string());
         if let Some(tcp) = self.take_prepared() {
-            self.send_batch(&batch)?;
-            match self.open_channel(tcp, offset > 0, cmd) {
+            let rest = self.send_transfer(&batch)?;
+            match self.open_channel(tcp, rest, cmd) {
                 Err(FtpError::Reply { code, text, .. })
                     if matches!(code, 425 | 426) && !self.broken =>
                 {
@@ -219,8 +230,28 @@ impl FtpConnection {
             }
         }
         self.data_stats.opened_on_demand += 1;
+        if !self.pipelining() {
+            let port = self.passive_port()?;
+            let tcp = self.start_data_connect(port)?;
+            let rest = self.send_transfer(&batch)?;
+            return self.open_channel(tcp, rest, cmd);
+        }
         let tcp = self.open_passive(&batch)?;
         self.open_channel(tcp, offset > 0, cmd)
+    }
+
+    /// Sends `[REST n] CMD`: together, or, to a server that reorders replies, REST
+    /// alone first (its 350 read here). True when a REST reply is still due.
+    fn send_transfer(&mut self, batch: &[String]) -> Result<bool> {
+        if self.pipelining() || batch.len() < 2 {
+            self.send_batch(batch)?;
+            return Ok(batch.len() > 1);
+        }
+        for line in &batch[..batch.len() - 1] {
+            self.expect(line, |c| c == 350)?;
+        }
+        self.send_batch(&batch[batch.len() - 1..])?;
+        Ok(false)
     }
 
     /// A new passive connection with `batch` sent: EPSV pipelined with it, or PASV
@@ -232,6 +263,21 @@ impl FtpConnection {
             lines.extend_from_slice(batch);
             self.send_batch(&lines)?;
             let epsv = self.read_reply()?;
+            if epsv.code != 229 && epsv.code < 400 {
+                // Another command's reply came first: the server reorders replies.
+                // Which of those still due is which cannot be told: drop the
+                // connection (the pool retries, one command at a time now).
+                self.opts.server.note_reordering(&format!(
+                    "EPSV+{} answered {} first",
+                    first_word(cmd_of(batch)),
+                    epsv.code
+                ));
+                self.broken = true;
+                return Err(FtpError::Protocol(format!(
+                    "reply {} to EPSV: the server answered out of order",
+                    epsv.code
+                )));
+            }
             if epsv.code == 229 {
                 // From here the batch's replies are pending: a failure desynchronises
                 // the control connection, which is then dropped.
@@ -449,6 +495,11 @@ impl FtpConnection {
         self.broken = true;
         e
     }
+}
+
+/// The transfer command of a `[REST n] CMD` batch.
+fn cmd_of(batch: &[String]) -> &str {
+    batch.last().map(String::as_str).unwrap_or("")
 }
 
 /// A data connection on its way up.
