@@ -248,7 +248,8 @@ impl MountPlan {
         let umask = match opts.value("umask")? {
             Some(v) => u32::from_str_radix(v, 8)
                 .map_err(|_| FtpError::Invalid(format!("bad umask {v:?}")))?,
-            None => 0o022,
+            // The server's modes as they are (as sshfs shows them): a chmod shows.
+            None => 0,
         };
         let spool_dir = opts
             .value("spool_dir")?

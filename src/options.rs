@@ -109,7 +109,7 @@ pub const GROUPS: &[OptionGroup] = &[
             m("uid", "uid=N", "show files as owned by user N (default: yours)"),
             m("gid", "gid=N", "show files as owned by group N (default: yours)"),
             m("idmap", "idmap=user", "accepted: files are shown as the mounting user's (uid=, gid=)"),
-            m("umask", "umask=OCTAL", "mask of the modes shown (default 022)"),
+            m("umask", "umask=OCTAL", "mask of the modes shown (default 0: the server's modes)"),
             m("fsname", "fsname=NAME", "name shown by mount and df"),
             m("auto_unmount", "auto_unmount", "unmount when ftpsfs dies (through fusermount3)"),
         ],

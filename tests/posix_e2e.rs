@@ -236,3 +236,20 @@ fn times_do_not_move_backwards_after_a_coarse_listing_vsftpd() {
         e.ok(r#"tar cf "$W/a.tar" -C "$MNT" d && sleep 3 && tar cf "$W/b.tar" -C "$MNT" d"#);
     });
 }
+
+/// chmod of a directory shows at once and after the cache expires (the server's
+/// listing), for the program and for the kernel's permission checks.
+#[test]
+fn chmod_of_a_directory_shows_proftpd() {
+    with_mount(ServerSpec::proftpd(), |srv, m| {
+        let e = Env::new(srv, m);
+        e.ok(r#"mkdir "$MNT/d" && chmod 777 "$MNT/d""#);
+        let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&srv.root.join("d")), 0o777, "on the server");
+        assert_eq!(mode(&m.path("d")), 0o777, "through the mount at once");
+        std::thread::sleep(Duration::from_secs(CACHE_TIMEOUT + 1));
+        assert_eq!(mode(&m.path("d")), 0o777, "through the mount from the listing");
+        e.ok(r#"chmod 701 "$MNT/d""#);
+        assert_eq!(mode(&m.path("d")), 0o701);
+    });
+}

@@ -261,3 +261,19 @@ fn rmdir_keeps_a_directory_holding_a_file_not_uploaded_yet() {
     fs.release(fh).expect("release");
     assert_eq!(store.inner.get("/d/being-written"), Some(b"data".to_vec()));
 }
+
+#[test]
+fn chmod_of_a_directory_is_shown() {
+    let (_store, fs, _d) = setup();
+    let d = fs.mkdir(ROOT_INO, "d", 0o755).expect("mkdir");
+    let a = fs
+        .setattr(d.ino, Some(0o777), None, None, None, None)
+        .expect("chmod");
+    assert_eq!(a.perm, 0o777 & !0o022, "umask= of the mount (022 here) applies");
+    assert_eq!(fs.getattr(d.ino).expect("getattr").perm, 0o755);
+    let (_store, fs, _d) = setup_with(|c| c.umask = 0);
+    let d = fs.mkdir(ROOT_INO, "d", 0o755).expect("mkdir");
+    fs.setattr(d.ino, Some(0o777), None, None, None, None)
+        .expect("chmod");
+    assert_eq!(fs.getattr(d.ino).expect("getattr").perm, 0o777);
+}
