@@ -22,6 +22,15 @@ pub struct FaultStore {
     /// the server (0: off), this many more times.
     pub cut_uploads_after: AtomicU64,
     pub cut_uploads_times: AtomicU32,
+    /// At a cut, the server keeps this many bytes fewer than it was sent (it
+    /// lost what it had buffered: a crash of the server).
+    pub cut_loses: AtomicU64,
+    /// The server cannot resume uploads (no REST STREAM, APPE refused).
+    pub no_resume: AtomicBool,
+    /// Resumed uploads so far (REST+STOR or APPE).
+    pub resumes: AtomicU32,
+    /// Bytes the server received in all uploads (to see what was sent twice).
+    pub uploaded_bytes: AtomicU64,
     /// Every rename is refused (550), as on an account without rename permission.
     pub refuse_renames: AtomicBool,
     /// The next call whose name is listed fails with a lost connection.
@@ -90,6 +99,46 @@ impl FaultStore {
     }
 }
 
+impl FaultStore {
+    /// An upload (from `offset`: a resumed one), cut as configured: the cut reads
+    /// only what it keeps (a connection that drops mid-stream), stores that and
+    /// fails.
+    fn upload(&self, path: &str, offset: u64, data: &mut dyn BufRead) -> Result<u64> {
+        let Some(limit) = Self::take_cut(&self.cut_uploads_after, &self.cut_uploads_times) else {
+            let n = if offset == 0 {
+                self.inner.write_file(path, data)?
+            } else {
+                self.inner.resume_file(path, offset, data)?
+            };
+            self.uploaded_bytes.fetch_add(n, Ordering::SeqCst);
+            return Ok(n);
+        };
+        let mut got = Vec::new();
+        while (got.len() as u64) < limit {
+            let chunk = data
+                .fill_buf()
+                .map_err(|e| StoreError::local("reading the upload", e))?;
+            if chunk.is_empty() {
+                break;
+            }
+            let n = chunk.len().min((limit - got.len() as u64) as usize);
+            got.extend_from_slice(&chunk[..n]);
+            data.consume(n);
+        }
+        self.uploaded_bytes
+            .fetch_add(got.len() as u64, Ordering::SeqCst);
+        let lose = self.cut_loses.load(Ordering::SeqCst) as usize;
+        got.truncate(got.len().saturating_sub(lose));
+        if offset == 0 {
+            self.inner.put(path, &got);
+        } else {
+            self.inner
+                .resume_file(path, offset, &mut std::io::Cursor::new(got))?;
+        }
+        Err(lost("STOR"))
+    }
+}
+
 impl RemoteStore for FaultStore {
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
         self.take_failure("list")?;
@@ -137,15 +186,24 @@ impl RemoteStore for FaultStore {
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_millis(delay));
         }
-        let Some(limit) = Self::take_cut(&self.cut_uploads_after, &self.cut_uploads_times) else {
-            return self.inner.write_file(path, data);
-        };
-        let mut all = Vec::new();
-        data.read_to_end(&mut all)
-            .map_err(|e| StoreError::local("reading the upload", e))?;
-        all.truncate(limit as usize);
-        self.inner.put(path, &all);
-        Err(lost("STOR"))
+        self.upload(path, 0, data)
+    }
+
+    fn size(&self, path: &str) -> Result<u64> {
+        self.take_failure("size")?;
+        self.inner.size(path)
+    }
+
+    fn resume_file(&self, path: &str, offset: u64, data: &mut dyn BufRead) -> Result<u64> {
+        self.take_failure("resume")?;
+        if self.no_resume.load(Ordering::SeqCst) {
+            return Err(StoreError::refused(
+                Refusal::NotImplemented,
+                "502 REST not implemented (injected)",
+            ));
+        }
+        self.resumes.fetch_add(1, Ordering::SeqCst);
+        self.upload(path, offset, data)
     }
 
     fn delete(&self, path: &str) -> Result<()> {

@@ -72,6 +72,8 @@ pub struct FtpsFs {
     journal: Option<Journal>,
     /// The server refused a rename of an upload: replace files in place.
     renames_refused: AtomicBool,
+    /// spool_dir refused to punch holes (logged once): spools keep every byte.
+    punch_refused: AtomicBool,
     /// A directory time the server could not set was skipped (logged once).
     dir_times_skipped: AtomicBool,
     /// The root's mtime: the mount's start, then its own last change in the root
@@ -121,6 +123,7 @@ impl FtpsFs {
         FtpsFs {
             journal,
             renames_refused: AtomicBool::new(false),
+            punch_refused: AtomicBool::new(false),
             dir_times_skipped: AtomicBool::new(false),
             root_mtime: Mutex::new(SystemTime::now()),
             ctimes: Mutex::new(LruCache::new(
@@ -207,3 +210,5 @@ mod model_tests;
 mod posix_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;

@@ -112,6 +112,12 @@ impl FtpsFs {
             return Err(Errno(libc::EIO));
         };
         let stream = st.stream.take();
+        let forgotten = st.spool.as_ref().map_or(0, Spool::forgotten);
+        if forgotten > 0 && stream.is_none() {
+            let errno = self.stream_lost(&mut st, &path, "its stream was abandoned");
+            drop(state.settle(st, self.store.as_ref()));
+            return Err(errno);
+        }
         let mut record = st.record.take();
         let is_new = st.is_new;
         let (mut st, uploaded) = state.unlocked(st, || {
@@ -136,6 +142,7 @@ impl FtpsFs {
                     Err(e) if uploader::is_rename_refusal(&e) => {
                         self.learn_renames_refused(&path, &e)
                     }
+                    Err(e) if forgotten > 0 => return Err(e),
                     Err(e) => {
                         log::warn!("streamed upload of {path} failed ({e}); uploading the spool")
                     }
@@ -148,6 +155,14 @@ impl FtpsFs {
             self.upload_spool(&mut open, len, &path, is_new, record.as_mut())
         });
         if let Err(e) = uploaded {
+            if forgotten > 0 {
+                // The spool no longer has the start: nothing to keep or retry.
+                drop(record);
+                let why = format!("its streamed upload failed ({e})");
+                let errno = self.stream_lost(&mut st, &path, &why);
+                drop(state.settle(st, self.store.as_ref()));
+                return Err(errno);
+            }
             st.record = record;
             let kept = st.spool.as_mut().map(Spool::keep);
             log::error!(
