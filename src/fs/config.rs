@@ -38,9 +38,9 @@ pub struct FsConfig {
 
 /// Default `spool_window=`: 64 MiB.
 pub const DEFAULT_SPOOL_WINDOW: u64 = 64 << 20;
-/// Smallest window: half of it is kept as the bytes that can be in flight
-/// (socket buffers, TLS, a proxy) at any time.
-pub const MIN_SPOOL_WINDOW: u64 = 8 << 20;
+/// Smallest window: all of it but 4 MiB is kept as the bytes that can be in
+/// flight (socket buffers, TLS, a proxy) at any time.
+pub const MIN_SPOOL_WINDOW: u64 = 16 << 20;
 
 /// Parses `spool_window=`: a size (`256M`, `1G`, `65536`, suffixes K M G T,
 /// powers of 1024), `0` or `all` (spool every byte).

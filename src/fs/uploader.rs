@@ -17,25 +17,27 @@
 //!
 //! Bounded spools (`spool_window=SIZE`, default 64 MiB; `all` or 0: off). A
 //! sequential writer from offset 0 (tar, pg_dump, dd, a video) no longer needs as
-//! much free disk as its file: once the stream has taken more than half a window
-//! into its connection, the spool drops (punches holes over) the bytes before
-//! `taken - window/2`, in whole blocks, so it holds about half a window at any
-//! time. Settled points:
+//! much free disk as its file: once the stream has taken more than the window less
+//! 5 MiB into its connection, the spool drops (punches holes over) the bytes
+//! before `taken - (window - 5 MiB)`, in whole 1 MiB blocks; the writer is never
+//! more than `WINDOW_SLACK` (4 MiB) ahead of the transfer, so the spool holds at
+//! most the window at any time. Settled points:
 //! - *What may be dropped*: only bytes the server holds. Bytes written into the
-//!   data socket are not held until the server stores them; half a window (≥ 4 MiB)
-//!   is kept beyond what was taken, which covers what can be in flight (socket
-//!   buffers on both sides, TLS records, a proxy). A server that lost more than
+//!   data socket are not held until the server stores them; all but 5 MiB of the
+//!   window (≥ 11 MiB; 59 MiB by default) is kept behind what was taken, which
+//!   covers what can be in flight (socket buffers on both sides, TLS records, a
+//!   proxy's queue: about 10 MiB through the test forwarder on loopback). A server that lost more than
 //!   that (it crashed) is found out at the resume, which then fails: never a guess.
 //! - *A cut* (lost connection, timeout): the upload thread asks SIZE of the
-//!   temporary file and, when it holds every dropped byte, continues with `REST n`
-//!   + `STOR` (REST STREAM servers; same bytes at the same offsets even if the cut
+//!   temporary file and, when it holds every dropped byte, continues with
+//!   `REST n` and `STOR` (REST STREAM servers; same bytes at the same offsets even if the cut
 //!   transfer is still being written out), else `APPE` once two SIZEs a moment
 //!   apart agree on exactly `n`; the bytes from `n` are re-sent from the spool file
 //!   (so a bounded spool is written through the page cache, readable from another
 //!   handle at once), then the feed goes on. The server's SIZE after a resumed
 //!   transfer must equal the program's length. Up to `MAX_RESUMES` cuts in a row.
-//!   The writer waits (bounded by its deadline) while it is half a window ahead of
-//!   the transfer; it never drops unsent bytes. If resuming is impossible, the
+//!   The writer waits (bounded by its deadline) while it is 4 MiB ahead of the
+//!   transfer; it never drops unsent bytes. If resuming is impossible, the
 //!   file fails with EIO at the next write/fsync/close (as after a local write
 //!   error), the temporary upload is removed and the server keeps its old file.
 //!   Before anything was dropped a failed stream falls back to the spool as
@@ -413,7 +415,7 @@ impl StreamUpload {
 
     /// Bounded stream: how many bytes at the start of the file the spool may drop
     /// now (a multiple of the spool's block; 0 while none): those the transfer
-    /// took into its connection more than half a window ago, which the server
+    /// took into its connection more than a window less `WINDOW_SLACK` ago, which the server
     /// holds unless it lost them (a resume then finds out, and fails). Recorded
     /// under the feed's lock before the caller punches, so a resume sees it.
     pub fn droppable(&self) -> u64 {
@@ -426,7 +428,7 @@ impl StreamUpload {
         }
         let sent = self.feed.sent.load(Ordering::Acquire).min(self.pos);
         let block = super::spool::BLOCK as u64;
-        let d = sent.saturating_sub(window / 2) / block * block;
+        let d = sent.saturating_sub(window.saturating_sub(WINDOW_SLACK + block)) / block * block;
         if d > st.dropped {
             st.dropped = d;
         }
@@ -513,6 +515,11 @@ pub struct Bounded {
     pub spool: std::path::PathBuf,
     pub window: u64,
 }
+
+/// The part of a bounded window not kept as the bytes that may be in flight: the
+/// writer is never more than this ahead of the transfer (the queued chunks, the
+/// one being sent); one more spool block goes to rounding drops down to blocks.
+const WINDOW_SLACK: u64 = 4 << 20;
 
 /// Cuts in a row (without a window's progress in between) a bounded stream
 /// resumes after before it fails.
