@@ -140,7 +140,11 @@ impl FtpsFs {
                 match done {
                     Ok(()) => return Ok(()),
                     Err(e) if uploader::is_rename_refusal(&e) => {
-                        self.learn_renames_refused(&path, &e)
+                        self.learn_renames_refused(&path, &e);
+                        if forgotten > 0 {
+                            // The spool lacks the start: it cannot go in place.
+                            return Err(e);
+                        }
                     }
                     Err(e) if forgotten > 0 => return Err(e),
                     Err(e) => {
@@ -149,6 +153,12 @@ impl FtpsFs {
                 }
             }
             let mut open = || {
+                if forgotten > 0 {
+                    // Never upload a spool with holes for its dropped start.
+                    return Err(StoreError::Lost(format!(
+                        "the first {forgotten} bytes of {path} are no longer kept locally"
+                    )));
+                }
                 std::fs::File::open(&spool_path)
                     .map_err(|e| StoreError::local("reading the spool file", e))
             };

@@ -282,3 +282,31 @@ fn a_crash_during_a_bounded_stream_loses_the_file_and_recovery_says_so() {
     assert_eq!(journal_records(d.path()), 0);
     assert_eq!(spool_disk_use(d.path()), 0);
 }
+
+/// Review: the server refuses the rename of a bounded stream's temporary upload
+/// (an account without rename permission). The spool no longer has the start of
+/// the file, so it must not be uploaded in place (its holes read as zeros): the
+/// close fails with EIO and the server keeps the old file.
+#[test]
+fn a_refused_rename_after_a_drop_fails_instead_of_uploading_the_holes() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    store.refuse_renames.store(true, SeqCst);
+    let fh = open_existing(&fs, "f");
+    let data = pattern(40 * MIB, 11);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    let closed = fs.flush(fh);
+    let _ = fs.release(fh);
+    let now = store.inner.get("/f").unwrap();
+    assert!(
+        now == b"old" || now == data,
+        "the server holds neither the old nor the new file ({} bytes, zeros at the start: {})",
+        now.len(),
+        now[..4096].iter().all(|b| *b == 0)
+    );
+    if now == b"old" {
+        assert_eq!(closed.unwrap_err().0, libc::EIO);
+    }
+    no_part_files(&store);
+}
