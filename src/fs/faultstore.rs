@@ -29,6 +29,16 @@ pub struct FaultStore {
     pub no_resume: AtomicBool,
     /// Resumed uploads so far (REST+STOR or APPE).
     pub resumes: AtomicU32,
+    /// The server has no REST STREAM: a resume appends (APPE) at the end of the
+    /// file as it is when the transfer starts, and only where the client allows
+    /// an append (`resume_file`'s `append`).
+    pub append_only: AtomicBool,
+    /// At the next cut, the server's old transfer still holds this many of the
+    /// bytes it kept (a session that has not noticed the cut yet): they reach the
+    /// file at their offsets only when the next resumed transfer starts, after
+    /// the client's SIZE said they were not there.
+    pub cut_late: AtomicU64,
+    late: Mutex<Option<(String, u64, Vec<u8>)>>,
     /// Bytes the server received in all uploads (to see what was sent twice).
     pub uploaded_bytes: AtomicU64,
     /// Every rename is refused (550), as on an account without rename permission.
@@ -108,7 +118,8 @@ impl FaultStore {
             let n = if offset == 0 {
                 self.inner.write_file(path, data)?
             } else {
-                self.inner.resume_file(path, offset, data)?
+                let at = self.resume_point(path, offset)?;
+                self.inner.resume_file(path, at, data, true)?
             };
             self.uploaded_bytes.fetch_add(n, Ordering::SeqCst);
             return Ok(n);
@@ -129,13 +140,31 @@ impl FaultStore {
             .fetch_add(got.len() as u64, Ordering::SeqCst);
         let lose = self.cut_loses.load(Ordering::SeqCst) as usize;
         got.truncate(got.len().saturating_sub(lose));
-        if offset == 0 {
+        let late = (self.cut_late.swap(0, Ordering::SeqCst) as usize).min(got.len());
+        let held_back = got.split_off(got.len() - late);
+        let start = if offset == 0 {
             self.inner.put(path, &got);
+            0
         } else {
+            let at = self.resume_point(path, offset)?;
             self.inner
-                .resume_file(path, offset, &mut std::io::Cursor::new(got))?;
+                .resume_file(path, at, &mut std::io::Cursor::new(&got), true)?;
+            at
+        };
+        if !held_back.is_empty() {
+            *crate::sync::lock(&self.late) =
+                Some((path.to_string(), start + got.len() as u64, held_back));
         }
         Err(lost("STOR"))
+    }
+
+    /// Where a resumed transfer writes: `offset` (REST), or the end of the file
+    /// (APPE on an `append_only` server).
+    fn resume_point(&self, path: &str, offset: u64) -> Result<u64> {
+        if self.append_only.load(Ordering::SeqCst) {
+            return self.inner.size(path);
+        }
+        Ok(offset)
     }
 }
 
@@ -194,8 +223,28 @@ impl RemoteStore for FaultStore {
         self.inner.size(path)
     }
 
-    fn resume_file(&self, path: &str, offset: u64, data: &mut dyn BufRead) -> Result<u64> {
+    fn resume_file(
+        &self,
+        path: &str,
+        offset: u64,
+        data: &mut dyn BufRead,
+        append: bool,
+    ) -> Result<u64> {
         self.take_failure("resume")?;
+        if self.append_only.load(Ordering::SeqCst) && !append {
+            return Err(StoreError::refused(
+                Refusal::NotImplemented,
+                "no REST STREAM, and APPE not allowed here (injected)",
+            ));
+        }
+        // The old transfer's late bytes land now, after the client's SIZE.
+        if let Some((p, at, bytes)) = crate::sync::lock(&self.late).take() {
+            if p == path {
+                let _ = self
+                    .inner
+                    .resume_file(path, at, &mut std::io::Cursor::new(bytes), true);
+            }
+        }
         if self.no_resume.load(Ordering::SeqCst) {
             return Err(StoreError::refused(
                 Refusal::NotImplemented,

@@ -233,7 +233,13 @@ impl RemoteStore for MemStore {
         }
     }
 
-    fn resume_file(&self, path: &str, offset: u64, data: &mut dyn std::io::BufRead) -> Result<u64> {
+    fn resume_file(
+        &self,
+        path: &str,
+        offset: u64,
+        data: &mut dyn std::io::BufRead,
+        _append: bool,
+    ) -> Result<u64> {
         self.uploads.fetch_add(1, Ordering::Relaxed);
         let mut buf = Vec::new();
         data.read_to_end(&mut buf)

@@ -39,8 +39,16 @@ pub trait RemoteStore: Send + Sync + 'static {
     /// Continues an interrupted upload: `path` holds at least `offset` bytes of
     /// it; `data` (the bytes from `offset` on) is stored from there: `REST offset`
     /// and `STOR` where the server announces REST STREAM, else `APPE` when the
-    /// file holds exactly `offset` bytes. Returns how many bytes of `data` were sent.
-    fn resume_file(&self, _path: &str, _offset: u64, _data: &mut dyn BufRead) -> Result<u64> {
+    /// file holds exactly `offset` bytes, if `append` allows it (see `uploader.rs`:
+    /// never to resume a transfer that was itself an APPE). Returns how many bytes
+    /// of `data` were sent.
+    fn resume_file(
+        &self,
+        _path: &str,
+        _offset: u64,
+        _data: &mut dyn BufRead,
+        _append: bool,
+    ) -> Result<u64> {
         Err(super::error::StoreError::refused(
             super::error::Refusal::NotImplemented,
             "resuming an upload is not available",

@@ -32,7 +32,10 @@
 //!   temporary file and, when it holds every dropped byte, continues with
 //!   `REST n` and `STOR` (REST STREAM servers; same bytes at the same offsets even if the cut
 //!   transfer is still being written out), else `APPE` once two SIZEs a moment
-//!   apart agree on exactly `n`; the bytes from `n` are re-sent from the spool file
+//!   apart agree on exactly `n`, and only to resume the first transfer (a cut
+//!   APPE session that has not noticed its cut can still append bytes after the
+//!   client's SIZE; a second APPE would land after them, shifted, with the right
+//!   final length: a second cut on such a server fails the file); the bytes from `n` are re-sent from the spool file
 //!   (so a bounded spool is written through the page cache, readable from another
 //!   handle at once), then the feed goes on. The server's SIZE after a resumed
 //!   transfer must equal the program's length. Up to `MAX_RESUMES` cuts in a row.
@@ -538,11 +541,19 @@ fn upload_resuming(
     let feed = reader.feed.clone();
     let mut at = 0u64;
     let mut failures = 0u32;
+    let mut resumed = false;
     loop {
         let r = if at == 0 && failures == 0 {
             store.write_file(name, reader)
         } else {
-            store.resume_file(name, at, reader)
+            // APPE (servers without REST STREAM) only to resume the first STOR:
+            // a cut APPE session that has not noticed its cut yet can still
+            // append bytes it holds after the client's SIZE, and a second APPE
+            // would then land after them, shifted (REST + STOR writes at explicit
+            // offsets, where late bytes of an old session are the same bytes).
+            let append = !resumed;
+            resumed = true;
+            store.resume_file(name, at, reader, append)
         };
         let e = match r {
             Ok(n) if failures == 0 && at == 0 => return Ok(n),

@@ -143,7 +143,13 @@ impl FtpStore {
     /// the file holds exactly `offset` bytes (asked twice, a moment apart, so that
     /// a server still finishing the cut transfer is not appended to mid-write).
     /// Not repeated on another connection once a byte went out.
-    fn ftp_resume_file(&self, path: &str, offset: u64, data: &mut dyn BufRead) -> Result<u64> {
+    fn ftp_resume_file(
+        &self,
+        path: &str,
+        offset: u64,
+        data: &mut dyn BufRead,
+        append: bool,
+    ) -> Result<u64> {
         let mut c = self.pool.get(Use::Transfer)?;
         let mut consumed = false;
         if c.features().rest_stream {
@@ -151,6 +157,16 @@ impl FtpStore {
             let stream = c.start_transfer(&format!("STOR {path}"), offset)?;
             let up = crate::ftp::Upload::new(&mut c, stream, format!("STOR {path}"));
             return send_upload(up, path, data, &mut consumed);
+        }
+        if !append {
+            // Not repeatable: the error must not be taken for a lost connection.
+            return Err(FtpError::Reply {
+                command: format!("APPE {path}"),
+                code: 502,
+                text: "not sent: no REST STREAM, and a cut APPE transfer may still append \
+                       late bytes (a second APPE could duplicate them)"
+                    .into(),
+            });
         }
         c.command("TYPE I")?;
         let first = c.size(path)?;
@@ -222,8 +238,15 @@ impl RemoteStore for FtpStore {
         self.ftp_size(path).map_err(to_store)
     }
 
-    fn resume_file(&self, path: &str, offset: u64, data: &mut dyn BufRead) -> StoreResult<u64> {
-        self.ftp_resume_file(path, offset, data).map_err(to_store)
+    fn resume_file(
+        &self,
+        path: &str,
+        offset: u64,
+        data: &mut dyn BufRead,
+        append: bool,
+    ) -> StoreResult<u64> {
+        self.ftp_resume_file(path, offset, data, append)
+            .map_err(to_store)
     }
 
     fn delete(&self, path: &str) -> StoreResult<()> {

@@ -310,3 +310,52 @@ fn a_refused_rename_after_a_drop_fails_instead_of_uploading_the_holes() {
     }
     no_part_files(&store);
 }
+
+/// Review: a server without REST STREAM resumes with APPE. The session of a cut
+/// transfer that has not noticed its cut still writes 1 MiB it held after the
+/// client's SIZE (so SIZE lagged): the APPE lands after those bytes, shifted. If
+/// that APPE transfer is cut too, a second APPE from the new SIZE must not
+/// follow (its final length would match and hide the shift): EIO, old file kept.
+#[test]
+fn a_second_append_after_a_late_write_fails_instead_of_hiding_a_shift() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    store.append_only.store(true, SeqCst);
+    store.cut_loses.store(2 * MIB as u64, SeqCst);
+    store.cut_late.store(MIB as u64, SeqCst);
+    store.cut_uploads_after.store(20 * MIB as u64, SeqCst);
+    store.cut_uploads_times.store(2, SeqCst);
+    let fh = open_existing(&fs, "f");
+    let data = pattern(60 * MIB, 12);
+    let mut peak = 0;
+    let r = write_all(&fs, fh, &data, &mut peak, d.path()).and(fs.flush(fh));
+    let _ = fs.release(fh);
+    let now = store.inner.get("/f").unwrap();
+    assert!(
+        now == b"old" || now == data,
+        "close: {r:?}; the server holds neither the old nor the new file ({} bytes)",
+        now.len()
+    );
+    if now == b"old" {
+        assert_eq!(r.unwrap_err().0, libc::EIO);
+    }
+    no_part_files(&store);
+}
+
+/// An append-only server (no REST STREAM) with one cut: resumed with APPE.
+#[test]
+fn one_cut_on_an_append_only_server_is_resumed() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    store.append_only.store(true, SeqCst);
+    store.cut_uploads_after.store(20 * MIB as u64, SeqCst);
+    store.cut_uploads_times.store(1, SeqCst);
+    let fh = open_existing(&fs, "f");
+    let data = pattern(40 * MIB, 13);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/f").unwrap(), data);
+    assert_eq!(store.resumes.load(SeqCst), 1);
+    no_part_files(&store);
+}
