@@ -39,6 +39,9 @@ pub struct FaultStore {
     /// the client's SIZE said they were not there.
     pub cut_late: AtomicU64,
     late: Mutex<Option<(String, u64, Vec<u8>)>>,
+    /// A cut is a stall: the transfer hangs until the thread's deadline passes
+    /// and fails with a timeout (a dead network path, not a reset).
+    pub cut_stalls: AtomicBool,
     /// Bytes the server received in all uploads (to see what was sent twice).
     pub uploaded_bytes: AtomicU64,
     /// Every rename is refused (550), as on an account without rename permission.
@@ -155,7 +158,24 @@ impl FaultStore {
             *crate::sync::lock(&self.late) =
                 Some((path.to_string(), start + got.len() as u64, held_back));
         }
+        if self.cut_stalls.load(Ordering::SeqCst) {
+            while !crate::deadline::expired() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            return Err(StoreError::Timeout(
+                "STOR: no progress (injected stall)".into(),
+            ));
+        }
         Err(lost("STOR"))
+    }
+
+    /// Like the FTP store, whose every wait consults the thread's deadline: an
+    /// operation on a thread out of time fails at once.
+    fn in_time(&self, what: &str) -> Result<()> {
+        if crate::deadline::expired() {
+            return Err(StoreError::Timeout(format!("{what}: deadline passed")));
+        }
+        Ok(())
     }
 
     /// Where a resumed transfer writes: `offset` (REST), or the end of the file
@@ -220,6 +240,7 @@ impl RemoteStore for FaultStore {
 
     fn size(&self, path: &str) -> Result<u64> {
         self.take_failure("size")?;
+        self.in_time("SIZE")?;
         self.inner.size(path)
     }
 
@@ -231,6 +252,7 @@ impl RemoteStore for FaultStore {
         append: bool,
     ) -> Result<u64> {
         self.take_failure("resume")?;
+        self.in_time("REST")?;
         if self.append_only.load(Ordering::SeqCst) && !append {
             return Err(StoreError::refused(
                 Refusal::NotImplemented,

@@ -584,6 +584,10 @@ fn upload_resuming(
             return Err(e);
         }
         log::info!("upload of {name} cut at {sent} bytes ({e}); resuming");
+        // A fresh `timeout=` for the resume: a cut found by a stall left this
+        // thread's deadline passed, and every wait would fail at once. Bounded
+        // by MAX_RESUMES; a writer waiting meanwhile keeps its own deadline.
+        crate::deadline::progress();
         let held = store.size(name)?;
         let next = reader.next;
         if held < dropped || held > next {

@@ -359,3 +359,30 @@ fn one_cut_on_an_append_only_server_is_resumed() {
     assert_eq!(store.resumes.load(SeqCst), 1);
     no_part_files(&store);
 }
+
+/// Review: a cut that is a stall (a dead network path: the transfer times out)
+/// while the writer has finished and waits in close(): the upload thread's
+/// deadline has passed, so the resume must not run out of time before it starts
+/// (SIZE, REST + STOR on a new connection).
+#[test]
+fn a_stalled_transfer_is_resumed_after_its_timeout() {
+    let store = Arc::new(FaultStore::new());
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut cfg = super::fault_tests::config(spool.path());
+    cfg.spool_window = Some(WINDOW);
+    cfg.op_timeout = Duration::from_secs(1);
+    let fs = FtpsFs::new(store.clone(), cfg);
+    store.inner.put("/f", b"old");
+    store.cut_stalls.store(true, SeqCst);
+    store.cut_uploads_after.store(38 * MIB as u64, SeqCst);
+    store.cut_uploads_times.store(1, SeqCst);
+    let fh = open_existing(&fs, "f");
+    let data = pattern(40 * MIB, 14);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, spool.path()).unwrap();
+    fs.flush(fh).unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/f").unwrap(), data);
+    assert_eq!(store.resumes.load(SeqCst), 1);
+    no_part_files(&store);
+}
