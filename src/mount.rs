@@ -276,6 +276,14 @@ impl MountPlan {
             site: format!("{}@{}:{}", site.connect.user, site.url.host, site.url.port),
             op_timeout: site.connect.timeout,
             strict_dir_times: opts.has("strict_dir_times"),
+            spool_window: match opts.value("spool_window")? {
+                None => Some(crate::fs::config::DEFAULT_SPOOL_WINDOW),
+                Some(v) => crate::fs::config::parse_spool_window(v).ok_or_else(|| {
+                    FtpError::Invalid(format!(
+                        "bad spool_window {v:?}: a size such as 256M, or all"
+                    ))
+                })?,
+            },
         };
         let u = &site.url;
         let fsname = match opts.value("fsname")? {

@@ -22,6 +22,28 @@ pub struct FaultStore {
     /// the server (0: off), this many more times.
     pub cut_uploads_after: AtomicU64,
     pub cut_uploads_times: AtomicU32,
+    /// At a cut, the server keeps this many bytes fewer than it was sent (it
+    /// lost what it had buffered: a crash of the server).
+    pub cut_loses: AtomicU64,
+    /// The server cannot resume uploads (no REST STREAM, APPE refused).
+    pub no_resume: AtomicBool,
+    /// Resumed uploads so far (REST+STOR or APPE).
+    pub resumes: AtomicU32,
+    /// The server has no REST STREAM: a resume appends (APPE) at the end of the
+    /// file as it is when the transfer starts, and only where the client allows
+    /// an append (`resume_file`'s `append`).
+    pub append_only: AtomicBool,
+    /// At the next cut, the server's old transfer still holds this many of the
+    /// bytes it kept (a session that has not noticed the cut yet): they reach the
+    /// file at their offsets only when the next resumed transfer starts, after
+    /// the client's SIZE said they were not there.
+    pub cut_late: AtomicU64,
+    late: Mutex<Option<(String, u64, Vec<u8>)>>,
+    /// A cut is a stall: the transfer hangs until the thread's deadline passes
+    /// and fails with a timeout (a dead network path, not a reset).
+    pub cut_stalls: AtomicBool,
+    /// Bytes the server received in all uploads (to see what was sent twice).
+    pub uploaded_bytes: AtomicU64,
     /// Every rename is refused (550), as on an account without rename permission.
     pub refuse_renames: AtomicBool,
     /// The next call whose name is listed fails with a lost connection.
@@ -103,6 +125,82 @@ impl FaultStore {
     }
 }
 
+impl FaultStore {
+    /// An upload (from `offset`: a resumed one), cut as configured: the cut reads
+    /// only what it keeps (a connection that drops mid-stream), stores that and
+    /// fails.
+    fn upload(&self, path: &str, offset: u64, data: &mut dyn BufRead) -> Result<u64> {
+        let Some(limit) = Self::take_cut(&self.cut_uploads_after, &self.cut_uploads_times) else {
+            let n = if offset == 0 {
+                self.inner.write_file(path, data)?
+            } else {
+                let at = self.resume_point(path, offset)?;
+                self.inner.resume_file(path, at, data, true)?
+            };
+            self.uploaded_bytes.fetch_add(n, Ordering::SeqCst);
+            return Ok(n);
+        };
+        let mut got = Vec::new();
+        while (got.len() as u64) < limit {
+            let chunk = data
+                .fill_buf()
+                .map_err(|e| StoreError::local("reading the upload", e))?;
+            if chunk.is_empty() {
+                break;
+            }
+            let n = chunk.len().min((limit - got.len() as u64) as usize);
+            got.extend_from_slice(&chunk[..n]);
+            data.consume(n);
+        }
+        self.uploaded_bytes
+            .fetch_add(got.len() as u64, Ordering::SeqCst);
+        let lose = self.cut_loses.load(Ordering::SeqCst) as usize;
+        got.truncate(got.len().saturating_sub(lose));
+        let late = (self.cut_late.swap(0, Ordering::SeqCst) as usize).min(got.len());
+        let held_back = got.split_off(got.len() - late);
+        let start = if offset == 0 {
+            self.inner.put(path, &got);
+            0
+        } else {
+            let at = self.resume_point(path, offset)?;
+            self.inner
+                .resume_file(path, at, &mut std::io::Cursor::new(&got), true)?;
+            at
+        };
+        if !held_back.is_empty() {
+            *crate::sync::lock(&self.late) =
+                Some((path.to_string(), start + got.len() as u64, held_back));
+        }
+        if self.cut_stalls.load(Ordering::SeqCst) {
+            while !crate::deadline::expired() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            return Err(StoreError::Timeout(
+                "STOR: no progress (injected stall)".into(),
+            ));
+        }
+        Err(lost("STOR"))
+    }
+
+    /// Like the FTP store, whose every wait consults the thread's deadline: an
+    /// operation on a thread out of time fails at once.
+    fn in_time(&self, what: &str) -> Result<()> {
+        if crate::deadline::expired() {
+            return Err(StoreError::Timeout(format!("{what}: deadline passed")));
+        }
+        Ok(())
+    }
+
+    /// Where a resumed transfer writes: `offset` (REST), or the end of the file
+    /// (APPE on an `append_only` server).
+    fn resume_point(&self, path: &str, offset: u64) -> Result<u64> {
+        if self.append_only.load(Ordering::SeqCst) {
+            return self.inner.size(path);
+        }
+        Ok(offset)
+    }
+}
+
 impl RemoteStore for FaultStore {
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
         self.take_failure("list")?;
@@ -150,15 +248,46 @@ impl RemoteStore for FaultStore {
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_millis(delay));
         }
-        let Some(limit) = Self::take_cut(&self.cut_uploads_after, &self.cut_uploads_times) else {
-            return self.inner.write_file(path, data);
-        };
-        let mut all = Vec::new();
-        data.read_to_end(&mut all)
-            .map_err(|e| StoreError::local("reading the upload", e))?;
-        all.truncate(limit as usize);
-        self.inner.put(path, &all);
-        Err(lost("STOR"))
+        self.upload(path, 0, data)
+    }
+
+    fn size(&self, path: &str) -> Result<u64> {
+        self.take_failure("size")?;
+        self.in_time("SIZE")?;
+        self.inner.size(path)
+    }
+
+    fn resume_file(
+        &self,
+        path: &str,
+        offset: u64,
+        data: &mut dyn BufRead,
+        append: bool,
+    ) -> Result<u64> {
+        self.take_failure("resume")?;
+        self.in_time("REST")?;
+        if self.append_only.load(Ordering::SeqCst) && !append {
+            return Err(StoreError::refused(
+                Refusal::NotImplemented,
+                "no REST STREAM, and APPE not allowed here (injected)",
+            ));
+        }
+        // The old transfer's late bytes land now, after the client's SIZE.
+        if let Some((p, at, bytes)) = crate::sync::lock(&self.late).take() {
+            if p == path {
+                let _ = self
+                    .inner
+                    .resume_file(path, at, &mut std::io::Cursor::new(bytes), true);
+            }
+        }
+        if self.no_resume.load(Ordering::SeqCst) {
+            return Err(StoreError::refused(
+                Refusal::NotImplemented,
+                "502 REST not implemented (injected)",
+            ));
+        }
+        self.resumes.fetch_add(1, Ordering::SeqCst);
+        self.upload(path, offset, data)
     }
 
     fn delete(&self, path: &str) -> Result<()> {

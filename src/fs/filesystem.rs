@@ -72,6 +72,8 @@ pub struct FtpsFs {
     journal: Option<Journal>,
     /// The server refused a rename of an upload: replace files in place.
     renames_refused: AtomicBool,
+    /// spool_dir refused to punch holes (logged once): spools keep every byte.
+    punch_refused: AtomicBool,
     /// A directory time the server could not set was skipped (logged once).
     dir_times_skipped: AtomicBool,
     /// The server has no SITE CHMOD (a new directory keeps the server's mode).
@@ -123,6 +125,7 @@ impl FtpsFs {
         FtpsFs {
             journal,
             renames_refused: AtomicBool::new(false),
+            punch_refused: AtomicBool::new(false),
             dir_times_skipped: AtomicBool::new(false),
             no_chmod: AtomicBool::new(false),
             root_mtime: Mutex::new(SystemTime::now()),
@@ -210,3 +213,5 @@ mod model_tests;
 mod posix_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;

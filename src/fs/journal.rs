@@ -55,6 +55,9 @@ pub struct Entry {
     pub closed: Option<u64>,
     /// A remote name that may hold an incomplete upload.
     pub partial: Option<String>,
+    /// The spool dropped the start of the file (a bounded stream, see
+    /// `uploader.rs`): it is not a whole copy and cannot be uploaded.
+    pub dropped: bool,
 }
 
 impl Entry {
@@ -74,6 +77,9 @@ impl Entry {
         if let Some(p) = &self.partial {
             s.push_str(&format!("partial {p}\n"));
         }
+        if self.dropped {
+            s.push_str("dropped\n");
+        }
         s.push_str("end\n");
         s
     }
@@ -86,6 +92,7 @@ impl Entry {
         }
         let (mut site, mut owner, mut boot, mut path, mut base) = (None, None, None, None, None);
         let (mut closed, mut partial, mut ended) = (None, None, false);
+        let mut dropped = false;
         for line in lines {
             let (key, value) = line.split_once(' ').unwrap_or((line, ""));
             match key {
@@ -100,6 +107,7 @@ impl Entry {
                 }
                 "closed" => closed = Some(value.parse().ok()?),
                 "partial" => partial = Some(value.to_string()),
+                "dropped" => dropped = true,
                 "end" => {
                     ended = true;
                     break;
@@ -118,6 +126,7 @@ impl Entry {
             base: base?,
             closed,
             partial,
+            dropped,
         })
     }
 }
@@ -198,6 +207,7 @@ impl Journal {
                 base,
                 closed: None,
                 partial: None,
+                dropped: false,
             },
             written: false,
         }
@@ -274,6 +284,19 @@ impl Record {
         self.entry.partial = Some(partial.to_string());
         let durable = partial == self.entry.path;
         self.write(journal, durable)
+    }
+
+    /// The spool is about to drop the start of the file: durable first, so that
+    /// recovery never uploads a spool with holes.
+    pub fn dropping(&mut self, journal: &Journal) -> std::io::Result<()> {
+        self.entry.dropped = true;
+        self.write(journal, true)
+    }
+
+    /// The spool is a whole copy again.
+    pub fn restored(&mut self, journal: &Journal) -> std::io::Result<()> {
+        self.entry.dropped = false;
+        self.write(journal, false)
     }
 
     /// Keeps the record on disk (a crash or a shutdown with unfinished data): the
@@ -445,7 +468,7 @@ fn recover_one(
 ) -> std::result::Result<String, String> {
     let path = &e.path;
     let spool_len = std::fs::metadata(spool).ok().map(|m| m.len());
-    let whole = e.closed.is_some() && e.closed == spool_len && e.boot == boot;
+    let whole = e.closed.is_some() && e.closed == spool_len && e.boot == boot && !e.dropped;
     let retry_later = |what: &str, err: &dyn std::fmt::Display| {
         format!("{path}: could not {what} ({err}); the journal keeps it for the next mount")
     };
@@ -485,15 +508,22 @@ fn recover_one(
         }
     }
     if !whole {
-        let why = if e.closed.is_none() {
+        let why = if e.dropped {
+            "its upload was streamed with a bounded spool (spool_window=), which keeps only the \
+             end of the file, and was cut by the crash before the program's close() succeeded; \
+             the data is lost"
+        } else if e.closed.is_none() {
             "the program writing it had not finished (no close or fsync)"
         } else if e.boot != boot {
             "the machine restarted before the upload ended (the local copy is not trusted)"
         } else {
             "its local copy is missing or incomplete"
         };
-        let kept = spool_len
-            .is_some()
+        if e.dropped {
+            // Only the end of the file, with a hole for its start: of no use.
+            let _ = std::fs::remove_file(spool);
+        }
+        let kept = (spool_len.is_some() && !e.dropped)
             .then(|| keep_for_user(spool_dir, spool, path))
             .flatten();
         let server = if in_place_left {
@@ -588,10 +618,16 @@ mod tests {
             base: Base::Present(12, Some(34)),
             closed: Some(99),
             partial: Some("/d/.a file.part".into()),
+            dropped: false,
         };
         let text = e.render();
         assert_eq!(Entry::parse(&text), Some(e.clone()));
         assert_eq!(Entry::parse(&text[..text.len() - 4]), None, "torn");
+        let dropped = Entry {
+            dropped: true,
+            ..e.clone()
+        };
+        assert_eq!(Entry::parse(&dropped.render()), Some(dropped));
         let absent = Entry {
             base: Base::Absent,
             closed: None,

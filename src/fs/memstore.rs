@@ -226,6 +226,38 @@ impl RemoteStore for MemStore {
         Ok(n)
     }
 
+    fn size(&self, path: &str) -> Result<u64> {
+        match self.lock().get(path) {
+            Some(Node::File { data, .. }) => Ok(data.len() as u64),
+            _ => Err(refused("SIZE", Refusal::NotFound, "No such file")),
+        }
+    }
+
+    fn resume_file(
+        &self,
+        path: &str,
+        offset: u64,
+        data: &mut dyn std::io::BufRead,
+        _append: bool,
+    ) -> Result<u64> {
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+        let mut buf = Vec::new();
+        data.read_to_end(&mut buf)
+            .map_err(|e| StoreError::local("reading spool", e))?;
+        let mut nodes = self.lock();
+        match nodes.get_mut(path) {
+            Some(Node::File {
+                data: have, mtime, ..
+            }) if have.len() as u64 >= offset => {
+                have.truncate(offset as usize);
+                have.extend_from_slice(&buf);
+                *mtime = SystemTime::now();
+                Ok(buf.len() as u64)
+            }
+            _ => Err(refused("REST", Refusal::Other, "Cannot restart there")),
+        }
+    }
+
     fn delete(&self, path: &str) -> Result<()> {
         let mut nodes = self.lock();
         match nodes.get(path) {

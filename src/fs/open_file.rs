@@ -63,6 +63,11 @@ impl FileState {
         }
     }
 
+    /// Queues `stream` (taken out of `stream`) for [`OpenFile::settle`] to abort.
+    pub fn queue_abort(&mut self, stream: StreamUpload) {
+        self.to_abort.push(stream);
+    }
+
     /// Tests (a crash): forgets the streams without touching the server.
     #[cfg(test)]
     pub fn forget_streams(&mut self) {

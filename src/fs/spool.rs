@@ -71,6 +71,14 @@ pub struct Spool {
     /// The first local write error (errno, message): the file on disk may miss
     /// bytes that `len` counts, so every later operation fails with it.
     broken: Option<(i32, String)>,
+    /// Bytes before this offset were dropped (holes punched): the server holds
+    /// them as the partial upload of a bounded stream (see `uploader.rs`). The
+    /// spool is not a whole copy while this is above 0: reads there fail and it
+    /// cannot be uploaded.
+    forgotten: u64,
+    /// Appends go through the page cache (a bounded spool: its bytes are read
+    /// back by a resumed upload from another handle at any time).
+    buffered_only: bool,
     /// Tests: writes past this length fail with ENOSPC (a full disk).
     #[cfg(test)]
     pub capacity: Option<u64>,
@@ -98,6 +106,8 @@ impl Spool {
             direct_refused: false,
             writer_delay: Duration::ZERO,
             broken: None,
+            forgotten: 0,
+            buffered_only: false,
             #[cfg(test)]
             capacity: None,
         }
@@ -182,6 +192,68 @@ impl Spool {
         self.file.path()
     }
 
+    /// Bytes at the start that were dropped (see `forgotten`).
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// Appends go through the page cache from now on (a bounded stream reads the
+    /// spool's tail back through another handle when it resumes).
+    pub fn buffered_only(&mut self) -> Result<()> {
+        self.buffered_only = true;
+        self.sync()
+    }
+
+    /// Drops the bytes before `upto` (rounded down to a [`BLOCK`]) from the disk by
+    /// punching a hole: only for bytes the server holds. An error (a filesystem
+    /// without hole punching) leaves the bytes where they are.
+    pub fn forget_before(&mut self, upto: u64) -> Result<()> {
+        self.sync()?;
+        let upto = upto.min(self.len) / BLOCK as u64 * BLOCK as u64;
+        if upto <= self.forgotten {
+            return Ok(());
+        }
+        let (start, len) = (
+            self.forgotten as libc::off_t,
+            (upto - self.forgotten) as libc::off_t,
+        );
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: fallocate on a descriptor this spool owns.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_file().as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start,
+                len,
+            )
+        };
+        if r != 0 {
+            return Err(StoreError::local(
+                "dropping the uploaded part of the spool file",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        self.forgotten = upto;
+        Ok(())
+    }
+
+    /// The dropped bytes were written back (fetched from the server): the spool
+    /// is a whole copy again.
+    pub fn restored(&mut self) {
+        self.forgotten = 0;
+    }
+
+    fn not_whole(&self) -> StoreError {
+        StoreError::local(
+            format!(
+                "the first {} bytes of spool {} were dropped after their upload",
+                self.forgotten,
+                self.file.path().display()
+            ),
+            std::io::Error::from_raw_os_error(libc::EIO),
+        )
+    }
+
     /// Whether appends currently go to the direct writer (for tests).
     #[cfg(test)]
     pub fn is_direct(&self) -> bool {
@@ -213,6 +285,9 @@ impl Spool {
         self.check()?;
         if offset >= self.len {
             return Ok(());
+        }
+        if offset < self.forgotten {
+            return Err(self.not_whole());
         }
         self.sync()?;
         let n = (size as u64).min(self.len - offset) as usize;
@@ -258,7 +333,11 @@ impl Spool {
     /// direct mode; false when the caller should write normally.
     fn append_direct(&mut self, data: &[u8]) -> Result<bool> {
         if self.appender.is_none() {
-            if self.direct_refused || self.len < self.direct_from || data.is_empty() {
+            if self.direct_refused
+                || self.buffered_only
+                || self.len < self.direct_from
+                || data.is_empty()
+            {
                 return Ok(false);
             }
             let started = DirectAppender::start(
@@ -307,6 +386,7 @@ impl Spool {
             .map_err(|e| StoreError::local("truncating the spool file", e));
         self.note(r)?;
         self.len = len;
+        self.forgotten = self.forgotten.min(len);
         Ok(())
     }
 
@@ -331,9 +411,13 @@ impl Spool {
         self.kept
     }
 
-    /// A reader from offset 0, after a sync point.
+    /// A reader from offset 0, after a sync point; an error when bytes were
+    /// dropped (see `forgotten`).
     pub fn reader(&mut self) -> Result<File> {
         self.sync()?;
+        if self.forgotten > 0 {
+            return Err(self.not_whole());
+        }
         let mut f = self
             .file
             .reopen()

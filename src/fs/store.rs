@@ -28,6 +28,33 @@ pub trait RemoteStore: Send + Sync + 'static {
     /// source's own buffers instead of copying them.
     fn write_file(&self, path: &str, data: &mut dyn BufRead) -> Result<u64>;
 
+    /// The size of a file on the server (SIZE).
+    fn size(&self, _path: &str) -> Result<u64> {
+        Err(super::error::StoreError::refused(
+            super::error::Refusal::NotImplemented,
+            "SIZE is not available",
+        ))
+    }
+
+    /// Continues an interrupted upload: `path` holds at least `offset` bytes of
+    /// it; `data` (the bytes from `offset` on) is stored from there: `REST offset`
+    /// and `STOR` where the server announces REST STREAM, else `APPE` when the
+    /// file holds exactly `offset` bytes, if `append` allows it (see `uploader.rs`:
+    /// never to resume a transfer that was itself an APPE). Returns how many bytes
+    /// of `data` were sent.
+    fn resume_file(
+        &self,
+        _path: &str,
+        _offset: u64,
+        _data: &mut dyn BufRead,
+        _append: bool,
+    ) -> Result<u64> {
+        Err(super::error::StoreError::refused(
+            super::error::Refusal::NotImplemented,
+            "resuming an upload is not available",
+        ))
+    }
+
     fn delete(&self, path: &str) -> Result<()>;
     fn mkdir(&self, path: &str) -> Result<()>;
     fn rmdir(&self, path: &str) -> Result<()>;

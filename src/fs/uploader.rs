@@ -14,6 +14,50 @@
 //! writer seeks. If the upload fails, the error goes back to close()/fsync() and
 //! the spool file is kept on disk, its path logged: nothing a program was told was
 //! written is lost.
+//!
+//! Bounded spools (`spool_window=SIZE`, default 64 MiB; `all` or 0: off). A
+//! sequential writer from offset 0 (tar, pg_dump, dd, a video) no longer needs as
+//! much free disk as its file: once the stream has taken more than the window less
+//! 5 MiB into its connection, the spool drops (punches holes over) the bytes
+//! before `taken - (window - 5 MiB)`, in whole 1 MiB blocks; the writer is never
+//! more than `WINDOW_SLACK` (4 MiB) ahead of the transfer, so the spool holds at
+//! most the window at any time. Settled points:
+//! - *What may be dropped*: only bytes the server holds. Bytes written into the
+//!   data socket are not held until the server stores them; all but 5 MiB of the
+//!   window (≥ 11 MiB; 59 MiB by default) is kept behind what was taken, which
+//!   covers what can be in flight (socket buffers on both sides, TLS records, a
+//!   proxy's queue: about 10 MiB through the test forwarder on loopback). A server that lost more than
+//!   that (it crashed) is found out at the resume, which then fails: never a guess.
+//! - *A cut* (lost connection, timeout): the upload thread asks SIZE of the
+//!   temporary file and, when it holds every dropped byte, continues with
+//!   `REST n` and `STOR` (REST STREAM servers; same bytes at the same offsets even if the cut
+//!   transfer is still being written out), else `APPE` once two SIZEs a moment
+//!   apart agree on exactly `n`, and only to resume the first transfer (a cut
+//!   APPE session that has not noticed its cut can still append bytes after the
+//!   client's SIZE; a second APPE would land after them, shifted, with the right
+//!   final length: a second cut on such a server fails the file); the bytes from `n` are re-sent from the spool file
+//!   (so a bounded spool is written through the page cache, readable from another
+//!   handle at once), then the feed goes on. The server's SIZE after a resumed
+//!   transfer must equal the program's length. Up to `MAX_RESUMES` cuts in a row.
+//!   The writer waits (bounded by its deadline) while it is 4 MiB ahead of the
+//!   transfer; it never drops unsent bytes. If resuming is impossible, the
+//!   file fails with EIO at the next write/fsync/close (as after a local write
+//!   error), the temporary upload is removed and the server keeps its old file.
+//!   Before anything was dropped a failed stream falls back to the spool as
+//!   before, so small files behave as with `spool_window=all`.
+//! - *Out of sequence after a drop* (a seek back, a read of the dropped start, a
+//!   truncation, a write after an fsync): the stream is finished up to the current
+//!   length (the temporary file then holds exactly the program's bytes so far), the
+//!   dropped start is fetched back from it (RETR) into the spool's hole, the
+//!   temporary file removed, and the file goes on as a plain spooled file (it needs
+//!   its full size on disk from then on). After an fsync the start comes back from
+//!   the file itself. Finishing first (instead of fetching a partial upload) means
+//!   the bytes fetched are the ones the server confirmed with its 226. Failure: EIO.
+//! - *Crash*: a bounded spool cannot finish an upload, so before the first drop its
+//!   journal record says `dropped`, durably; recovery then removes the partial
+//!   temporary upload and reports the data lost (the program never got a
+//!   successful close). Bounded streams always go to a temporary name, even for a
+//!   new file, so no prefix is ever visible under the name (one rename per file).
 
 use super::error::{StoreError, StoreResult as Result};
 use super::spool::Spool;
@@ -138,11 +182,22 @@ struct FeedState {
     aborted: bool,
     /// The upload thread stopped reading (it failed or ended).
     reader_gone: bool,
+    /// Bounded stream: the spool may drop the bytes before this offset (the
+    /// writer raises it, under this lock, before it punches; see the header).
+    dropped: u64,
+    /// The upload thread is resuming after a cut: nothing more is dropped until
+    /// it has asked the server what it holds.
+    resuming: bool,
+    /// The stream gave its connection up (a quiet writer): it cannot resume.
+    gave_up: bool,
 }
 
 #[derive(Default)]
 struct Feed {
     state: Mutex<FeedState>,
+    /// Bytes of the file the current transfer has taken into its connection
+    /// (only grows between resumes).
+    sent: AtomicU64,
     /// A chunk arrived, or the feed closed or aborted.
     filled: Condvar,
     /// A chunk was taken, or the reader is gone.
@@ -161,14 +216,51 @@ struct FeedReader {
     feed: Arc<Feed>,
     current: Vec<u8>,
     at: usize,
+    /// File offset of `current[at]`: the next byte from the feed.
+    next: u64,
+    /// After a resume, the bytes between what the server holds and `next`,
+    /// read back from the spool file first.
+    replay: Option<Replay>,
+    /// A bounded stream (see `Bounded`): it may resume, and may give its
+    /// connection up only while nothing was dropped.
+    bounded: bool,
     /// True while another operation waits for a connection: a stream whose writer
     /// has gone quiet then gives its connection up (the spool has every byte; the
     /// file is uploaded from it at close).
     contended: Box<dyn Fn() -> bool + Send>,
 }
 
+/// Bytes `pos..end` of the spool file, re-sent by a resumed upload.
+struct Replay {
+    file: std::fs::File,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Replay {
+    fn fill(&mut self) -> std::io::Result<&[u8]> {
+        use std::os::unix::fs::FileExt;
+        if self.at == self.buf.len() && self.pos < self.end {
+            let n = (self.end - self.pos).min(UPLOAD_BUF as u64) as usize;
+            self.buf.resize(n, 0);
+            self.file.read_exact_at(&mut self.buf, self.pos)?;
+            self.at = 0;
+        }
+        Ok(&self.buf[self.at..])
+    }
+}
+
 impl BufRead for FeedReader {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.replay.as_ref().is_some_and(|r| r.pos >= r.end) {
+            self.replay = None;
+        }
+        if let Some(r) = self.replay.as_mut() {
+            crate::deadline::progress();
+            return r.fill();
+        }
         if self.at == self.current.len() {
             let mut st = self.feed.lock();
             loop {
@@ -190,7 +282,13 @@ impl BufRead for FeedReader {
                     .wait_timeout(st, YIELD_AFTER)
                     .unwrap_or_else(|p| p.into_inner());
                 st = guard;
-                if waited.timed_out() && st.chunks.is_empty() && !st.closed && (self.contended)() {
+                if waited.timed_out()
+                    && st.chunks.is_empty()
+                    && !st.closed
+                    && (!self.bounded || st.dropped == 0)
+                    && (self.contended)()
+                {
+                    st.gave_up = true;
                     return Err(std::io::Error::other(
                         "the writer is quiet and others need a connection: streaming given up",
                     ));
@@ -205,7 +303,21 @@ impl BufRead for FeedReader {
     }
 
     fn consume(&mut self, n: usize) {
-        self.at = (self.at + n).min(self.current.len());
+        if let Some(r) = self.replay.as_mut() {
+            let n = n.min(r.buf.len() - r.at);
+            r.at += n;
+            r.pos += n as u64;
+            self.feed.sent.store(r.pos, Ordering::Release);
+            self.feed.drained.notify_all();
+            return;
+        }
+        let n = n.min(self.current.len() - self.at);
+        self.at += n;
+        self.next += n as u64;
+        self.feed.sent.store(self.next, Ordering::Release);
+        if self.bounded {
+            self.feed.drained.notify_all();
+        }
     }
 }
 
@@ -239,6 +351,8 @@ const STREAM_DEPTH: usize = 3;
 pub struct StreamUpload {
     feed: Arc<Feed>,
     pos: u64,
+    /// Bounded: the window (`spool_window=`).
+    window: Option<u64>,
     /// The name written: a temporary one, or the file's own for a new file.
     tmp: String,
     /// Taken by `abort` and `finish`.
@@ -260,11 +374,19 @@ impl StreamUpload {
     /// Starts uploading to `name`: a temporary name beside the file
     /// (`Target::Temp`) or the name of a new file (`Target::NewFile`; `InPlace`
     /// files are not streamed: an abandoned stream deletes what it wrote).
-    pub fn start(store: Arc<dyn RemoteStore>, name: &str, timeout: Duration) -> Option<Self> {
+    /// `bounded`: the stream resumes after a cut and lets the spool drop what the
+    /// server holds (see the module header).
+    pub fn start(
+        store: Arc<dyn RemoteStore>,
+        name: &str,
+        timeout: Duration,
+        bounded: Option<Bounded>,
+    ) -> Option<Self> {
         let feed = Arc::new(Feed::default());
         let tmp = name.to_string();
         let name = tmp.clone();
         let theirs = feed.clone();
+        let window = bounded.as_ref().map(|b| b.window);
         let worker = std::thread::Builder::new()
             .name("ftpsfs-upload".into())
             .spawn(move || {
@@ -274,17 +396,46 @@ impl StreamUpload {
                     feed: theirs,
                     current: Vec::new(),
                     at: 0,
+                    next: 0,
+                    replay: None,
+                    bounded: bounded.is_some(),
                     contended: Box::new(move || waiters.is_contended()),
                 };
-                store.write_file(&name, &mut reader)
+                match bounded {
+                    None => store.write_file(&name, &mut reader),
+                    Some(b) => upload_resuming(store.as_ref(), &name, &mut reader, &b),
+                }
             })
             .ok()?;
         Some(StreamUpload {
             feed,
             pos: 0,
+            window,
             tmp,
             worker: Some(worker),
         })
+    }
+
+    /// Bounded stream: how many bytes at the start of the file the spool may drop
+    /// now (a multiple of the spool's block; 0 while none): those the transfer
+    /// took into its connection more than a window less `WINDOW_SLACK` ago, which the server
+    /// holds unless it lost them (a resume then finds out, and fails). Recorded
+    /// under the feed's lock before the caller punches, so a resume sees it.
+    pub fn droppable(&self) -> u64 {
+        let Some(window) = self.window else {
+            return 0;
+        };
+        let mut st = self.feed.lock();
+        if st.resuming || st.gave_up || st.reader_gone || st.aborted {
+            return st.dropped;
+        }
+        let sent = self.feed.sent.load(Ordering::Acquire).min(self.pos);
+        let block = super::spool::BLOCK as u64;
+        let d = sent.saturating_sub(window.saturating_sub(WINDOW_SLACK + block)) / block * block;
+        if d > st.dropped {
+            st.dropped = d;
+        }
+        st.dropped
     }
 
     /// Bytes streamed so far (the next sequential offset).
@@ -297,7 +448,18 @@ impl StreamUpload {
     /// too slow (abandon it: the spool has the bytes).
     pub fn push(&mut self, data: &[u8]) -> bool {
         let mut st = self.feed.lock();
-        while st.chunks.len() >= STREAM_DEPTH {
+        let ahead = |st: &FeedState| {
+            // Bounded: the writer stays within half a window of what the
+            // transfer took (after a resume, until it has caught up again).
+            self.window.is_some_and(|w| {
+                !st.chunks.is_empty()
+                    && self
+                        .pos
+                        .saturating_sub(self.feed.sent.load(Ordering::Acquire))
+                        >= w / 2
+            })
+        };
+        while st.chunks.len() >= STREAM_DEPTH || ahead(&st) {
             if st.reader_gone || st.aborted || crate::deadline::expired() {
                 return false;
             }
@@ -347,6 +509,105 @@ impl StreamUpload {
                 Err(e)
             }
         }
+    }
+}
+
+/// What a bounded stream needs: the spool file it re-sends from after a cut,
+/// and the window (`spool_window=`).
+pub struct Bounded {
+    pub spool: std::path::PathBuf,
+    pub window: u64,
+}
+
+/// The part of a bounded window not kept as the bytes that may be in flight: the
+/// writer is never more than this ahead of the transfer (the queued chunks, the
+/// one being sent); one more spool block goes to rounding drops down to blocks.
+const WINDOW_SLACK: u64 = 4 << 20;
+
+/// Cuts in a row (without a window's progress in between) a bounded stream
+/// resumes after before it fails.
+const MAX_RESUMES: u32 = 5;
+
+/// The upload thread of a bounded stream: the transfer, resumed after a cut
+/// where the server holds every dropped byte (SIZE of the partial file; REST +
+/// STOR or APPE from there, re-sending the rest from the spool file). Returns
+/// the bytes the server holds at the end.
+fn upload_resuming(
+    store: &dyn RemoteStore,
+    name: &str,
+    reader: &mut FeedReader,
+    b: &Bounded,
+) -> Result<u64> {
+    let feed = reader.feed.clone();
+    let mut at = 0u64;
+    let mut failures = 0u32;
+    let mut resumed = false;
+    loop {
+        let r = if at == 0 && failures == 0 {
+            store.write_file(name, reader)
+        } else {
+            // APPE (servers without REST STREAM) only to resume the first STOR:
+            // a cut APPE session that has not noticed its cut yet can still
+            // append bytes it holds after the client's SIZE, and a second APPE
+            // would then land after them, shifted (REST + STOR writes at explicit
+            // offsets, where late bytes of an old session are the same bytes).
+            let append = !resumed;
+            resumed = true;
+            store.resume_file(name, at, reader, append)
+        };
+        let e = match r {
+            Ok(n) if failures == 0 && at == 0 => return Ok(n),
+            Ok(n) => {
+                // Resumed: the server's own count is the proof.
+                let held = store.size(name)?;
+                if held != at + n {
+                    return Err(StoreError::Lost(format!(
+                        "{name}: the server holds {held} bytes after a resumed upload of {}",
+                        at + n
+                    )));
+                }
+                return Ok(held);
+            }
+            Err(e) => e,
+        };
+        let sent = feed.sent.load(Ordering::Acquire);
+        if sent >= at + b.window {
+            failures = 0;
+        }
+        let (dropped, stop) = {
+            let mut st = feed.lock();
+            st.resuming = true;
+            (st.dropped, st.aborted || st.gave_up)
+        };
+        failures += 1;
+        if stop || !e.is_resumable() || failures > MAX_RESUMES {
+            return Err(e);
+        }
+        log::info!("upload of {name} cut at {sent} bytes ({e}); resuming");
+        // A fresh `timeout=` for the resume: a cut found by a stall left this
+        // thread's deadline passed, and every wait would fail at once. Bounded
+        // by MAX_RESUMES; a writer waiting meanwhile keeps its own deadline.
+        crate::deadline::progress();
+        let held = store.size(name)?;
+        let next = reader.next;
+        if held < dropped || held > next {
+            return Err(StoreError::Lost(format!(
+                "{name}: cut ({e}) and the server holds {held} bytes; cannot resume: \
+                 {dropped} bytes are no longer kept locally (spool_window=)"
+            )));
+        }
+        let file = std::fs::File::open(&b.spool)
+            .map_err(|e| StoreError::local("reading the spool file", e))?;
+        reader.replay = Some(Replay {
+            file,
+            pos: held,
+            end: next,
+            buf: Vec::new(),
+            at: 0,
+        });
+        feed.sent.store(held, Ordering::Release);
+        at = held;
+        feed.lock().resuming = false;
     }
 }
 

@@ -130,6 +130,57 @@ impl FtpStore {
         }
     }
 
+    fn ftp_size(&self, path: &str) -> Result<u64> {
+        self.pool.run(Use::Command, |c| {
+            c.command("TYPE I")?;
+            c.size(path)
+        })
+    }
+
+    /// Continues an interrupted upload at `offset`: `REST offset` + `STOR` where
+    /// the server announces REST STREAM (bytes the old transfer may still be
+    /// writing are the same bytes at the same offsets), else `APPE` once SIZE says
+    /// the file holds exactly `offset` bytes (asked twice, a moment apart, so that
+    /// a server still finishing the cut transfer is not appended to mid-write).
+    /// Not repeated on another connection once a byte went out.
+    fn ftp_resume_file(
+        &self,
+        path: &str,
+        offset: u64,
+        data: &mut dyn BufRead,
+        append: bool,
+    ) -> Result<u64> {
+        let mut c = self.pool.get(Use::Transfer)?;
+        let mut consumed = false;
+        if c.features().rest_stream {
+            crate::ftp::session::check_path(path)?;
+            let stream = c.start_transfer(&format!("STOR {path}"), offset)?;
+            let up = crate::ftp::Upload::new(&mut c, stream, format!("STOR {path}"));
+            return send_upload(up, path, data, &mut consumed);
+        }
+        if !append {
+            // Not repeatable: the error must not be taken for a lost connection.
+            return Err(FtpError::Reply {
+                command: format!("APPE {path}"),
+                code: 502,
+                text: "not sent: no REST STREAM, and a cut APPE transfer may still append \
+                       late bytes (a second APPE could duplicate them)"
+                    .into(),
+            });
+        }
+        c.command("TYPE I")?;
+        let first = c.size(path)?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let second = c.size(path)?;
+        if first != offset || second != offset {
+            return Err(FtpError::Protocol(format!(
+                "cannot resume {path}: the server holds {second} bytes, not {offset}, and has no REST STREAM"
+            )));
+        }
+        let up = c.stor(path, true)?;
+        send_upload(up, path, data, &mut consumed)
+    }
+
     fn ftp_delete(&self, path: &str) -> Result<()> {
         self.repeatable(|c| c.delete(path), libc::ENOENT)
     }
@@ -181,6 +232,21 @@ impl RemoteStore for FtpStore {
 
     fn write_file(&self, path: &str, data: &mut dyn BufRead) -> StoreResult<u64> {
         self.ftp_write_file(path, data).map_err(to_store)
+    }
+
+    fn size(&self, path: &str) -> StoreResult<u64> {
+        self.ftp_size(path).map_err(to_store)
+    }
+
+    fn resume_file(
+        &self,
+        path: &str,
+        offset: u64,
+        data: &mut dyn BufRead,
+        append: bool,
+    ) -> StoreResult<u64> {
+        self.ftp_resume_file(path, offset, data, append)
+            .map_err(to_store)
     }
 
     fn delete(&self, path: &str) -> StoreResult<()> {
@@ -260,7 +326,17 @@ fn upload_on(
     data: &mut dyn BufRead,
     consumed: &mut bool,
 ) -> Result<u64> {
-    let mut up = c.stor(path, false)?;
+    let up = c.stor(path, false)?;
+    send_upload(up, path, data, consumed)
+}
+
+/// Sends `data` through a started upload, then ends it (close_notify, 226).
+fn send_upload(
+    mut up: crate::ftp::Upload<'_>,
+    path: &str,
+    data: &mut dyn BufRead,
+    consumed: &mut bool,
+) -> Result<u64> {
     loop {
         let chunk = data
             .fill_buf()

@@ -64,6 +64,8 @@ def cleanup():
             s.wait(15)
         except subprocess.TimeoutExpired:
             s.kill()
+    for t in list(STATE.get("tmpfs", ())):
+        umount_tmpfs(t)
     w = STATE.get("work")
     if w and os.path.isdir(w) and not os.environ.get("BENCH_KEEP"):
         shutil.rmtree(w, ignore_errors=True)
@@ -239,16 +241,17 @@ class Net:
         os.close(fd)
         return ["lftp", "-f", script]
 
-    def mount(self, mnt, tool="ftpsfs"):
+    def mount(self, mnt, tool="ftpsfs", spool=None, opts=""):
+        """`spool`: another spool_dir; `opts`: more -o options (ftpsfs only)."""
         os.makedirs(mnt, exist_ok=True)
         if tool == "rclone":
             return self.rclone_mount(mnt)
-        spool = os.path.join(STATE["work"], "spool")
+        spool = spool or os.path.join(STATE["work"], "spool")
         os.makedirs(spool, exist_ok=True)
         trust = f"cafile={self.srv.ca}" if self.rtt == 0 else f"fingerprint={self.srv.fingerprint}"
         url = f"ftp://{self.srv.user}@{self.host}:{self.srv.port}/"
-        sh([FTPSFS, url, mnt, "-o", f"{trust},password_file={self.srv.pwfile},spool_dir={spool}"],
-           timeout=60)
+        o = f"{trust},password_file={self.srv.pwfile},spool_dir={spool}" + (f",{opts}" if opts else "")
+        sh([FTPSFS, url, mnt, "-o", o], timeout=60)
         STATE["mounts"].add(mnt)
         return Mount(mnt, "ftpsfs")
 
@@ -527,7 +530,8 @@ class Bench:
 
     def run_all(self):
         for name, fn in (("a", self.a), ("b", self.b), ("c", self.c), ("d", self.d), ("e", self.e),
-                         ("f", self.f), ("g", self.g), ("scale", self.scale)):
+                         ("f", self.f), ("g", self.g), ("scale", self.scale),
+                         ("i", lambda: scenario_i(self)), ("k", lambda: scenario_k(self))):
             if not self.want(name):
                 continue
             log(f"scenario {name}")
@@ -826,6 +830,207 @@ class Bench:
 
 
 # ---------------------------------------------------------------------------
+# (i), (k): bounded spools (spool_window=) for sequential writers
+
+
+def mount_tmpfs(path, mib):
+    os.makedirs(path, exist_ok=True)
+    sh(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", path])
+    STATE.setdefault("tmpfs", set()).add(path)
+
+
+def umount_tmpfs(path):
+    if os.path.ismount(path):
+        subprocess.run(["umount", path], stderr=subprocess.DEVNULL)
+        if os.path.ismount(path):
+            subprocess.run(["umount", "-l", path], stderr=subprocess.DEVNULL)
+    STATE.get("tmpfs", set()).discard(path)
+
+
+def sha256_of(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(4 * MiB)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+class Sampler:
+    """Calls `fn` every `every` s in a thread; the largest value seen."""
+
+    def __init__(self, fn, every=0.01):
+        import threading
+        self.fn, self.every, self.peak, self.stop = fn, every, 0, False
+        self.t = threading.Thread(target=self.loop, daemon=True)
+        self.t.start()
+
+    def loop(self):
+        while not self.stop:
+            try:
+                self.peak = max(self.peak, self.fn())
+            except OSError:
+                pass
+            time.sleep(self.every)
+
+    def finish(self):
+        self.stop = True
+        self.t.join()
+        self.peak = max(self.peak, self.fn())
+        return self.peak
+
+
+def statfs_used(path):
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def spool_files_used(path):
+    """Bytes allocated to the spool files directly in `path` (du; holes do not count;
+    the journal directory is left out)."""
+    return sum(e.stat().st_blocks * 512 for e in os.scandir(path) if e.is_file())
+
+
+def check_on_server(bench, name, size, want_sum):
+    """After close(): the server has the whole file, byte for byte, under its name."""
+    p = os.path.join(bench.data.root, name)
+    got = os.path.getsize(p) if os.path.exists(p) else -1
+    if got != size:
+        raise RuntimeError(f"after close() the server has {got} of {size} bytes")
+    if sha256_of(p) != want_sum:
+        raise RuntimeError("SHA-256 on the server differs from the source")
+    parts = [e.name for e in os.scandir(bench.data.root) if e.name.endswith(".part")]
+    if parts:
+        raise RuntimeError(f"temporary uploads left: {parts}")
+
+
+def scenario_i(bench):
+    """(i) a 2 GiB dd through a spool_dir on a 256 MiB tmpfs (spool_window=64M): succeeds,
+    the spool's peak use (statfs of the tmpfs, sampled every 10 ms) stays within the
+    window, the server has the same SHA-256; peak RSS of the daemon."""
+    size_mib = 2048 if not bench.s.get("quick_i") else 512
+    window = 64
+    src = bench.data.local_file(size_mib)
+    want = sha256_of(src)
+    spool = os.path.join(STATE["work"], "spool_i")
+    label = f"(i) seq write {size_mib} MiB, spool_dir on a 256 MiB tmpfs, spool_window={window}M"
+    speed, peak, peak_files, rss = [], [], [], []
+    mount_tmpfs(spool, 256)
+    try:
+        for i in range(bench.runs):
+            name = f"up_i_{i}"
+            with bench.net.mount(bench.mnt, spool=spool, opts=f"spool_window={window}M") as m:
+                base = statfs_used(spool)
+                s = Sampler(lambda: statfs_used(spool) - base)
+                f = Sampler(lambda: spool_files_used(spool))
+                try:
+                    t = timed(["dd", f"if={src}", f"of={m.mnt}/{name}", "bs=1M"])
+                finally:
+                    used = s.finish()
+                    used_files = f.finish()
+                rss.append(m.hwm_mib())
+            check_on_server(bench, name, size_mib * MiB, want)
+            bench.data.rm_remote(name)
+            speed.append(size_mib * MiB / t / 1e6)
+            peak.append(used / MiB)
+            peak_files.append(used_files / MiB)
+            log(f"  {label} run {i}: {speed[-1]:.0f} MB/s, peak tmpfs use {used} B "
+                f"(spool files {used_files} B), VmHWM {rss[-1]:.0f} MiB, SHA-256 equal")
+            if used_files > window * MiB:
+                raise RuntimeError(f"peak spool file use {used_files} B > window {window} MiB")
+    finally:
+        umount_tmpfs(spool)
+    bench.res.add(label, "ftpsfs", "MB/s", speed, note="SHA-256 equal on the server")
+    bench.res.add("(i) peak tmpfs use (statfs, spool + journal)", "ftpsfs", "MiB", peak,
+                  note=f"window {window} MiB")
+    bench.res.add("(i) peak spool file use (du)", "ftpsfs", "MiB", peak_files,
+                  note=f"window {window} MiB")
+    bench.res.add("(i) peak RSS", "ftpsfs", "MiB", rss)
+
+
+def session_writing(root, marker):
+    """Pids of server processes with a file whose name contains `marker` open in `root`."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                t = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if t.startswith(root) and marker in os.path.basename(t):
+                    pids.append(int(pid))
+                    break
+        except OSError:
+            continue
+    return pids
+
+
+def scenario_k(bench):
+    """(k) a 1 GiB dd streamed with a bounded spool, clean vs with one cut in the middle:
+    when the server's temporary file passes half the size, the proftpd session process
+    writing it is killed (SIGKILL: its control and data connections are reset, what its
+    socket buffers held is lost, what it wrote stays in the file). ftpsfs resumes (SIZE,
+    REST + STOR from the window); dd must succeed and the SHA-256 match. Time lost = cut
+    - clean."""
+    size_mib = 1024
+    src = bench.data.local_file(size_mib)
+    want = sha256_of(src)
+    label = f"(k) seq write {size_mib} MiB, spool_window=64M"
+    root = os.path.realpath(bench.data.root)
+    import threading
+
+    def run(i, cut):
+        name = f"up_k_{i}_{'cut' if cut else 'clean'}"
+        killed = []
+        done = threading.Event()
+
+        def cutter():
+            while not done.is_set():
+                for e in os.scandir(root):
+                    if e.name.startswith(f".{name}.") and e.name.endswith(".part"):
+                        try:
+                            big = e.stat().st_size >= size_mib * MiB // 2
+                        except OSError:
+                            big = False
+                        if big:
+                            for pid in session_writing(root, e.name):
+                                os.kill(pid, signal.SIGKILL)
+                                killed.append(pid)
+                            if killed:
+                                return
+                time.sleep(0.005)
+
+        th = threading.Thread(target=cutter, daemon=True) if cut else None
+        with bench.net.mount(bench.mnt, opts="spool_window=64M") as m:
+            if th:
+                th.start()
+            try:
+                t = timed(["dd", f"if={src}", f"of={m.mnt}/{name}", "bs=1M"])
+            finally:
+                done.set()
+                if th:
+                    th.join()
+        if cut and not killed:
+            raise RuntimeError("no cut happened (the session writing the file was not found)")
+        check_on_server(bench, name, size_mib * MiB, want)
+        bench.data.rm_remote(name)
+        return t
+
+    clean, cut = [], []
+    for i in range(bench.runs):
+        clean.append(run(i, False))
+        log(f"  {label} clean run {i}: {clean[-1]:.2f} s")
+        cut.append(run(i, True))
+        log(f"  {label} one cut, run {i}: {cut[-1]:.2f} s")
+    bench.res.add(label + ", clean", "ftpsfs", "s", clean, note="SHA-256 equal")
+    bench.res.add(label + ", one cut at 512 MiB", "ftpsfs", "s", cut,
+                  raw=(label + ", clean", "ftpsfs"),
+                  note="proftpd session killed mid-stream; resumed; SHA-256 equal")
+    bench.res.add("(k) time lost to the cut", "ftpsfs", "s",
+                  [c - k for c, k in zip(cut, clean)])
+
+
+# ---------------------------------------------------------------------------
 
 
 def main():
@@ -834,7 +1039,7 @@ def main():
     ap.add_argument("--rtt-ms", type=int, action="append",
                     help="RTT in ms (repeatable); default: 0 and 20")
     ap.add_argument("--runs", type=int, help="runs per scenario (default 3, --quick: 1)")
-    ap.add_argument("--only", default="", help="comma-separated subset: a,b,c,d,e,f,g,scale")
+    ap.add_argument("--only", default="", help="comma-separated subset: a,b,c,d,e,f,g,scale,i,k")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build")
     ap.add_argument("--scale", default="",
                     help="comma-separated entry counts for (scale), e.g. 1000000 (default 1k,10k,100k)")

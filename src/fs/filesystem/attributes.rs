@@ -263,10 +263,15 @@ impl FtpsFs {
         });
         match deferred {
             Some(state) => {
-                let mut st = state.lock_idle()?;
+                let st = state.lock_idle()?;
                 if let Some(e) = st.failed {
                     return Err(Errno(e));
                 }
+                let mut st = if st.stream.as_ref().is_none_or(|s| s.pos() != size) {
+                    self.make_whole(&state, st, path)?
+                } else {
+                    st
+                };
                 if st.stream.as_ref().is_some_and(|s| s.pos() != size) {
                     st.abandon_stream();
                 }

@@ -235,6 +235,16 @@ impl FtpsFs {
             };
             if has_spool {
                 let mut st = state.lock_idle()?;
+                if st.spool.as_ref().is_some_and(|sp| offset < sp.forgotten()) {
+                    let (path, _) = self.inodes.path(h.ino).ok_or(Errno(libc::ENOENT))?;
+                    st = match self.make_whole(&state, st, &path) {
+                        Ok(st) => st,
+                        Err(e) => {
+                            drop(state.settle(state.lock(), self.store.as_ref()));
+                            return Err(e);
+                        }
+                    };
+                }
                 if let Some(sp) = st.spool.as_mut() {
                     return Ok(sp.read_into(offset, size, out)?);
                 }
@@ -259,8 +269,19 @@ impl FtpsFs {
             return Err(Errno(e));
         }
         let mut st = self.ensure_spool(&state, st, &path, false)?;
-        let sp = st.spool.as_mut().ok_or(Errno(libc::EIO))?;
+        let sp = st.spool.as_ref().ok_or(Errno(libc::EIO))?;
         let off = if h.append { sp.len() } else { offset };
+        let streaming_here = st.stream.as_ref().is_some_and(|s| s.pos() == off);
+        if sp.forgotten() > 0 && !streaming_here {
+            st = match self.make_whole(&state, st, &path) {
+                Ok(st) => st,
+                Err(e) => {
+                    drop(state.settle(state.lock(), self.store.as_ref()));
+                    return Err(e);
+                }
+            };
+        }
+        let sp = st.spool.as_mut().ok_or(Errno(libc::EIO))?;
         let was_empty = sp.is_empty();
         if let Err(e) = sp.write_at(off, data) {
             let errno = self.spool_failed(&mut st, &path, e);
@@ -298,9 +319,22 @@ impl FtpsFs {
             }
             None if off == 0 && was_empty && !st.stream_tried => {
                 st.stream_tried = true;
-                let target = self.target(st.is_new);
+                let mut target = self.target(st.is_new);
                 if target == Target::InPlace {
                     return st;
+                }
+                let bounded = self.cfg.spool_window.and_then(|window| {
+                    let sp = st.spool.as_mut()?;
+                    sp.buffered_only().ok()?;
+                    Some(uploader::Bounded {
+                        spool: sp.path().to_path_buf(),
+                        window,
+                    })
+                });
+                if bounded.is_some() {
+                    // A bounded stream cannot be finished after a crash: it goes
+                    // to a temporary name even for a new file (see `uploader.rs`).
+                    target = Target::Temp;
                 }
                 let name = uploader::upload_name(path, target);
                 // The journal knows the name before the server does.
@@ -310,7 +344,8 @@ impl FtpsFs {
                         return st;
                     }
                 }
-                st.stream = StreamUpload::start(self.store.clone(), &name, self.cfg.op_timeout);
+                st.stream =
+                    StreamUpload::start(self.store.clone(), &name, self.cfg.op_timeout, bounded);
             }
             None => return st,
         }
@@ -318,14 +353,144 @@ impl FtpsFs {
             return st;
         };
         let (mut st, pushed) = file.unlocked(st, || stream.push(data));
-        st.stream = Some(stream);
         if !pushed {
-            st.abandon_stream();
+            st.queue_abort(stream);
+            if st.spool.as_ref().is_some_and(|sp| sp.forgotten() > 0) {
+                self.stream_lost(&mut st, path, "the streamed upload failed or stalled");
+            }
+            return st;
         }
+        let droppable = stream.droppable();
+        st.stream = Some(stream);
+        self.drop_uploaded(&mut st, path, droppable);
         st
     }
 
-    /// Tests: the spool of an open file fails writes past `bytes` (a full disk).
+    /// Bounded stream: drops the spool's bytes before `upto` (the server holds
+    /// them), after the journal record says, durably, that the spool is no longer
+    /// a whole copy. A failure keeps the bytes (the spool just stays larger).
+    fn drop_uploaded(&self, st: &mut FileState, path: &str, upto: u64) {
+        let Some(forgotten) = st.spool.as_ref().map(Spool::forgotten) else {
+            return;
+        };
+        if upto <= forgotten {
+            return;
+        }
+        if forgotten == 0 {
+            if let (Some(j), Some(r)) = (&self.journal, st.record.as_mut()) {
+                if let Err(e) = r.dropping(j) {
+                    log::warn!("journal record for {path}: {e}; its spool keeps every byte");
+                    return;
+                }
+            }
+        }
+        if let Some(sp) = st.spool.as_mut() {
+            if let Err(e) = sp.forget_before(upto) {
+                if !self.punch_refused.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "{e}: spool_dir cannot drop uploaded bytes; spools keep every byte \
+                         (spool_window= has no effect)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A bounded stream failed after its spool dropped bytes: the file cannot be
+    /// uploaded any more. Like a failed local write (see `spool_failed`): the
+    /// error goes to every later write, fsync and close; the server keeps its
+    /// previous content (the partial upload went to a temporary name, removed).
+    pub(super) fn stream_lost(&self, st: &mut FileState, path: &str, why: &str) -> Errno {
+        st.abandon_stream();
+        let (written, dropped) = st
+            .spool
+            .as_ref()
+            .map_or((0, 0), |sp| (sp.len(), sp.forgotten()));
+        if let Some(sp) = st.spool.take() {
+            sp.discard();
+        }
+        st.record = None;
+        st.dirty = false;
+        st.failed = Some(libc::EIO);
+        log::error!(
+            "writing {path}: {why}, and the first {dropped} of its {written} bytes are no longer \
+             kept locally (spool_window=): the file cannot be uploaded; the server keeps its \
+             previous content; close() and fsync() report EIO"
+        );
+        Errno(libc::EIO)
+    }
+
+    /// Before anything but a sequential write at the end of a stream (a seek
+    /// back, a read of dropped bytes, a truncation): a spool that dropped the
+    /// uploaded start of the file is made whole again. The stream is finished up
+    /// to the current length (the temporary file then holds exactly the
+    /// program's bytes so far), the dropped part fetched back from it, and the
+    /// temporary file removed; the file is then a plain spooled file. After an
+    /// upload (fsync, or a close of another descriptor) the start comes back
+    /// from the file itself, which holds exactly the spool's bytes. On failure
+    /// the file fails with EIO and the server keeps its previous content.
+    pub(super) fn make_whole<'a>(
+        &self,
+        file: &'a OpenFile,
+        mut st: MutexGuard<'a, FileState>,
+        path: &str,
+    ) -> FsResult<MutexGuard<'a, FileState>> {
+        let Some((forgotten, len, spool_path)) = st
+            .spool
+            .as_ref()
+            .map(|sp| (sp.forgotten(), sp.len(), sp.path().to_path_buf()))
+        else {
+            return Ok(st);
+        };
+        if forgotten == 0 {
+            return Ok(st);
+        }
+        let stream = st.stream.take();
+        if stream.is_none() && st.dirty {
+            // Dirty, dropped and no stream: nothing holds the start any more.
+            return Err(self.stream_lost(&mut st, path, "its stream was abandoned"));
+        }
+        let path_owned = path.to_string();
+        let (mut st, fetched) = file.unlocked(st, || {
+            let store = self.store.as_ref();
+            let (source, temp) = match stream {
+                Some(s) => {
+                    let tmp = s.finish(store, len)?;
+                    let temp = tmp != path_owned;
+                    (tmp, temp)
+                }
+                None => (path_owned.clone(), false),
+            };
+            let r = fetch_prefix(store, &source, &spool_path, forgotten);
+            if temp {
+                let _ = store.delete(&source);
+            }
+            r
+        });
+        match fetched {
+            Ok(()) => {
+                if let Some(sp) = st.spool.as_mut() {
+                    sp.restored();
+                }
+                if let (Some(j), Some(r)) = (&self.journal, st.record.as_mut()) {
+                    if let Err(e) = r.restored(j) {
+                        log::warn!("journal record for {path}: {e}");
+                    }
+                }
+                log::info!(
+                    "{path}: written out of sequence after its first {forgotten} bytes were \
+                     dropped from the spool; fetched them back, now spooled whole"
+                );
+                Ok(st)
+            }
+            Err(e) => {
+                let why = format!("could not fetch back its uploaded start ({e})");
+                Err(self.stream_lost(&mut st, path, &why))
+            }
+        }
+    }
+
+    /// Tests: the spool of an open file fails writes    /// Tests: the spool of an open file fails writes past `bytes` (a full disk).
     #[cfg(test)]
     pub fn limit_spool(&self, ino: u64, bytes: u64) {
         if let Some(f) = lock(&self.files).get(&ino) {
@@ -334,4 +499,40 @@ impl FtpsFs {
             }
         }
     }
+}
+
+/// Writes the first `len` bytes of the remote file `source` into the spool file
+/// at `spool` (over its punched start).
+fn fetch_prefix(
+    store: &dyn RemoteStore,
+    source: &str,
+    spool: &std::path::Path,
+    len: u64,
+) -> crate::fs::error::StoreResult<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(spool)
+        .map_err(|e| StoreError::local("opening the spool file", e))?;
+    let mut at = 0u64;
+    let mut err = None;
+    let r = store.read_from(source, 0, &mut |chunk| {
+        let n = (chunk.len() as u64).min(len - at) as usize;
+        if let Err(e) = f.write_all_at(&chunk[..n], at) {
+            err = Some(e);
+            return false;
+        }
+        at += n as u64;
+        at < len
+    });
+    if let Some(e) = err {
+        return Err(StoreError::local("writing the spool file", e));
+    }
+    r?;
+    if at < len {
+        return Err(StoreError::Lost(format!(
+            "{source} holds {at} bytes, fewer than the {len} needed"
+        )));
+    }
+    Ok(())
 }

@@ -112,6 +112,12 @@ impl FtpsFs {
             return Err(Errno(libc::EIO));
         };
         let stream = st.stream.take();
+        let forgotten = st.spool.as_ref().map_or(0, Spool::forgotten);
+        if forgotten > 0 && stream.is_none() {
+            let errno = self.stream_lost(&mut st, &path, "its stream was abandoned");
+            drop(state.settle(st, self.store.as_ref()));
+            return Err(errno);
+        }
         let mut record = st.record.take();
         let is_new = st.is_new;
         let (mut st, uploaded) = state.unlocked(st, || {
@@ -134,20 +140,39 @@ impl FtpsFs {
                 match done {
                     Ok(()) => return Ok(()),
                     Err(e) if uploader::is_rename_refusal(&e) => {
-                        self.learn_renames_refused(&path, &e)
+                        self.learn_renames_refused(&path, &e);
+                        if forgotten > 0 {
+                            // The spool lacks the start: it cannot go in place.
+                            return Err(e);
+                        }
                     }
+                    Err(e) if forgotten > 0 => return Err(e),
                     Err(e) => {
                         log::warn!("streamed upload of {path} failed ({e}); uploading the spool")
                     }
                 }
             }
             let mut open = || {
+                if forgotten > 0 {
+                    // Never upload a spool with holes for its dropped start.
+                    return Err(StoreError::Lost(format!(
+                        "the first {forgotten} bytes of {path} are no longer kept locally"
+                    )));
+                }
                 std::fs::File::open(&spool_path)
                     .map_err(|e| StoreError::local("reading the spool file", e))
             };
             self.upload_spool(&mut open, len, &path, is_new, record.as_mut())
         });
         if let Err(e) = uploaded {
+            if forgotten > 0 {
+                // The spool no longer has the start: nothing to keep or retry.
+                drop(record);
+                let why = format!("its streamed upload failed ({e})");
+                let errno = self.stream_lost(&mut st, &path, &why);
+                drop(state.settle(st, self.store.as_ref()));
+                return Err(errno);
+            }
             st.record = record;
             let kept = st.spool.as_mut().map(Spool::keep);
             log::error!(

@@ -1,0 +1,388 @@
+//! Bounded spools (`spool_window=`, see `uploader.rs`): a sequential writer keeps
+//! only a window of the file on disk; cuts resume where the server stopped; what
+//! cannot be resumed fails with EIO and leaves the server's old file; writes out of
+//! sequence fetch the dropped start back; a crash loses the unfinished file, and
+//! recovery says so and leaves no partial upload.
+
+use super::*;
+use crate::fs::faultstore::FaultStore;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::Ordering::SeqCst;
+
+const SITE: &str = "test@memstore:21";
+const MIB: usize = 1 << 20;
+const WINDOW: u64 = 16 << 20;
+
+fn setup() -> (Arc<FaultStore>, FtpsFs, tempfile::TempDir) {
+    let store = Arc::new(FaultStore::new());
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut cfg = super::fault_tests::config(spool.path());
+    cfg.spool_window = Some(WINDOW);
+    let fs = FtpsFs::new(store.clone(), cfg);
+    (store, fs, spool)
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
+        .collect()
+}
+
+/// Bytes the spool files take on disk (holes do not count).
+fn spool_disk_use(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn journal_records(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("journal"))
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "rec"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn no_part_files(store: &FaultStore) {
+    let paths = store.inner.paths();
+    assert!(
+        !paths.iter().any(|p| p.ends_with(".part")),
+        "temporary upload left: {paths:?}"
+    );
+}
+
+/// Writes `data` in 1 MiB writes from offset 0; the first error, with its offset.
+fn write_all(
+    fs: &FtpsFs,
+    fh: u64,
+    data: &[u8],
+    peak: &mut u64,
+    dir: &std::path::Path,
+) -> FsResult<()> {
+    for (i, c) in data.chunks(MIB).enumerate() {
+        fs.write(fh, (i * MIB) as u64, c)?;
+        *peak = (*peak).max(spool_disk_use(dir));
+    }
+    Ok(())
+}
+
+fn open_existing(fs: &FtpsFs, name: &str) -> u64 {
+    let a = fs.lookup(ROOT_INO, name).expect("lookup");
+    fs.open(a.ino, libc::O_WRONLY | libc::O_TRUNC)
+        .expect("open")
+}
+
+#[test]
+fn a_sequential_writer_keeps_only_a_window_on_disk() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    let fh = open_existing(&fs, "f");
+    let data = pattern(48 * MIB, 1);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    fs.flush(fh).unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/f").unwrap(), data);
+    assert!(
+        peak <= WINDOW + 2 * MIB as u64,
+        "spool used {peak} bytes on disk, window {WINDOW}"
+    );
+    no_part_files(&store);
+    assert_eq!(journal_records(d.path()), 0);
+    assert_eq!(spool_disk_use(d.path()), 0);
+}
+
+#[test]
+fn a_new_file_streams_through_a_temporary_name_and_keeps_a_window() {
+    let (store, fs, d) = setup();
+    let (_, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_WRONLY).unwrap();
+    let data = pattern(40 * MIB, 2);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    assert!(store.inner.get("/n").is_none(), "no prefix under the name");
+    fs.flush(fh).unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/n").unwrap(), data);
+    assert!(peak <= WINDOW + 2 * MIB as u64, "peak {peak}");
+    no_part_files(&store);
+}
+
+#[test]
+fn a_cut_upload_resumes_where_the_server_stopped() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    store.cut_uploads_after.store(20 * MIB as u64, SeqCst);
+    store.cut_uploads_times.store(1, SeqCst);
+    let fh = open_existing(&fs, "f");
+    let data = pattern(40 * MIB, 3);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/f").unwrap(), data);
+    assert_eq!(store.resumes.load(SeqCst), 1);
+    assert_eq!(
+        store.uploaded_bytes.load(SeqCst),
+        data.len() as u64,
+        "nothing sent twice"
+    );
+    assert!(peak <= WINDOW + 2 * MIB as u64, "peak {peak}");
+    no_part_files(&store);
+}
+
+#[test]
+fn a_cut_that_cannot_be_resumed_fails_with_eio_and_keeps_the_old_file() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    store.no_resume.store(true, SeqCst);
+    store.cut_uploads_after.store(20 * MIB as u64, SeqCst);
+    store.cut_uploads_times.store(1, SeqCst);
+    let fh = open_existing(&fs, "f");
+    let data = pattern(40 * MIB, 4);
+    let mut peak = 0;
+    let written = write_all(&fs, fh, &data, &mut peak, d.path());
+    let closed = fs.flush(fh);
+    let e = written.and(closed).unwrap_err();
+    assert_eq!(e.0, libc::EIO);
+    assert_eq!(fs.fsync(fh).unwrap_err().0, libc::EIO, "the error stays");
+    assert_eq!(fs.release(fh).unwrap_err().0, libc::EIO);
+    assert_eq!(store.inner.get("/f").unwrap(), b"old");
+    no_part_files(&store);
+    assert_eq!(journal_records(d.path()), 0);
+    assert_eq!(spool_disk_use(d.path()), 0);
+}
+
+#[test]
+fn a_server_that_lost_dropped_bytes_fails_the_file() {
+    let (store, fs, _d) = setup();
+    store.inner.put("/f", b"old");
+    // The server kept 14 MiB fewer than it was sent: more than a window less 4 MiB.
+    store.cut_loses.store(14 * MIB as u64, SeqCst);
+    store.cut_uploads_after.store(30 * MIB as u64, SeqCst);
+    store.cut_uploads_times.store(1, SeqCst);
+    let fh = open_existing(&fs, "f");
+    let data = pattern(40 * MIB, 5);
+    let mut peak = 0;
+    let r = write_all(&fs, fh, &data, &mut peak, _d.path()).and(fs.flush(fh));
+    assert_eq!(r.unwrap_err().0, libc::EIO);
+    let _ = fs.release(fh);
+    assert_eq!(store.inner.get("/f").unwrap(), b"old");
+    no_part_files(&store);
+}
+
+#[test]
+fn a_write_out_of_sequence_fetches_the_dropped_start_back() {
+    let (store, fs, d) = setup();
+    let (attr, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_RDWR).unwrap();
+    let mut data = pattern(40 * MIB, 6);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    assert!(peak <= WINDOW + 2 * MIB as u64, "peak {peak}");
+    // A header patched at the start (as zip or some muxers do), then a read.
+    fs.write(fh, 100, b"HEADER").unwrap();
+    data[100..106].copy_from_slice(b"HEADER");
+    assert_eq!(fs.read(fh, 0, 4096).unwrap(), &data[..4096]);
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/n").unwrap(), data);
+    no_part_files(&store);
+    assert_eq!(fs.getattr(attr.ino).unwrap().size, data.len() as u64);
+}
+
+#[test]
+fn reading_the_dropped_start_fetches_it_back() {
+    let (store, fs, d) = setup();
+    let (_, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_RDWR).unwrap();
+    let data = pattern(30 * MIB, 7);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    assert_eq!(fs.read(fh, 5, 100).unwrap(), &data[5..105]);
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/n").unwrap(), data);
+    no_part_files(&store);
+}
+
+#[test]
+fn fsync_in_the_middle_then_more_appends() {
+    let (store, fs, d) = setup();
+    let (_, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_WRONLY).unwrap();
+    let data = pattern(40 * MIB, 8);
+    let mut peak = 0;
+    write_all(&fs, fh, &data[..24 * MIB], &mut peak, d.path()).unwrap();
+    fs.fsync(fh).unwrap();
+    assert_eq!(store.inner.get("/n").unwrap(), &data[..24 * MIB]);
+    for (i, c) in data[24 * MIB..].chunks(MIB).enumerate() {
+        fs.write(fh, (24 * MIB + i * MIB) as u64, c).unwrap();
+    }
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/n").unwrap(), data);
+    no_part_files(&store);
+}
+
+#[test]
+fn small_files_behave_as_before_a_cut_is_retried_from_the_spool() {
+    let (store, fs, d) = setup();
+    store.no_resume.store(true, SeqCst);
+    store.cut_uploads_after.store(MIB as u64, SeqCst);
+    store.cut_uploads_times.store(1, SeqCst);
+    let (_, fh) = fs.create(ROOT_INO, "s", 0o644, libc::O_WRONLY).unwrap();
+    let data = pattern(3 * MIB, 9);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/s").unwrap(), data);
+    no_part_files(&store);
+}
+
+#[test]
+fn a_crash_during_a_bounded_stream_loses_the_file_and_recovery_says_so() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    let fh = open_existing(&fs, "f");
+    let (_, fh2) = fs.create(ROOT_INO, "n", 0o644, libc::O_WRONLY).unwrap();
+    let data = pattern(24 * MIB, 10);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    write_all(&fs, fh2, &data, &mut peak, d.path()).unwrap();
+    // The partial temporary uploads the crash leaves on the server.
+    let parts: Vec<String> = std::fs::read_dir(d.path().join("journal"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("partial ").map(str::to_string))
+        })
+        .collect();
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    fs.crash();
+    for p in &parts {
+        assert!(
+            p.ends_with(".part"),
+            "bounded streams use temporary names: {p}"
+        );
+        store.inner.put(p, &data[..10 * MIB]);
+    }
+    let report = journal::recover(d.path(), SITE, store.as_ref());
+    assert_eq!(report.len(), 2, "{report:?}");
+    for line in &report {
+        assert!(line.contains("spool_window"), "{line}");
+        assert!(line.contains("data is lost"), "{line}");
+        assert!(line.contains("removed the incomplete upload"), "{line}");
+    }
+    assert_eq!(store.inner.get("/f").unwrap(), b"old");
+    assert!(store.inner.get("/n").is_none());
+    no_part_files(&store);
+    assert_eq!(journal_records(d.path()), 0);
+    assert_eq!(spool_disk_use(d.path()), 0);
+}
+
+/// Review: the server refuses the rename of a bounded stream's temporary upload
+/// (an account without rename permission). The spool no longer has the start of
+/// the file, so it must not be uploaded in place (its holes read as zeros): the
+/// close fails with EIO and the server keeps the old file.
+#[test]
+fn a_refused_rename_after_a_drop_fails_instead_of_uploading_the_holes() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    store.refuse_renames.store(true, SeqCst);
+    let fh = open_existing(&fs, "f");
+    let data = pattern(40 * MIB, 11);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    let closed = fs.flush(fh);
+    let _ = fs.release(fh);
+    let now = store.inner.get("/f").unwrap();
+    assert!(
+        now == b"old" || now == data,
+        "the server holds neither the old nor the new file ({} bytes, zeros at the start: {})",
+        now.len(),
+        now[..4096].iter().all(|b| *b == 0)
+    );
+    if now == b"old" {
+        assert_eq!(closed.unwrap_err().0, libc::EIO);
+    }
+    no_part_files(&store);
+}
+
+/// Review: a server without REST STREAM resumes with APPE. The session of a cut
+/// transfer that has not noticed its cut still writes 1 MiB it held after the
+/// client's SIZE (so SIZE lagged): the APPE lands after those bytes, shifted. If
+/// that APPE transfer is cut too, a second APPE from the new SIZE must not
+/// follow (its final length would match and hide the shift): EIO, old file kept.
+#[test]
+fn a_second_append_after_a_late_write_fails_instead_of_hiding_a_shift() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    store.append_only.store(true, SeqCst);
+    store.cut_loses.store(2 * MIB as u64, SeqCst);
+    store.cut_late.store(MIB as u64, SeqCst);
+    store.cut_uploads_after.store(20 * MIB as u64, SeqCst);
+    store.cut_uploads_times.store(2, SeqCst);
+    let fh = open_existing(&fs, "f");
+    let data = pattern(60 * MIB, 12);
+    let mut peak = 0;
+    let r = write_all(&fs, fh, &data, &mut peak, d.path()).and(fs.flush(fh));
+    let _ = fs.release(fh);
+    let now = store.inner.get("/f").unwrap();
+    assert!(
+        now == b"old" || now == data,
+        "close: {r:?}; the server holds neither the old nor the new file ({} bytes)",
+        now.len()
+    );
+    if now == b"old" {
+        assert_eq!(r.unwrap_err().0, libc::EIO);
+    }
+    no_part_files(&store);
+}
+
+/// An append-only server (no REST STREAM) with one cut: resumed with APPE.
+#[test]
+fn one_cut_on_an_append_only_server_is_resumed() {
+    let (store, fs, d) = setup();
+    store.inner.put("/f", b"old");
+    store.append_only.store(true, SeqCst);
+    store.cut_uploads_after.store(20 * MIB as u64, SeqCst);
+    store.cut_uploads_times.store(1, SeqCst);
+    let fh = open_existing(&fs, "f");
+    let data = pattern(40 * MIB, 13);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/f").unwrap(), data);
+    assert_eq!(store.resumes.load(SeqCst), 1);
+    no_part_files(&store);
+}
+
+/// Review: a cut that is a stall (a dead network path: the transfer times out)
+/// while the writer has finished and waits in close(): the upload thread's
+/// deadline has passed, so the resume must not run out of time before it starts
+/// (SIZE, REST + STOR on a new connection).
+#[test]
+fn a_stalled_transfer_is_resumed_after_its_timeout() {
+    let store = Arc::new(FaultStore::new());
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut cfg = super::fault_tests::config(spool.path());
+    cfg.spool_window = Some(WINDOW);
+    cfg.op_timeout = Duration::from_secs(1);
+    let fs = FtpsFs::new(store.clone(), cfg);
+    store.inner.put("/f", b"old");
+    store.cut_stalls.store(true, SeqCst);
+    store.cut_uploads_after.store(38 * MIB as u64, SeqCst);
+    store.cut_uploads_times.store(1, SeqCst);
+    let fh = open_existing(&fs, "f");
+    let data = pattern(40 * MIB, 14);
+    let mut peak = 0;
+    write_all(&fs, fh, &data, &mut peak, spool.path()).unwrap();
+    fs.flush(fh).unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(store.inner.get("/f").unwrap(), data);
+    assert_eq!(store.resumes.load(SeqCst), 1);
+    no_part_files(&store);
+}
