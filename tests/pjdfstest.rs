@@ -96,7 +96,7 @@ fn expected_failures_point_to_semantics() {
             .unwrap_or_else(|| panic!("{}: SEMANTICS.md has no line {}", e.case, e.line));
         assert!(
             line.to_lowercase().contains(&e.phrase.to_lowercase()),
-            "{}: SEMANTICS.md:{} does not say {:?} (the file changed? update {EXPECTED}):\n{line}",
+            "{}: SEMANTICS.md:{} does not say {:?} (SEMANTICS.md changed? run tests/pjdfstest/renumber):\n{line}",
             e.case,
             e.line,
             e.phrase

@@ -248,7 +248,11 @@ fn chmod_of_a_directory_shows_proftpd() {
         assert_eq!(mode(&srv.root.join("d")), 0o777, "on the server");
         assert_eq!(mode(&m.path("d")), 0o777, "through the mount at once");
         std::thread::sleep(Duration::from_secs(CACHE_TIMEOUT + 1));
-        assert_eq!(mode(&m.path("d")), 0o777, "through the mount from the listing");
+        assert_eq!(
+            mode(&m.path("d")),
+            0o777,
+            "through the mount from the listing"
+        );
         e.ok(r#"chmod 701 "$MNT/d""#);
         assert_eq!(mode(&m.path("d")), 0o701);
     });

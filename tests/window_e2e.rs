@@ -181,10 +181,26 @@ fn cut_in_the_middle(spec: ServerSpec, how: Cut) {
     let m = Mount::builder(&srv)
         .url(srv.url_via(FORWARD_HOST))
         .opts(&format!(
-            "timeout=10,spool_window=32M,cache_timeout=600,spool_dir={}",
+            "timeout=10,spool_window=32M,cache_timeout=600,log_level=info,log_file={},spool_dir={}",
+            spool.path().join("log").display(),
             spool.path().display()
         ))
         .mount();
+    // The first stream longer than the window makes the mount probe (once)
+    // whether the server resumes uploads, on data connections of its own: done
+    // before the cut is planned.
+    fs::write(m.path("warm-up"), pattern(40 << 20, 3)).unwrap();
+    let t = Instant::now();
+    while !fs::read_to_string(spool.path().join("log"))
+        .unwrap_or_default()
+        .contains("resume probe")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no resume probe logged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Listings cached: the plan's ticket goes to the upload's data connection.
     assert!(m.path("f.bin").exists() && !m.path("g.bin").exists());
     fwd.cut_upload_after(48 << 20, how, Some(1));
@@ -332,4 +348,12 @@ time.sleep(3600)
 #[test]
 fn kill_9_in_the_middle_of_a_bounded_stream_proftpd() {
     crash_in_the_middle(ServerSpec::proftpd());
+}
+
+/// proftpd as shipped (no AllowStoreRestart) refuses REST before STOR and APPE:
+/// the mount learns it before dropping anything, its spool keeps every byte, and
+/// the cut upload is sent again whole.
+#[test]
+fn a_cut_on_a_server_that_cannot_resume_is_sent_again_proftpd_without_store_restart() {
+    cut_in_the_middle(ServerSpec::proftpd().store_restart(false), Cut::Rst);
 }

@@ -130,14 +130,24 @@ impl FaultStore {
     /// only what it keeps (a connection that drops mid-stream), stores that and
     /// fails.
     fn upload(&self, path: &str, offset: u64, data: &mut dyn BufRead) -> Result<u64> {
-        let Some(limit) = Self::take_cut(&self.cut_uploads_after, &self.cut_uploads_times) else {
+        // The mount's probe of upload resuming (`uploader::probe_resume`) meets the
+        // server's abilities (`no_resume`, `append_only`) but not the faults aimed
+        // at the file under test.
+        let probe = path.contains("resume-probe");
+        let cut = match probe {
+            true => None,
+            false => Self::take_cut(&self.cut_uploads_after, &self.cut_uploads_times),
+        };
+        let Some(limit) = cut else {
             let n = if offset == 0 {
                 self.inner.write_file(path, data)?
             } else {
                 let at = self.resume_point(path, offset)?;
                 self.inner.resume_file(path, at, data, true)?
             };
-            self.uploaded_bytes.fetch_add(n, Ordering::SeqCst);
+            if !probe {
+                self.uploaded_bytes.fetch_add(n, Ordering::SeqCst);
+            }
             return Ok(n);
         };
         let mut got = Vec::new();
@@ -243,6 +253,9 @@ impl RemoteStore for FaultStore {
     }
 
     fn write_file(&self, path: &str, data: &mut dyn BufRead) -> Result<u64> {
+        if path.contains("resume-probe") {
+            return self.upload(path, 0, data);
+        }
         self.take_failure("write")?;
         let delay = self.upload_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
@@ -252,7 +265,9 @@ impl RemoteStore for FaultStore {
     }
 
     fn size(&self, path: &str) -> Result<u64> {
-        self.take_failure("size")?;
+        if !path.contains("resume-probe") {
+            self.take_failure("size")?;
+        }
         self.in_time("SIZE")?;
         self.inner.size(path)
     }
@@ -264,7 +279,9 @@ impl RemoteStore for FaultStore {
         data: &mut dyn BufRead,
         append: bool,
     ) -> Result<u64> {
-        self.take_failure("resume")?;
+        if !path.contains("resume-probe") {
+            self.take_failure("resume")?;
+        }
         self.in_time("REST")?;
         if self.append_only.load(Ordering::SeqCst) && !append {
             return Err(StoreError::refused(
@@ -286,7 +303,9 @@ impl RemoteStore for FaultStore {
                 "502 REST not implemented (injected)",
             ));
         }
-        self.resumes.fetch_add(1, Ordering::SeqCst);
+        if !path.contains("resume-probe") {
+            self.resumes.fetch_add(1, Ordering::SeqCst);
+        }
         self.upload(path, offset, data)
     }
 

@@ -37,6 +37,15 @@ pub use super::error::{Errno, FsResult};
 pub use super::attr::{Attr, FileType, SetTime};
 pub use super::config::FsConfig;
 
+/// What the mount knows of the server's resuming of uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResumeProbe {
+    Unknown,
+    Running,
+    Resumes,
+    Cannot,
+}
+
 struct FileHandle {
     ino: u64,
     append: bool,
@@ -74,6 +83,10 @@ pub struct FtpsFs {
     renames_refused: AtomicBool,
     /// spool_dir refused to punch holes (logged once): spools keep every byte.
     punch_refused: AtomicBool,
+    /// Whether the server resumes an upload (REST + STOR, or APPE): learnt once
+    /// by a probe before a bounded stream first drops bytes (see `files.rs`).
+    /// Until it says yes, spools keep every byte.
+    resume_probe: Arc<Mutex<ResumeProbe>>,
     /// A directory time the server could not set was skipped (logged once).
     dir_times_skipped: AtomicBool,
     /// The server has no SITE CHMOD (a new directory keeps the server's mode).
@@ -126,6 +139,7 @@ impl FtpsFs {
             journal,
             renames_refused: AtomicBool::new(false),
             punch_refused: AtomicBool::new(false),
+            resume_probe: Arc::new(Mutex::new(ResumeProbe::Unknown)),
             dir_times_skipped: AtomicBool::new(false),
             no_chmod: AtomicBool::new(false),
             root_mtime: Mutex::new(SystemTime::now()),

@@ -84,6 +84,37 @@ pub fn temp_name(path: &str) -> String {
     )
 }
 
+/// The temporary name of the probe of upload resuming in the directory of `path`.
+pub fn probe_name(path: &str) -> String {
+    let dir = split(path).map_or("/", |(d, _)| d);
+    temp_name(&join(dir, "resume-probe"))
+}
+
+/// Whether the server resumes an interrupted upload: a 2-byte file at `name`,
+/// then 2 more bytes sent as a resumed upload from offset 2 (REST + STOR, or
+/// APPE: what a cut bounded stream would do), checked with SIZE; the file is
+/// removed after. Any failure counts as "cannot" (spools then keep every byte).
+pub fn probe_resume(store: &dyn RemoteStore, name: &str) -> bool {
+    let result = store
+        .write_file(name, &mut &b"ft"[..])
+        .and_then(|_| store.resume_file(name, 2, &mut &b"ps"[..], true))
+        .and_then(|_| store.size(name));
+    if let Err(e) = store.delete(name) {
+        log::debug!("removing the resume probe {name}: {e}");
+    }
+    match result {
+        Ok(4) => true,
+        Ok(n) => {
+            log::info!("resume probe: the server holds {n} bytes instead of 4");
+            false
+        }
+        Err(e) => {
+            log::info!("resume probe: {e}");
+            false
+        }
+    }
+}
+
 /// Where an upload writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -436,6 +467,11 @@ impl StreamUpload {
             st.dropped = d;
         }
         st.dropped
+    }
+
+    /// True for a stream with a bounded spool (`spool_window=`).
+    pub fn is_bounded(&self) -> bool {
+        self.window.is_some()
     }
 
     /// Bytes streamed so far (the next sequential offset).

@@ -154,9 +154,19 @@ impl FtpStore {
         let mut consumed = false;
         if c.features().rest_stream {
             crate::ftp::session::check_path(path)?;
-            let stream = c.start_transfer(&format!("STOR {path}"), offset)?;
-            let up = crate::ftp::Upload::new(&mut c, stream, format!("STOR {path}"));
-            return send_upload(up, path, data, &mut consumed);
+            match c.start_transfer(&format!("STOR {path}"), offset) {
+                Ok(stream) => {
+                    let up = crate::ftp::Upload::new(&mut c, stream, format!("STOR {path}"));
+                    return send_upload(up, path, data, &mut consumed);
+                }
+                // REST STREAM announced, but not for uploads (proftpd without
+                // AllowStoreRestart: "451 ... Restart not permitted"): APPE instead,
+                // where that is safe (below).
+                Err(e @ FtpError::Reply { .. }) if append && !c.is_broken() => {
+                    log::info!("{path}: the server refuses to restart an upload ({e}); appending");
+                }
+                Err(e) => return Err(e),
+            }
         }
         if !append {
             // Not repeatable: the error must not be taken for a lost connection.

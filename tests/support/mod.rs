@@ -229,6 +229,9 @@ pub struct ServerSpec {
     pub deny_rename: bool,
     /// proftpd only: at most this many simultaneous logins of the test user.
     pub max_clients_per_user: Option<u32>,
+    /// proftpd only: `AllowStoreRestart` (REST before STOR; off in proftpd's own
+    /// default configuration, on here unless turned off).
+    pub store_restart: bool,
     /// pyftpdlib only: answer like an asynchronous server, whose storage commands
     /// (MKD, RMD, DELE, RNTO, CWD, SIZE, MDTM, SITE, MFMT) reply 50 ms late, so that a
     /// command pipelined behind one of them (EPSV) is answered first.
@@ -248,6 +251,7 @@ impl ServerSpec {
             session_reuse_required: true,
             deny_rename: false,
             max_clients_per_user: None,
+            store_restart: true,
             reorder_replies: false,
         }
     }
@@ -293,6 +297,10 @@ impl ServerSpec {
     }
     pub fn deny_rename(mut self, on: bool) -> Self {
         self.deny_rename = on;
+        self
+    }
+    pub fn store_restart(mut self, on: bool) -> Self {
+        self.store_restart = on;
         self
     }
     pub fn reorder_replies(mut self, on: bool) -> Self {

@@ -129,7 +129,9 @@ fn proftpd(ctx: &Ctx) -> Prepared {
             "MaxClientsPerUser {n} \"Sorry, the maximum number of clients (%m) for this user are already connected.\""
         );
     }
-    let _ = writeln!(c, "AllowStoreRestart on");
+    if spec.store_restart {
+        let _ = writeln!(c, "AllowStoreRestart on");
+    }
     let _ = writeln!(c, "AllowRetrieveRestart on");
     let _ = writeln!(c, "RequireValidShell off");
     let _ = writeln!(c, "AuthOrder mod_auth_file.c");

@@ -360,6 +360,15 @@ impl FtpsFs {
             }
             return st;
         }
+        // Half a window in: learn (once per mount, in the background) whether a
+        // cut could be resumed, so that the answer is in before the first drop.
+        if self
+            .cfg
+            .spool_window
+            .is_some_and(|w| stream.is_bounded() && stream.pos() >= w / 2)
+        {
+            self.uploads_resume(path);
+        }
         let droppable = stream.droppable();
         st.stream = Some(stream);
         self.drop_uploaded(&mut st, path, droppable);
@@ -374,6 +383,9 @@ impl FtpsFs {
             return;
         };
         if upto <= forgotten {
+            return;
+        }
+        if !self.uploads_resume(path) {
             return;
         }
         if forgotten == 0 {
@@ -535,4 +547,51 @@ fn fetch_prefix(
         )));
     }
     Ok(())
+}
+
+impl FtpsFs {
+    /// True once the server has shown it resumes an upload; the first call starts
+    /// the probe on a thread of its own (never under a file's lock) and says no
+    /// until it is done. Dropping spooled bytes is only safe where a cut upload
+    /// can be resumed: proftpd as shipped (no `AllowStoreRestart`) refuses REST
+    /// before STOR and APPE alike, and there a spool must keep every byte so that a
+    /// cut upload can be sent again from the start.
+    pub(super) fn uploads_resume(&self, path: &str) -> bool {
+        let mut probe = crate::sync::lock(&self.resume_probe);
+        match *probe {
+            ResumeProbe::Resumes => return true,
+            ResumeProbe::Running | ResumeProbe::Cannot => return false,
+            ResumeProbe::Unknown => *probe = ResumeProbe::Running,
+        }
+        drop(probe);
+        let store = self.store.clone();
+        let state = self.resume_probe.clone();
+        let name = uploader::probe_name(path);
+        let timeout = self.cfg.op_timeout;
+        let spawned = std::thread::Builder::new()
+            .name("ftpsfs-probe".into())
+            .spawn(move || {
+                let _deadline = crate::deadline::start(timeout);
+                let found = if uploader::probe_resume(store.as_ref(), &name) {
+                    ResumeProbe::Resumes
+                } else {
+                    ResumeProbe::Cannot
+                };
+                if found == ResumeProbe::Resumes {
+                    log::info!("resume probe: the server resumes an interrupted upload");
+                }
+                if found == ResumeProbe::Cannot {
+                    log::warn!(
+                        "the server cannot resume an interrupted upload (REST before STOR and \
+                         APPE refused: on proftpd, `AllowStoreRestart on`): spools keep every \
+                         byte of a file (spool_window= has no effect)"
+                    );
+                }
+                *crate::sync::lock(&state) = found;
+            });
+        if spawned.is_err() {
+            *crate::sync::lock(&self.resume_probe) = ResumeProbe::Unknown;
+        }
+        false
+    }
 }

@@ -269,7 +269,11 @@ fn chmod_of_a_directory_is_shown() {
     let a = fs
         .setattr(d.ino, Some(0o777), None, None, None, None)
         .expect("chmod");
-    assert_eq!(a.perm, 0o777 & !0o022, "umask= of the mount (022 here) applies");
+    assert_eq!(
+        a.perm,
+        0o777 & !0o022,
+        "umask= of the mount (022 here) applies"
+    );
     assert_eq!(fs.getattr(d.ino).expect("getattr").perm, 0o755);
     let (_store, fs, _d) = setup_with(|c| c.umask = 0);
     let d = fs.mkdir(ROOT_INO, "d", 0o755).expect("mkdir");
