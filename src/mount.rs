@@ -32,6 +32,7 @@ pub const MOUNT_OPTIONS: &[&str] = &[
     "debug",
     "inplace",
     "strict_dir_times",
+    "segments",
     // passed by mount(8)/fstab/mount.fuse3; nothing to do for them
     "rw",
     "dev",
@@ -134,6 +135,10 @@ impl MountPlan {
             site: format!("{}@{}:{}", site.connect.user, site.url.host, site.url.port),
             op_timeout: site.connect.timeout,
             strict_dir_times: opts.has("strict_dir_times"),
+            segments: opts
+                .parsed::<usize>("segments")?
+                .unwrap_or(crate::fs::segments::DEFAULT_SEGMENTS)
+                .clamp(1, 16),
         };
         let u = &site.url;
         let fsname = match opts.value("fsname")? {
@@ -159,6 +164,8 @@ impl MountPlan {
         // Leave a connection for interactive operations.
         let fs = FsConfig {
             prefetch_workers: max_conns.saturating_sub(1),
+            // Never more segments than connections.
+            segments: fs.segments.min(max_conns),
             ..fs
         };
         Ok(MountPlan {

@@ -23,6 +23,7 @@
 //! stopped with REST on a fresh connection, up to `MAX_RESUMES` times in a row
 //! without progress; then the read fails with the error.
 
+use super::segments::{Head, Segmented, RANGE, SEQ_PROOF, THRESHOLD};
 use super::store::RemoteStore;
 use crate::error::{FtpError, Result};
 use std::collections::VecDeque;
@@ -49,7 +50,7 @@ const RESUME_PAUSE: Duration = Duration::from_millis(200);
 
 /// A download that failed this way may be resumed at its offset on a new
 /// connection; a refusal (no such file, permission) may not.
-fn resumable(e: &FtpError) -> bool {
+pub(crate) fn resumable(e: &FtpError) -> bool {
     e.is_connection_lost() || matches!(e.reply_code(), Some(421 | 425 | 426 | 450 | 451))
 }
 
@@ -133,6 +134,8 @@ impl Drop for Stream {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PrefetchStats {
     pub streams_started: u64,
+    /// Times a sequential read went over to segments (`segments.rs`).
+    pub segmented: u64,
 }
 
 pub struct Prefetcher {
@@ -144,6 +147,14 @@ pub struct Prefetcher {
     /// kernel asks again at once for a page whose readahead failed; that second
     /// request gets the same answer instead of a second full deadline.
     failed: Option<(u64, std::time::Instant, i32, String)>,
+    /// The file's size as listed and the segments allowed (`segments=`; 1: off).
+    size: u64,
+    segments: usize,
+    /// Bytes per segment range (`segments::RANGE`; smaller in tests).
+    range_len: u64,
+    /// Where the current single stream's sequential reading began.
+    seq_from: u64,
+    seg: Option<Segmented>,
 }
 
 /// How long a failed read's answer is given again to a read at the same offset.
@@ -157,7 +168,69 @@ impl Prefetcher {
             stream: None,
             stats: PrefetchStats::default(),
             failed: None,
+            size: 0,
+            segments: 1,
+            range_len: RANGE,
+            seq_from: 0,
+            seg: None,
         }
+    }
+
+    /// Reads a file of `size` bytes (as listed) over up to `segments` connections
+    /// once it is read sequentially and large enough (see `segments.rs`).
+    pub fn with_segments(mut self, size: u64, segments: usize) -> Self {
+        self.size = size;
+        self.segments = segments;
+        self
+    }
+
+    /// Counters of the segmented read in progress, if any.
+    pub fn segment_stats(&self) -> Option<crate::fs::segments::SegmentStats> {
+        self.seg.as_ref().map(|s| s.stats)
+    }
+
+    /// Goes over to segments when the single stream has been read sequentially
+    /// for `SEQ_PROOF` bytes of a file large enough, with enough left to read.
+    fn maybe_segment(&mut self, offset: u64) {
+        if self.segments < 2 || self.size < THRESHOLD {
+            return;
+        }
+        let Some(s) = self.stream.as_ref() else {
+            return;
+        };
+        let sequential = offset >= self.seq_from + SEQ_PROOF
+            && offset >= s.buf_start
+            && offset <= s.end() + SKIP_AHEAD;
+        if !sequential || s.eof || s.error.is_some() || self.size < s.end() + 2 * self.range_len {
+            return;
+        }
+        let Some(mut s) = self.stream.take() else {
+            return;
+        };
+        s.cancel.store(true, Ordering::Relaxed);
+        // What the stream has delivered stays: segments continue after it.
+        while let Ok(Msg::Data(d)) = s.rx.try_recv() {
+            s.push(d);
+        }
+        let head = Head {
+            chunks: std::mem::take(&mut s.buf),
+            start: s.buf_start,
+            len: s.buf_len,
+        };
+        log::debug!(
+            "read {} in segments from {}",
+            self.path,
+            head.start + head.len
+        );
+        self.stats.segmented += 1;
+        self.seg = Some(Segmented::new(
+            self.store.clone(),
+            self.path.clone(),
+            self.size,
+            self.segments,
+            self.range_len,
+            head,
+        ));
     }
 
     /// Starts a stream at `offset` for a reader that needs the bytes up to `need`
@@ -307,6 +380,20 @@ impl Prefetcher {
     }
 
     fn read_inner(&mut self, offset: u64, size: usize, out: &mut Vec<u8>) -> Result<()> {
+        if self.seg.is_none() {
+            self.maybe_segment(offset);
+        }
+        if let Some(sg) = self.seg.as_mut() {
+            if sg.covers(offset) {
+                let r = sg.read_into(offset, size, out);
+                if r.is_err() {
+                    self.seg = None;
+                }
+                return r;
+            }
+            // A seek: back to one stream (segments again once it is sequential).
+            self.seg = None;
+        }
         let usable = match &self.stream {
             Some(s) => {
                 offset >= s.buf_start
@@ -317,6 +404,7 @@ impl Prefetcher {
         };
         if !usable {
             self.stream = None;
+            self.seq_from = offset;
             self.start(offset, offset + size as u64);
         }
         let want_end = offset + size as u64;

@@ -31,6 +31,7 @@ pub(super) fn config(spool: &std::path::Path) -> FsConfig {
         site: SITE.into(),
         op_timeout: Duration::from_secs(30),
         strict_dir_times: false,
+        segments: 1,
     }
 }
 
