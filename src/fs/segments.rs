@@ -462,3 +462,400 @@ fn fetch_range(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::faultstore::FaultStore;
+    use crate::fs::memstore::MemStore;
+    use crate::fs::prefetcher::Prefetcher;
+    use crate::ftp::RemoteEntry;
+    use std::sync::atomic::AtomicU64;
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| ((i * 7 + i / 65536) % 251) as u8).collect()
+    }
+
+    fn empty_head(at: u64) -> Head {
+        Head {
+            chunks: VecDeque::new(),
+            start: at,
+            len: 0,
+        }
+    }
+
+    /// A store over a [`MemStore`] that counts the bytes it hands out, and makes
+    /// the transfers that start at an even multiple of `slow_every` slow, so that
+    /// ranges finish out of order.
+    struct Wrap {
+        inner: MemStore,
+        handed: AtomicU64,
+        slow_every: u64,
+        /// Every transfer fails (lost connection) when it reaches this offset.
+        broken_at: u64,
+        /// ...or is refused (550) when it starts past it.
+        refuse_past: u64,
+        /// Where each transfer started.
+        starts: std::sync::Mutex<Vec<u64>>,
+    }
+
+    impl Wrap {
+        fn new(d: &[u8]) -> Arc<Wrap> {
+            Self::with(d, 0, u64::MAX, u64::MAX)
+        }
+        fn with(d: &[u8], slow_every: u64, broken_at: u64, refuse_past: u64) -> Arc<Wrap> {
+            let inner = MemStore::new();
+            inner.put("/f", d);
+            Arc::new(Wrap {
+                inner,
+                handed: AtomicU64::new(0),
+                slow_every,
+                broken_at,
+                refuse_past,
+                starts: Default::default(),
+            })
+        }
+    }
+
+    impl RemoteStore for Wrap {
+        fn list(&self, d: &str) -> Result<Vec<RemoteEntry>> {
+            self.inner.list(d)
+        }
+        fn read_from(&self, p: &str, off: u64, sink: &mut dyn FnMut(&[u8]) -> bool) -> Result<()> {
+            if let Ok(mut s) = self.starts.lock() {
+                s.push(off);
+            }
+            if off > self.refuse_past {
+                return Err(FtpError::Reply {
+                    command: "RETR".into(),
+                    code: 550,
+                    text: "gone (injected)".into(),
+                });
+            }
+            if self.slow_every != 0 && off % (2 * self.slow_every) == 0 {
+                std::thread::sleep(Duration::from_millis(60));
+            }
+            let mut at = off;
+            let mut broke = false;
+            self.inner.read_from(p, off, &mut |c| {
+                let c = if at + c.len() as u64 > self.broken_at {
+                    broke = true;
+                    &c[..(self.broken_at.saturating_sub(at)) as usize]
+                } else {
+                    c
+                };
+                self.handed.fetch_add(c.len() as u64, Ordering::SeqCst);
+                at += c.len() as u64;
+                !broke && sink(c)
+            })?;
+            if broke {
+                return Err(FtpError::Closed("connection reset (injected)".into()));
+            }
+            Ok(())
+        }
+        fn write_file(&self, p: &str, d: &mut dyn std::io::BufRead) -> Result<u64> {
+            self.inner.write_file(p, d)
+        }
+        fn delete(&self, p: &str) -> Result<()> {
+            self.inner.delete(p)
+        }
+        fn mkdir(&self, p: &str) -> Result<()> {
+            self.inner.mkdir(p)
+        }
+        fn rmdir(&self, p: &str) -> Result<()> {
+            self.inner.rmdir(p)
+        }
+        fn rename(&self, a: &str, b: &str) -> Result<()> {
+            self.inner.rename(a, b)
+        }
+        fn chmod(&self, p: &str, m: u32) -> Result<()> {
+            self.inner.chmod(p, m)
+        }
+        fn set_mtime(&self, p: &str, t: std::time::SystemTime) -> Result<()> {
+            self.inner.set_mtime(p, t)
+        }
+        fn is_contended(&self) -> bool {
+            self.inner.is_contended()
+        }
+    }
+
+    /// Reads the whole file in `bs` reads, each out of order with the next now
+    /// and then (as kernel readahead from several threads), checking every byte.
+    fn read_all(sg: &mut Segmented, d: &[u8], from: u64, bs: usize) {
+        let mut off = from;
+        while (off as usize) < d.len() {
+            let mut b = Vec::new();
+            let mut a = Vec::new();
+            sg.read_into(off + bs as u64, bs, &mut b).unwrap();
+            sg.read_into(off, bs, &mut a).unwrap();
+            let end = (off as usize + bs).min(d.len());
+            assert_eq!(a, d[off as usize..end], "at {off}");
+            let end2 = (off as usize + 2 * bs).min(d.len());
+            assert_eq!(b, d[end.min(end2)..end2], "at {}", off + bs as u64);
+            off += 2 * bs as u64;
+        }
+        let mut tail = Vec::new();
+        sg.read_into(d.len() as u64, 4096, &mut tail).unwrap();
+        assert!(tail.is_empty(), "bytes past the end");
+    }
+
+    #[test]
+    fn ranges_are_handed_over_in_order_though_they_finish_out_of_order() {
+        const R: u64 = 100_000; // not a multiple of the store's chunks
+        let d = data(3 * 1024 * 1024 + 777);
+        let store = Wrap::with(&d, R, u64::MAX, u64::MAX);
+        let mut sg = Segmented::new(
+            store.clone(),
+            "/f".into(),
+            d.len() as u64,
+            4,
+            R,
+            empty_head(0),
+        );
+        read_all(&mut sg, &d, 0, 128 * 1024);
+        assert_eq!(sg.stats.ranges_started, (d.len() as u64).div_ceil(R));
+        assert_eq!(sg.stats.most_at_once, 4);
+    }
+
+    #[test]
+    fn at_most_n_ranges_of_bytes_wait_for_the_reader() {
+        const R: u64 = 256 * 1024;
+        const N: usize = 3;
+        let d = data(16 * 1024 * 1024);
+        let store = Wrap::new(&d);
+        let mut sg = Segmented::new(
+            store.clone(),
+            "/f".into(),
+            d.len() as u64,
+            N,
+            R,
+            empty_head(0),
+        );
+        // The store hands out 64 KiB chunks: a range may take one past its end.
+        let bound = N as u64 * (R + 64 * 1024);
+        let mut off = 0u64;
+        while (off as usize) < d.len() {
+            let mut out = Vec::new();
+            sg.read_into(off, 4096, &mut out).unwrap();
+            assert_eq!(out, d[off as usize..off as usize + 4096]);
+            // A slow reader: everything that can be fetched ahead is, by now.
+            std::thread::sleep(Duration::from_millis(if off == 0 { 300 } else { 2 }));
+            let ahead = store.handed.load(Ordering::SeqCst) - off;
+            assert!(
+                ahead <= bound,
+                "{ahead} bytes fetched ahead of the reader at {off}"
+            );
+            off += 1024 * 1024 + 4096;
+        }
+        assert!(
+            store.handed.load(Ordering::SeqCst) >= 3 * R,
+            "nothing was read ahead"
+        );
+    }
+
+    #[test]
+    fn a_cut_range_resumes_where_it_stopped() {
+        const R: u64 = 300_000;
+        let d = data(4 * 1024 * 1024 + 5);
+        let store = Arc::new(FaultStore::new());
+        store.inner.put("/f", &d);
+        // The first transfers are cut after 100 000 bytes each (several ranges,
+        // and resumes of them).
+        store.cut_reads_after.store(100_000, Ordering::SeqCst);
+        store.cut_reads_times.store(6, Ordering::SeqCst);
+        let mut sg = Segmented::new(
+            store.clone(),
+            "/f".into(),
+            d.len() as u64,
+            4,
+            R,
+            empty_head(0),
+        );
+        read_all(&mut sg, &d, 0, 64 * 1024);
+        let ranges = d.len().div_ceil(R as usize);
+        assert_eq!(
+            store.inner.reads.load(Ordering::SeqCst),
+            ranges + 6,
+            "each cut resumed once"
+        );
+    }
+
+    #[test]
+    fn a_range_that_cannot_resume_fails_the_read_never_short() {
+        const R: u64 = 256 * 1024;
+        let d = data(4 * 1024 * 1024);
+        let broken_at = 1_500_000u64;
+        let store = Wrap::with(&d, 0, broken_at, u64::MAX);
+        let mut sg = Segmented::new(
+            store.clone(),
+            "/f".into(),
+            d.len() as u64,
+            4,
+            R,
+            empty_head(0),
+        );
+        let mut off = 0u64;
+        let err = loop {
+            let mut out = Vec::new();
+            match sg.read_into(off, 128 * 1024, &mut out) {
+                Ok(()) => {
+                    assert_eq!(out.len(), 128 * 1024, "a short read at {off}");
+                    assert_eq!(out, d[off as usize..off as usize + out.len()]);
+                    off += out.len() as u64;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            off <= broken_at && off + 128 * 1024 > broken_at,
+            "failed at {off}"
+        );
+        assert!(e_is_io(&err), "{err}");
+        // Not covered any more: the caller goes back to one stream.
+        assert!(!sg.covers(off));
+    }
+
+    fn e_is_io(e: &FtpError) -> bool {
+        e.is_connection_lost()
+    }
+
+    #[test]
+    fn a_refused_resume_is_an_error_not_an_end_of_file() {
+        const R: u64 = 256 * 1024;
+        let d = data(2 * 1024 * 1024);
+        // Ranges after the first are refused (the file went away).
+        let store = Wrap::with(&d, 0, u64::MAX, 0);
+        let mut sg = Segmented::new(
+            store.clone(),
+            "/f".into(),
+            d.len() as u64,
+            4,
+            R,
+            empty_head(0),
+        );
+        let mut out = Vec::new();
+        sg.read_into(0, 4096, &mut out).unwrap();
+        assert_eq!(out, d[..4096]);
+        let e = sg.read_into(R - 100, 4096, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    }
+
+    #[test]
+    fn a_file_shorter_than_listed_ends_where_it_ends() {
+        const R: u64 = 256 * 1024;
+        let d = data(1_000_000);
+        let store = Wrap::new(&d);
+        // Listed as 2 MiB: ranges past the true end come back empty.
+        let mut sg = Segmented::new(store, "/f".into(), 2 << 20, 4, R, empty_head(0));
+        read_all(&mut sg, &d, 0, 128 * 1024);
+    }
+
+    #[test]
+    fn a_file_longer_than_listed_is_read_to_its_true_end() {
+        const R: u64 = 256 * 1024;
+        let d = data(3_000_000);
+        let store = Wrap::new(&d);
+        let mut sg = Segmented::new(store, "/f".into(), 1 << 20, 4, R, empty_head(0));
+        read_all(&mut sg, &d, 0, 128 * 1024);
+    }
+
+    #[test]
+    fn ranges_ahead_wait_while_others_need_a_connection() {
+        const R: u64 = 256 * 1024;
+        let d = data(4 * 1024 * 1024);
+        let store = Wrap::new(&d);
+        store.inner.contended.store(true, Ordering::SeqCst);
+        let mut sg = Segmented::new(
+            store.clone(),
+            "/f".into(),
+            d.len() as u64,
+            4,
+            R,
+            empty_head(0),
+        );
+        let mut off = 0u64;
+        while off < 2 * R {
+            let mut out = Vec::new();
+            sg.read_into(off, 64 * 1024, &mut out).unwrap();
+            assert_eq!(out, d[off as usize..off as usize + out.len()]);
+            off += out.len() as u64;
+        }
+        assert_eq!(
+            sg.stats.most_at_once, 1,
+            "ranges ahead started though contended"
+        );
+        store.inner.contended.store(false, Ordering::SeqCst);
+        read_all(&mut sg, &d, off, 64 * 1024);
+        assert_eq!(sg.stats.most_at_once, 4);
+    }
+
+    #[test]
+    fn a_continued_head_is_kept_and_segments_follow_it() {
+        const R: u64 = 200_000;
+        let d = data(2_000_000);
+        let head = Head {
+            chunks: VecDeque::from(vec![d[1000..5000].to_vec(), d[5000..70_000].to_vec()]),
+            start: 1000,
+            len: 69_000,
+        };
+        let store = Wrap::new(&d);
+        let mut sg = Segmented::new(store.clone(), "/f".into(), d.len() as u64, 4, R, head);
+        let mut out = Vec::new();
+        sg.read_into(2000, 100_000, &mut out).unwrap();
+        assert_eq!(out, d[2000..102_000]);
+        assert!(!sg.covers(999));
+        read_all(&mut sg, &d, 102_000, 64 * 1024);
+        // Nothing before the head's end was downloaded again.
+        let starts = store.starts.lock().unwrap().clone();
+        assert_eq!(starts.iter().min(), Some(&70_000), "{starts:?}");
+    }
+
+    #[test]
+    fn prefetcher_goes_over_to_segments_only_for_large_sequential_reads() {
+        let d = data(THRESHOLD as usize + 3 * RANGE as usize + 12345);
+        let store = Arc::new(MemStore::new());
+        store.put("/big", &d);
+        store.put("/small", &d[..THRESHOLD as usize - 1]);
+        // Large and sequential: segments after SEQ_PROOF bytes.
+        let mut p = Prefetcher::new(store.clone(), "/big".into()).with_segments(d.len() as u64, 4);
+        let mut off = 0u64;
+        while off < THRESHOLD + 2 * RANGE {
+            let r = p.read(off, 128 * 1024).unwrap();
+            assert_eq!(r, d[off as usize..off as usize + r.len()], "at {off}");
+            off += r.len() as u64;
+            if off > SEQ_PROOF + 128 * 1024 {
+                assert_eq!(p.stats.segmented, 1, "at {off}");
+            }
+        }
+        let st = p.segment_stats().expect("segmented");
+        assert_eq!(st.most_at_once, 4);
+        // A seek far away: one stream again, segments once sequential again.
+        let far = 5 * RANGE + 3;
+        let r = p.read(far, 4096).unwrap();
+        assert_eq!(r, d[far as usize..far as usize + 4096]);
+        assert!(p.segment_stats().is_none());
+        let mut off = far + 4096;
+        while off < far + 2 * SEQ_PROOF {
+            let r = p.read(off, 128 * 1024).unwrap();
+            assert_eq!(r, d[off as usize..off as usize + r.len()], "at {off}");
+            off += r.len() as u64;
+        }
+        assert_eq!(p.stats.segmented, 2);
+        // Random reads in a large file stay single streams.
+        let mut p = Prefetcher::new(store.clone(), "/big".into()).with_segments(d.len() as u64, 4);
+        for off in [40_000_000u64, 100, 9_000_000, 60_000_000, 30_000_000] {
+            let r = p.read(off, 4096).unwrap();
+            assert_eq!(r, d[off as usize..off as usize + 4096]);
+        }
+        assert_eq!(p.stats.segmented, 0);
+        // Small files and segments=1: never.
+        for (path, size, n) in [("/small", THRESHOLD - 1, 4), ("/big", d.len() as u64, 1)] {
+            let mut p = Prefetcher::new(store.clone(), path.into()).with_segments(size, n);
+            let mut off = 0u64;
+            while off < 3 * SEQ_PROOF {
+                off += p.read(off, 128 * 1024).unwrap().len() as u64;
+            }
+            assert_eq!(p.stats.segmented, 0, "{path} {n}");
+        }
+    }
+}
