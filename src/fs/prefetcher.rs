@@ -23,7 +23,7 @@
 //! stopped with REST on a fresh connection, up to `MAX_RESUMES` times in a row
 //! without progress; then the read fails with the error.
 
-use super::segments::{Head, Segmented, RANGE, SEQ_PROOF, THRESHOLD};
+use super::segments::{Head, Progress, Segmented, RANGE, SEGMENT_BELOW, SEQ_PROOF, THRESHOLD};
 use super::store::RemoteStore;
 use crate::error::{FtpError, Result};
 use std::collections::VecDeque;
@@ -76,6 +76,9 @@ struct Stream {
     buf_len: u64,
     eof: bool,
     error: Option<FtpError>,
+    /// What the thread received and how fast (whether segments would help).
+    wire: Arc<Progress>,
+    started: std::time::Instant,
 }
 
 impl Stream {
@@ -154,6 +157,10 @@ pub struct Prefetcher {
     range_len: u64,
     /// Where the current single stream's sequential reading began.
     seq_from: u64,
+    /// Segments only while the single stream is slower than this (bytes/s).
+    segment_below: f64,
+    /// This stream was measured fast enough: no segments for it.
+    declined: bool,
     seg: Option<Segmented>,
 }
 
@@ -172,6 +179,8 @@ impl Prefetcher {
             segments: 1,
             range_len: RANGE,
             seq_from: 0,
+            segment_below: SEGMENT_BELOW,
+            declined: false,
             seg: None,
         }
     }
@@ -181,6 +190,13 @@ impl Prefetcher {
     pub fn with_segments(mut self, size: u64, segments: usize) -> Self {
         self.size = size;
         self.segments = segments;
+        self
+    }
+
+    /// Segments only while one stream brings less than `bytes_per_s` (default
+    /// `SEGMENT_BELOW`).
+    pub fn segment_below(mut self, bytes_per_s: f64) -> Self {
+        self.segment_below = bytes_per_s;
         self
     }
 
@@ -201,8 +217,26 @@ impl Prefetcher {
         let sequential = offset >= self.seq_from + SEQ_PROOF
             && offset >= s.buf_start
             && offset <= s.end() + SKIP_AHEAD;
-        if !sequential || s.eof || s.error.is_some() || self.size < s.end() + 2 * self.range_len {
+        if !sequential
+            || self.declined
+            || s.eof
+            || s.error.is_some()
+            || self.size < s.end() + 2 * self.range_len
+        {
             return;
+        }
+        // Only where one connection is held back by its path.
+        match s.wire.rate(s.started) {
+            Some(r) if r < self.segment_below => {}
+            r => {
+                log::debug!(
+                    "read {}: one stream brings {:.0} MB/s: no segments",
+                    self.path,
+                    r.unwrap_or(f64::INFINITY) / 1e6
+                );
+                self.declined = true;
+                return;
+            }
         }
         let Some(mut s) = self.stream.take() else {
             return;
@@ -243,6 +277,9 @@ impl Prefetcher {
         let yielded = Arc::new(AtomicBool::new(false));
         let needed = Arc::new(AtomicU64::new(need));
         let reader_needs = needed.clone();
+        let wire = Arc::new(Progress::default());
+        let started = std::time::Instant::now();
+        let counter = wire.clone();
         let mut received = offset;
         let store = self.store.clone();
         let path = self.path.clone();
@@ -280,6 +317,7 @@ impl Prefetcher {
                 let result = store.read_from(&path, offset, &mut |chunk: &[u8]| {
                     pending.extend_from_slice(chunk);
                     received += chunk.len() as u64;
+                    counter.note(chunk.len() as u64, started);
                     let need = reader_needs.load(Ordering::Relaxed);
                     if pending.len() < CHUNK && need != 0 && received >= need {
                         // Early, for a waiting reader: a right-sized copy, so that
@@ -320,6 +358,8 @@ impl Prefetcher {
             buf_len: 0,
             eof: false,
             error: None,
+            wire,
+            started,
         };
         self.stream = Some(stream);
         if let Err(e) = spawned {
@@ -405,6 +445,7 @@ impl Prefetcher {
         if !usable {
             self.stream = None;
             self.seq_from = offset;
+            self.declined = false;
             self.start(offset, offset + size as u64);
         }
         let want_end = offset + size as u64;

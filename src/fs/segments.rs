@@ -2,7 +2,8 @@
 //!
 //! What: once a reader of a large file (at least `THRESHOLD`, size from the
 //! listing) has shown a sequential pattern on the per-handle single stream (see
-//! `prefetcher.rs`), the file ahead of it is read as consecutive byte ranges of
+//! `prefetcher.rs`), and that stream is slow enough (`SEGMENT_BELOW`) that its
+//! path rather than the CPU holds it back, the file ahead of it is read as consecutive byte ranges of
 //! `RANGE` bytes, up to N of them at once, each on its own pooled connection
 //! (`REST start` + `RETR`, the transfer stopped at the range's end: the store's
 //! sink returns false and the RETR is aborted). The reader takes the ranges in
@@ -64,6 +65,11 @@ pub const RANGE: u64 = 8 * 1024 * 1024;
 /// Sequential bytes a handle reads on its single stream before segments start:
 /// reading a file's header does not start N downloads.
 pub const SEQ_PROOF: u64 = 2 * 1024 * 1024;
+/// Segments start only when the single stream brings less than this (bytes/s)
+/// by the time the reader has read `SEQ_PROOF`: a connection that fast is not
+/// held back by its path, and several would only add TLS and thread work (on
+/// uncapped loopback, 4 segments read slower than one stream).
+pub const SEGMENT_BELOW: f64 = 64e6;
 /// Segments unless `segments=` says otherwise.
 pub const DEFAULT_SEGMENTS: usize = 4;
 /// Pause before the n-th resume of a cut range: n times this.
@@ -92,10 +98,32 @@ struct Range {
     spawned: Instant,
 }
 
+/// Bytes a transfer thread received, and when the first came (ns after the
+/// transfer started, 0: not yet).
 #[derive(Default)]
-struct Progress {
+pub(crate) struct Progress {
     received: AtomicU64,
     first_ns: AtomicU64,
+}
+
+impl Progress {
+    /// Counts `n` bytes of a transfer started at `started`.
+    pub(crate) fn note(&self, n: u64, started: Instant) {
+        if self.received.fetch_add(n, Ordering::Relaxed) == 0 && n > 0 {
+            let ns = started.elapsed().as_nanos().clamp(1, u64::MAX as u128) as u64;
+            self.first_ns.store(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes per second since the first byte of a transfer started at `started`.
+    pub(crate) fn rate(&self, started: Instant) -> Option<f64> {
+        let first = Duration::from_nanos(match self.first_ns.load(Ordering::Relaxed) {
+            0 => return None,
+            n => n,
+        });
+        let flowing = started.elapsed().saturating_sub(first).as_secs_f64();
+        (flowing > 0.0).then(|| self.received.load(Ordering::Relaxed) as f64 / flowing)
+    }
 }
 
 impl Range {
@@ -111,15 +139,13 @@ impl Range {
     /// takes to start (`setup`): the next range may start now, so that its
     /// round trips overlap this one's last bytes instead of adding to them.
     fn nearly_done(&self, setup: Duration, cap: u64) -> bool {
-        let (Some(end), Some(own)) = (self.end, self.setup()) else {
+        let (Some(end), Some(_)) = (self.end, self.setup()) else {
             return false;
         };
         let received = self.progress.received.load(Ordering::Relaxed);
-        let flowing = self.spawned.elapsed().saturating_sub(own).as_secs_f64();
-        if received == 0 || flowing <= 0.0 {
+        let Some(rate) = self.progress.rate(self.spawned) else {
             return false;
-        }
-        let rate = received as f64 / flowing;
+        };
         let lead = ((rate * setup.as_secs_f64() * 1.25) as u64).min(cap);
         (end - self.start).saturating_sub(received) <= lead
     }
@@ -476,10 +502,7 @@ fn fetch_range(t: &Thread, path: &str, start: u64, end: Option<u64>) {
             }
             pending.extend_from_slice(&chunk[..take]);
             pos += take as u64;
-            if progress.received.fetch_add(take as u64, Ordering::Relaxed) == 0 {
-                let ns = spawned.elapsed().as_nanos().clamp(1, u64::MAX as u128) as u64;
-                progress.first_ns.store(ns, Ordering::Relaxed);
-            }
+            progress.note(take as u64, spawned);
             let done = end == Some(pos);
             let need = needed.load(Ordering::Relaxed);
             let msg = if pending.len() >= CHUNK || done {
@@ -600,6 +623,8 @@ mod tests {
         refuse_past: u64,
         /// Where each transfer started.
         starts: std::sync::Mutex<Vec<u64>>,
+        /// Pause after each 64 KiB chunk (a capped link), µs.
+        pace_us: AtomicU64,
     }
 
     impl Wrap {
@@ -616,6 +641,7 @@ mod tests {
                 broken_at,
                 refuse_past,
                 starts: Default::default(),
+                pace_us: AtomicU64::new(0),
             })
         }
     }
@@ -648,6 +674,10 @@ mod tests {
                     c
                 };
                 self.handed.fetch_add(c.len() as u64, Ordering::SeqCst);
+                match self.pace_us.load(Ordering::Relaxed) {
+                    0 => {}
+                    us => std::thread::sleep(Duration::from_micros(us)),
+                }
                 at += c.len() as u64;
                 !broke && sink(c)
             })?;
@@ -933,7 +963,9 @@ mod tests {
         store.put("/big", &d);
         store.put("/small", &d[..THRESHOLD as usize - 1]);
         // Large and sequential: segments after SEQ_PROOF bytes.
-        let mut p = Prefetcher::new(store.clone(), "/big".into()).with_segments(d.len() as u64, 4);
+        let mut p = Prefetcher::new(store.clone(), "/big".into())
+            .with_segments(d.len() as u64, 4)
+            .segment_below(f64::INFINITY);
         let mut off = 0u64;
         while off < THRESHOLD + 2 * RANGE {
             let r = p.read(off, 128 * 1024).unwrap();
@@ -958,7 +990,9 @@ mod tests {
         }
         assert_eq!(p.stats.segmented, 2);
         // Random reads in a large file stay single streams.
-        let mut p = Prefetcher::new(store.clone(), "/big".into()).with_segments(d.len() as u64, 4);
+        let mut p = Prefetcher::new(store.clone(), "/big".into())
+            .with_segments(d.len() as u64, 4)
+            .segment_below(f64::INFINITY);
         for off in [40_000_000u64, 100, 9_000_000, 60_000_000, 30_000_000] {
             let r = p.read(off, 4096).unwrap();
             assert_eq!(r, d[off as usize..off as usize + 4096]);
@@ -966,12 +1000,35 @@ mod tests {
         assert_eq!(p.stats.segmented, 0);
         // Small files and segments=1: never.
         for (path, size, n) in [("/small", THRESHOLD - 1, 4), ("/big", d.len() as u64, 1)] {
-            let mut p = Prefetcher::new(store.clone(), path.into()).with_segments(size, n);
+            let mut p = Prefetcher::new(store.clone(), path.into())
+                .with_segments(size, n)
+                .segment_below(f64::INFINITY);
             let mut off = 0u64;
             while off < 3 * SEQ_PROOF {
                 off += p.read(off, 128 * 1024).unwrap().len() as u64;
             }
             assert_eq!(p.stats.segmented, 0, "{path} {n}");
         }
+    }
+
+    #[test]
+    fn segments_only_where_one_stream_is_slow() {
+        let d = data(THRESHOLD as usize + 4 * RANGE as usize);
+        let read = |store: Arc<Wrap>| {
+            let mut p = Prefetcher::new(store, "/f".into()).with_segments(d.len() as u64, 4);
+            let mut off = 0u64;
+            while off < 2 * SEQ_PROOF {
+                let r = p.read(off, 128 * 1024).unwrap();
+                assert_eq!(r, d[off as usize..off as usize + r.len()], "at {off}");
+                off += r.len() as u64;
+            }
+            p.stats.segmented
+        };
+        // In memory: far faster than SEGMENT_BELOW, one stream is best.
+        assert_eq!(read(Wrap::new(&d)), 0, "segments for a fast stream");
+        // 64 KiB every 5 ms: about 13 MB/s, a capped connection.
+        let slow = Wrap::new(&d);
+        slow.pace_us.store(5000, Ordering::Relaxed);
+        assert_eq!(read(slow), 1, "no segments for a slow stream");
     }
 }

@@ -250,6 +250,8 @@ class Net:
         os.makedirs(spool, exist_ok=True)
         trust = f"cafile={self.srv.ca}" if self.rtt == 0 else f"fingerprint={self.srv.fingerprint}"
         url = f"ftp://{self.srv.user}@{self.host}:{self.srv.port}/"
+        # BENCH_FTPSFS_OPTS: extra mount options for every ftpsfs mount (e.g. segments=1).
+        extra = ",".join(filter(None, [os.environ.get("BENCH_FTPSFS_OPTS", ""), extra]))
         opts = f"{trust},password_file={self.srv.pwfile},spool_dir={spool}" + (f",{extra}" if extra else "")
         sh([FTPSFS, url, mnt, "-o", opts],
            timeout=60)
