@@ -78,7 +78,6 @@ struct Stream {
     error: Option<FtpError>,
     /// What the thread received and how fast (whether segments would help).
     wire: Arc<Progress>,
-    started: std::time::Instant,
 }
 
 impl Stream {
@@ -226,8 +225,11 @@ impl Prefetcher {
             return;
         }
         // Only where one connection is held back by its path.
-        match s.wire.rate(s.started) {
-            Some(r) if r < self.segment_below => {}
+        match s.wire.steady_rate() {
+            None => return, // not measured yet: decide on a later read
+            Some(r) if r < self.segment_below => {
+                log::debug!("read {}: one stream brings {:.0} MB/s", self.path, r / 1e6);
+            }
             r => {
                 log::debug!(
                     "read {}: one stream brings {:.0} MB/s: no segments",
@@ -359,7 +361,6 @@ impl Prefetcher {
             eof: false,
             error: None,
             wire,
-            started,
         };
         self.stream = Some(stream);
         if let Err(e) = spawned {

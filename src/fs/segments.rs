@@ -69,7 +69,7 @@ pub const SEQ_PROOF: u64 = 2 * 1024 * 1024;
 /// by the time the reader has read `SEQ_PROOF`: a connection that fast is not
 /// held back by its path, and several would only add TLS and thread work (on
 /// uncapped loopback, 4 segments read slower than one stream).
-pub const SEGMENT_BELOW: f64 = 64e6;
+pub const SEGMENT_BELOW: f64 = 48e6;
 /// Segments unless `segments=` says otherwise.
 pub const DEFAULT_SEGMENTS: usize = 4;
 /// Pause before the n-th resume of a cut range: n times this.
@@ -98,21 +98,44 @@ struct Range {
     spawned: Instant,
 }
 
-/// Bytes a transfer thread received, and when the first came (ns after the
-/// transfer started, 0: not yet).
+/// Bytes a transfer thread received, when the first came and when `MARK`
+/// bytes had come (ns after the transfer started, 0: not yet).
 #[derive(Default)]
 pub(crate) struct Progress {
     received: AtomicU64,
     first_ns: AtomicU64,
+    mark_ns: AtomicU64,
+    last_ns: AtomicU64,
 }
+
+/// A stream's speed is measured after its first `MARK` bytes: the first ones
+/// also carry its start (TCP, TLS, a server reading a cold disk).
+const MARK: u64 = 1024 * 1024;
 
 impl Progress {
     /// Counts `n` bytes of a transfer started at `started`.
     pub(crate) fn note(&self, n: u64, started: Instant) {
-        if self.received.fetch_add(n, Ordering::Relaxed) == 0 && n > 0 {
-            let ns = started.elapsed().as_nanos().clamp(1, u64::MAX as u128) as u64;
-            self.first_ns.store(ns, Ordering::Relaxed);
+        let before = self.received.fetch_add(n, Ordering::Relaxed);
+        let now = || started.elapsed().as_nanos().clamp(1, u64::MAX as u128) as u64;
+        if before == 0 && n > 0 {
+            self.first_ns.store(now(), Ordering::Relaxed);
         }
+        if before < MARK && before + n >= MARK {
+            self.mark_ns.store(now(), Ordering::Relaxed);
+        }
+        if before >= MARK {
+            self.last_ns.store(now(), Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes per second after the first `MARK` bytes, up to the last byte (a
+    /// stream held back by its reader is not slow): None until `MARK` more came.
+    pub(crate) fn steady_rate(&self) -> Option<f64> {
+        let mark = self.mark_ns.load(Ordering::Relaxed);
+        let last = self.last_ns.load(Ordering::Relaxed);
+        let after = self.received.load(Ordering::Relaxed).saturating_sub(MARK);
+        let flowing = last.saturating_sub(mark) as f64 / 1e9;
+        (mark != 0 && after >= MARK && flowing > 0.0).then(|| after as f64 / flowing)
     }
 
     /// Bytes per second since the first byte of a transfer started at `started`.
