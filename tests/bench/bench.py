@@ -976,7 +976,9 @@ def main():
             f"{' via examples/delay_proxy' if rtt else ''}; measured control-channel RTT "
             f"{net.measured_rtt_ms:.2f} ms\n"
             f"- runs per scenario: {runs}; sizes: {sizes}\n"
-            f"- lftp TLS with session reuse: {'works' if lftp_ok else 'FAILED'}; "
+            + (f"- extra ftpsfs mount options (BENCH_FTPSFS_OPTS): {os.environ['BENCH_FTPSFS_OPTS']}\n"
+               if os.environ.get("BENCH_FTPSFS_OPTS") else "")
+            + f"- lftp TLS with session reuse: {'works' if lftp_ok else 'FAILED'}; "
             f"rclone mount: {rclone + ' (defaults: --vfs-cache-mode off)' if rclone else 'not installed or --no-rclone, column skipped'}\n"
             f"- MB/s = 10^6 bytes/s; ratio = ftpsfs median / raw median in the same unit "
             f"(MB/s, files/s: >1 is faster than raw; seconds: >1 is slower than raw)\n"
