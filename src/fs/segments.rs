@@ -648,6 +648,8 @@ mod tests {
         starts: std::sync::Mutex<Vec<u64>>,
         /// Pause after each 64 KiB chunk (a capped link), µs.
         pace_us: AtomicU64,
+        /// Transfers that start at or past this offset send nothing for 2 s.
+        stall_from: AtomicU64,
     }
 
     impl Wrap {
@@ -665,6 +667,7 @@ mod tests {
                 refuse_past,
                 starts: Default::default(),
                 pace_us: AtomicU64::new(0),
+                stall_from: AtomicU64::new(u64::MAX),
             })
         }
     }
@@ -683,6 +686,9 @@ mod tests {
                     code: 550,
                     text: "gone (injected)".into(),
                 });
+            }
+            if off >= self.stall_from.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(2));
             }
             if self.slow_every != 0 && off % (2 * self.slow_every) == 0 {
                 std::thread::sleep(Duration::from_millis(60));
@@ -1053,5 +1059,45 @@ mod tests {
         let slow = Wrap::new(&d);
         slow.pace_us.store(5000, Ordering::Relaxed);
         assert_eq!(read(slow), 1, "no segments for a slow stream");
+    }
+
+    #[test]
+    fn a_stalled_range_times_out_never_short() {
+        const R: u64 = 256 * 1024;
+        let d = data(4 * 1024 * 1024);
+        let store = Wrap::new(&d);
+        // Ranges from the third on (the first two are R/4 and R/2 long) stall,
+        // as behind a middlebox that holds the data.
+        store.stall_from.store(R / 4 + R / 2, Ordering::Relaxed);
+        let mut sg = Segmented::new(
+            store.clone(),
+            "/f".into(),
+            d.len() as u64,
+            4,
+            R,
+            empty_head(0),
+        );
+        let mut off = 0u64;
+        let t = Instant::now();
+        let err = loop {
+            let _op = crate::deadline::start(Duration::from_millis(300));
+            let mut out = Vec::new();
+            match sg.read_into(off, 64 * 1024, &mut out) {
+                Ok(()) => {
+                    assert_eq!(out, d[off as usize..off as usize + 64 * 1024], "at {off}");
+                    off += out.len() as u64;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.errno(), libc::ETIMEDOUT, "{err}");
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        // Failed where the stalled range begins, not before, with nothing short.
+        assert_eq!(off, R / 4 + R / 2);
+        assert!(!sg.covers(off));
     }
 }
