@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! cargo run --release --example delay_proxy -- --rtt-ms 20 --ports 20000,20001-20016 \
-//!     [--listen 127.0.0.2] [--target 127.0.0.1]
+//!     [--listen 127.0.0.2] [--target 127.0.0.1] [--rate-mbit 100]
 //! ```
 //!
 //! For every port P it listens on `LISTEN:P` and forwards each connection to `TARGET:P`.
 //! Each direction delays every chunk by RTT/2: a reader thread timestamps the chunks it
 //! reads and queues them, a writer thread sleeps until each chunk is due and writes it.
-//! There is no bandwidth cap (big buffers; the queue is bounded only to keep memory in
+//! There is no bandwidth cap unless `--rate-mbit` gives one (per connection and direction,
+//! as a per-flow shaper on a real path does; the queue is bounded only to keep memory in
 //! check), TCP_NODELAY is set on both sides, and a half-close (EOF) is propagated with
 //! `shutdown(Write)` once every earlier chunk has been delivered.
 //!
@@ -31,13 +32,15 @@ struct Args {
     target: Ipv4Addr,
     ports: Vec<u16>,
     one_way: Duration,
+    /// Bytes per second per connection and direction (None: no cap).
+    rate: Option<u64>,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("delay_proxy: {msg}");
     eprintln!(
         "usage: delay_proxy --rtt-ms MS --ports P[-Q][,P[-Q]...] \
-         [--listen 127.0.0.2] [--target 127.0.0.1]"
+         [--listen 127.0.0.2] [--target 127.0.0.1] [--rate-mbit N]"
     );
     std::process::exit(2);
 }
@@ -66,6 +69,7 @@ fn parse_args() -> Args {
     let mut target = Ipv4Addr::LOCALHOST;
     let mut ports = Vec::new();
     let mut rtt_ms: Option<f64> = None;
+    let mut rate_mbit: Option<f64> = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || {
@@ -77,6 +81,9 @@ fn parse_args() -> Args {
             "--target" => target = val().parse().unwrap_or_else(|_| usage("bad --target")),
             "--ports" => ports.extend(parse_ports(&val())),
             "--rtt-ms" => rtt_ms = Some(val().parse().unwrap_or_else(|_| usage("bad --rtt-ms"))),
+            "--rate-mbit" => {
+                rate_mbit = Some(val().parse().unwrap_or_else(|_| usage("bad --rate-mbit")))
+            }
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -93,6 +100,11 @@ fn parse_args() -> Args {
         target,
         ports,
         one_way: Duration::from_secs_f64(rtt_ms / 2000.0),
+        rate: match rate_mbit {
+            Some(r) if r > 0.0 => Some((r * 1e6 / 8.0) as u64),
+            Some(_) => usage("--rate-mbit must be > 0"),
+            None => None,
+        },
     }
 }
 
@@ -105,12 +117,14 @@ fn main() {
             std::process::exit(1);
         }
     };
+    fwd.rate_limit(args.rate);
     println!(
-        "READY listen={} target={} ports={} one_way_ms={:.3}",
+        "READY listen={} target={} ports={} one_way_ms={:.3} rate_bytes_per_s={}",
         args.listen,
         args.target,
         args.ports.len(),
-        args.one_way.as_secs_f64() * 1000.0
+        args.one_way.as_secs_f64() * 1000.0,
+        args.rate.unwrap_or(0)
     );
     let _ = std::io::stdout().flush();
     let _fwd = fwd;

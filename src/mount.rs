@@ -284,6 +284,10 @@ impl MountPlan {
                     ))
                 })?,
             },
+            segments: opts
+                .parsed::<usize>("segments")?
+                .unwrap_or(crate::fs::segments::DEFAULT_SEGMENTS)
+                .clamp(1, 16),
         };
         let u = &site.url;
         let fsname = match opts.value("fsname")? {
@@ -314,6 +318,8 @@ impl MountPlan {
         // Leave a connection for interactive operations.
         let fs = FsConfig {
             prefetch_workers: max_conns.saturating_sub(1),
+            // Never more segments than connections.
+            segments: fs.segments.min(max_conns),
             ..fs
         };
         Ok(MountPlan {

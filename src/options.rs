@@ -95,6 +95,7 @@ pub const GROUPS: &[OptionGroup] = &[
             m("entry_timeout", "entry_timeout=SECS", "kernel caches name lookups for SECS (default: cache_timeout)"),
             m("spool_dir", "spool_dir=PATH", "where writes wait for their upload (default ~/.cache/ftpsfs/spool)"),
             m("spool_window", "spool_window=SIZE|all", "a sequential writer keeps only its last SIZE on disk (default 64M; all: every byte)"),
+            m("segments", "segments=N", "connections one sequential read of a large, slow file may use (default 4; 1: one stream)"),
             m("inplace", "inplace", "upload straight to the name (servers that forbid rename)"),
             m("strict_dir_times", "strict_dir_times", "a directory time the server cannot set is EPERM (default: skipped, logged once)"),
         ],

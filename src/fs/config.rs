@@ -30,6 +30,9 @@ pub struct FsConfig {
     /// A directory time the server cannot set is an error (`EPERM`) instead of
     /// being skipped (logged once); see SEMANTICS.md.
     pub strict_dir_times: bool,
+    /// Connections one sequential read of a large file may use (`segments=`;
+    /// 1: one stream), see `segments.rs`.
+    pub segments: usize,
     /// `spool_window=`: a sequential writer's spool keeps at most about this many
     /// bytes (the not-yet-acknowledged tail; see `uploader.rs`); None: every byte,
     /// as for any other written file.

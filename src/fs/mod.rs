@@ -17,6 +17,7 @@ pub mod listing_prefetcher;
 pub mod memstore;
 pub mod open_file;
 pub mod prefetcher;
+pub mod segments;
 pub mod spool;
 pub mod store;
 pub mod uploader;

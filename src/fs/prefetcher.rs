@@ -24,6 +24,7 @@
 //! without progress; then the read fails with the error.
 
 use super::error::{StoreError, StoreResult as Result};
+use super::segments::{Head, Progress, Segmented, RANGE, SEGMENT_BELOW, SEQ_PROOF, THRESHOLD};
 use super::store::RemoteStore;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,6 +70,8 @@ struct Stream {
     buf_len: u64,
     eof: bool,
     error: Option<StoreError>,
+    /// What the thread received and how fast (whether segments would help).
+    wire: Arc<Progress>,
 }
 
 impl Stream {
@@ -127,6 +130,8 @@ impl Drop for Stream {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PrefetchStats {
     pub streams_started: u64,
+    /// Times a sequential read went over to segments (`segments.rs`).
+    pub segmented: u64,
 }
 
 pub struct Prefetcher {
@@ -138,6 +143,18 @@ pub struct Prefetcher {
     /// kernel asks again at once for a page whose readahead failed; that second
     /// request gets the same answer instead of a second full deadline.
     failed: Option<(u64, std::time::Instant, i32, String)>,
+    /// The file's size as listed and the segments allowed (`segments=`; 1: off).
+    size: u64,
+    segments: usize,
+    /// Bytes per segment range (`segments::RANGE`; smaller in tests).
+    range_len: u64,
+    /// Where the current single stream's sequential reading began.
+    seq_from: u64,
+    /// Segments only while the single stream is slower than this (bytes/s).
+    segment_below: f64,
+    /// This stream was measured fast enough: no segments for it.
+    declined: bool,
+    seg: Option<Segmented>,
 }
 
 /// How long a failed read's answer is given again to a read at the same offset.
@@ -151,7 +168,101 @@ impl Prefetcher {
             stream: None,
             stats: PrefetchStats::default(),
             failed: None,
+            size: 0,
+            segments: 1,
+            range_len: RANGE,
+            seq_from: 0,
+            segment_below: SEGMENT_BELOW,
+            declined: false,
+            seg: None,
         }
+    }
+
+    /// Reads a file of `size` bytes (as listed) over up to `segments` connections
+    /// once it is read sequentially and large enough (see `segments.rs`).
+    pub fn with_segments(mut self, size: u64, segments: usize) -> Self {
+        self.size = size;
+        self.segments = segments;
+        self
+    }
+
+    /// Segments only while one stream brings less than `bytes_per_s` (default
+    /// `SEGMENT_BELOW`).
+    #[cfg(test)]
+    pub fn segment_below(mut self, bytes_per_s: f64) -> Self {
+        self.segment_below = bytes_per_s;
+        self
+    }
+
+    /// Counters of the segmented read in progress, if any.
+    #[cfg(test)]
+    pub fn segment_stats(&self) -> Option<crate::fs::segments::SegmentStats> {
+        self.seg.as_ref().map(|s| s.stats)
+    }
+
+    /// Goes over to segments when the single stream has been read sequentially
+    /// for `SEQ_PROOF` bytes of a file large enough, with enough left to read.
+    fn maybe_segment(&mut self, offset: u64) {
+        if self.segments < 2 || self.size < THRESHOLD {
+            return;
+        }
+        let Some(s) = self.stream.as_ref() else {
+            return;
+        };
+        let sequential = offset >= self.seq_from + SEQ_PROOF
+            && offset >= s.buf_start
+            && offset <= s.end() + SKIP_AHEAD;
+        if !sequential
+            || self.declined
+            || s.eof
+            || s.error.is_some()
+            || self.size < s.end() + 2 * self.range_len
+        {
+            return;
+        }
+        // Only where one connection is held back by its path.
+        match s.wire.steady_rate() {
+            None => return, // not measured yet: decide on a later read
+            Some(r) if r < self.segment_below => {
+                log::debug!("read {}: one stream brings {:.0} MB/s", self.path, r / 1e6);
+            }
+            r => {
+                log::debug!(
+                    "read {}: one stream brings {:.0} MB/s: no segments",
+                    self.path,
+                    r.unwrap_or(f64::INFINITY) / 1e6
+                );
+                self.declined = true;
+                return;
+            }
+        }
+        let Some(mut s) = self.stream.take() else {
+            return;
+        };
+        s.cancel.store(true, Ordering::Relaxed);
+        // What the stream has delivered stays: segments continue after it.
+        while let Ok(Msg::Data(d)) = s.rx.try_recv() {
+            s.push(d);
+        }
+        let head = Head {
+            chunks: std::mem::take(&mut s.buf),
+            start: s.buf_start,
+            len: s.buf_len,
+        };
+        log::debug!(
+            "read {} in segments from {}",
+            self.path,
+            head.start + head.len
+        );
+        self.stats.segmented += 1;
+        self.seg = Some(Segmented::new(
+            self.store.clone(),
+            self.path.clone(),
+            self.size,
+            self.segments,
+            self.range_len,
+            head,
+        ));
     }
 
     /// Starts a stream at `offset` for a reader that needs the bytes up to `need`
@@ -164,6 +275,9 @@ impl Prefetcher {
         let yielded = Arc::new(AtomicBool::new(false));
         let needed = Arc::new(AtomicU64::new(need));
         let reader_needs = needed.clone();
+        let wire = Arc::new(Progress::default());
+        let started = std::time::Instant::now();
+        let counter = wire.clone();
         let mut received = offset;
         let store = self.store.clone();
         let path = self.path.clone();
@@ -201,6 +315,7 @@ impl Prefetcher {
                 let result = store.read_from(&path, offset, &mut |chunk: &[u8]| {
                     pending.extend_from_slice(chunk);
                     received += chunk.len() as u64;
+                    counter.note(chunk.len() as u64, started);
                     let need = reader_needs.load(Ordering::Relaxed);
                     if pending.len() < CHUNK && need != 0 && received >= need {
                         // Early, for a waiting reader: a right-sized copy, so that
@@ -241,6 +356,7 @@ impl Prefetcher {
             buf_len: 0,
             eof: false,
             error: None,
+            wire,
         };
         self.stream = Some(stream);
         if let Err(e) = spawned {
@@ -302,6 +418,20 @@ impl Prefetcher {
     }
 
     fn read_inner(&mut self, offset: u64, size: usize, out: &mut Vec<u8>) -> Result<()> {
+        if self.seg.is_none() {
+            self.maybe_segment(offset);
+        }
+        if let Some(sg) = self.seg.as_mut() {
+            if sg.covers(offset) {
+                let r = sg.read_into(offset, size, out);
+                if r.is_err() {
+                    self.seg = None;
+                }
+                return r;
+            }
+            // A seek: back to one stream (segments again once it is sequential).
+            self.seg = None;
+        }
         let usable = match &self.stream {
             Some(s) => {
                 offset >= s.buf_start
@@ -312,6 +442,8 @@ impl Prefetcher {
         };
         if !usable {
             self.stream = None;
+            self.seq_from = offset;
+            self.declined = false;
             self.start(offset, offset + size as u64);
         }
         let want_end = offset + size as u64;

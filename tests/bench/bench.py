@@ -28,6 +28,7 @@ RESULTS_DIR = os.path.join(REPO, "tests", "bench", "results")
 MiB = 1024 * 1024
 CMD_TIMEOUT = 900  # seconds, any single timed command
 RCLONE_RANDOM_READS = 50  # (g) for rclone: see Bench.g
+J_RATE_MBIT = 100  # (j): the proxy's cap per connection and direction
 
 STATE = {"server": None, "proxy": None, "mounts": set(), "work": None}
 
@@ -177,16 +178,18 @@ class Server:
 class Net:
     """How clients reach the server at a given RTT (direct, or through delay_proxy)."""
 
-    def __init__(self, srv, rtt_ms):
+    def __init__(self, srv, rtt_ms, rate_mbit=None):
         self.srv = srv
         self.rtt = rtt_ms
+        self.rate_mbit = rate_mbit
         self.host = "127.0.0.1" if rtt_ms == 0 else "127.0.0.2"
         self.measured_rtt_ms = None
         if rtt_ms:
             ports = f"{srv.port},{srv.pasv[0]}-{srv.pasv[1]}"
             self.proxy = subprocess.Popen(
                 [DELAY_PROXY, "--rtt-ms", str(rtt_ms), "--ports", ports,
-                 "--listen", "127.0.0.2", "--target", "127.0.0.1"],
+                 "--listen", "127.0.0.2", "--target", "127.0.0.1"]
+                + (["--rate-mbit", str(rate_mbit)] if rate_mbit else []),
                 stdout=subprocess.PIPE,
                 stderr=open(os.path.join(STATE["work"], f"proxy-{rtt_ms}.err"), "wb"),
             )
@@ -242,7 +245,8 @@ class Net:
         return ["lftp", "-f", script]
 
     def mount(self, mnt, tool="ftpsfs", spool=None, opts=""):
-        """`spool`: another spool_dir; `opts`: more -o options (ftpsfs only)."""
+        """`spool`: another spool_dir; `opts`: more -o options (ftpsfs only);
+        BENCH_FTPSFS_OPTS: extra mount options for every ftpsfs mount (e.g. segments=1)."""
         os.makedirs(mnt, exist_ok=True)
         if tool == "rclone":
             return self.rclone_mount(mnt)
@@ -250,7 +254,8 @@ class Net:
         os.makedirs(spool, exist_ok=True)
         trust = f"cafile={self.srv.ca}" if self.rtt == 0 else f"fingerprint={self.srv.fingerprint}"
         url = f"ftp://{self.srv.user}@{self.host}:{self.srv.port}/"
-        o = f"{trust},password_file={self.srv.pwfile},spool_dir={spool}" + (f",{opts}" if opts else "")
+        extra = ",".join(filter(None, [os.environ.get("BENCH_FTPSFS_OPTS", ""), opts]))
+        o = f"{trust},password_file={self.srv.pwfile},spool_dir={spool}" + (f",{extra}" if extra else "")
         sh([FTPSFS, url, mnt, "-o", o], timeout=60)
         STATE["mounts"].add(mnt)
         return Mount(mnt, "ftpsfs")
@@ -507,9 +512,10 @@ print((time.perf_counter() - t0) / n)
 
 
 def sizes_for(quick, rtt):
-    s = dict(a=1024, b=512, c=10000, d=(100, 2000), e=500, f=256, g=1000, scale=[1000, 10000, 100000])
+    s = dict(a=1024, b=512, c=10000, d=(100, 2000), e=500, f=256, g=1000, scale=[1000, 10000, 100000],
+             j=1024)
     if quick:
-        s.update(a=256, b=128, f=64, g=300, scale=[1000, 10000])
+        s.update(a=256, b=128, f=64, g=300, scale=[1000, 10000], j=256)
     if rtt:
         s.update(a=256, b=128, e=200, f=128, g=200)
         if quick:
@@ -530,7 +536,7 @@ class Bench:
 
     def run_all(self):
         for name, fn in (("a", self.a), ("b", self.b), ("c", self.c), ("d", self.d), ("e", self.e),
-                         ("f", self.f), ("g", self.g), ("scale", self.scale),
+                         ("f", self.f), ("g", self.g), ("scale", self.scale), ("j", self.j),
                          ("i", lambda: scenario_i(self)), ("k", lambda: scenario_k(self))):
             if not self.want(name):
                 continue
@@ -544,7 +550,7 @@ class Bench:
                 for m in list(STATE["mounts"]):
                     unmount(m)
             log(f"scenario {name} took {time.perf_counter() - t:.1f} s")
-        for scen in ("a", "b", "f"):
+        for scen in ("a", "b", "f", "j"):
             for tool in self.tools:
                 if self.hwm.get((scen, tool)):
                     self.res.add(f"(h) peak RSS during ({scen})", tool, "MiB", self.hwm[(scen, tool)])
@@ -627,6 +633,71 @@ class Bench:
             return size * MiB / timed(self.net.curl("-o", "/dev/null", self.net.url(name))) / 1e6
 
         self.measure_alternating(label, "curl", curl, ftp, "MB/s")
+
+    # (j) one large file over a path that caps each connection (segmented reads)
+    def j(self):
+        if not self.net.rtt:
+            log("(j) needs the delaying proxy: it runs in the RTT > 0 passes only")
+            return
+        size = self.s["j"]
+        name = self.data.big(size)
+        label = f"(j) one {size} MiB file, {J_RATE_MBIT} Mbit/s per connection, cold"
+        srv, rtt = self.net.srv, self.net.rtt
+        # The same proxy, with the cap, for this scenario only.
+        self.net.stop()
+        saved, self.net = self.net, Net(srv, rtt, rate_mbit=J_RATE_MBIT)
+        out = os.path.join(STATE["work"], "pget.out")
+
+        def curl(_):
+            drop_caches()
+            return size * MiB / timed(self.net.curl("-o", "/dev/null", self.net.url(name))) / 1e6
+
+        def pget(_):
+            drop_caches()
+            try:
+                return size * MiB / timed(self.net.lftp(f"pget -n 4 /{name} -o {out}")) / 1e6
+            finally:
+                if os.path.exists(out):
+                    got = os.path.getsize(out)
+                    os.remove(out)
+                    if got != size * MiB:
+                        raise RuntimeError(f"lftp pget wrote {got} bytes")
+
+        def ftp(tool):
+            def run(_):
+                with self.fresh(tool) as m:
+                    t = timed(["dd", f"if={m.mnt}/{name}", "of=/dev/null", "bs=1M"])
+                    self.hwm.setdefault(("j", tool), []).append(m.hwm_mib())
+                return size * MiB / t / 1e6
+            return run
+
+        # In turn (curl, lftp, each mount, curl, ...), as (a) does.
+        fns = [("curl", curl), ("lftp pget -n 4", pget)] + [(t, ftp(t)) for t in self.tools]
+        vals = {tool: [] for tool, _ in fns}
+        failed = set()
+        try:
+            for i in range(self.runs):
+                for tool, fn in fns:
+                    if tool in failed:
+                        continue
+                    v = self.run_once(label, tool, "MB/s", fn, i)
+                    if v is None:
+                        failed.add(tool)
+                    else:
+                        vals[tool].append(v)
+        finally:
+            self.net.stop()
+            saved.__init__(srv, rtt)
+            self.net = saved
+        pget_med = statistics.median(vals["lftp pget -n 4"]) if vals["lftp pget -n 4"] else None
+        for tool, _ in fns:
+            if tool in failed:
+                continue
+            note = ""
+            if tool in self.tools and pget_med:
+                note = f"{statistics.median(vals[tool]) / pget_med:.2f}× lftp pget -n 4"
+            self.res.add(label, tool, "MB/s", vals[tool],
+                         raw=None if tool == "curl" else (label, "curl"), note=note)
 
     # (b) sequential write, timed until close() returns
     def b(self):
@@ -1039,7 +1110,7 @@ def main():
     ap.add_argument("--rtt-ms", type=int, action="append",
                     help="RTT in ms (repeatable); default: 0 and 20")
     ap.add_argument("--runs", type=int, help="runs per scenario (default 3, --quick: 1)")
-    ap.add_argument("--only", default="", help="comma-separated subset: a,b,c,d,e,f,g,scale,i,k")
+    ap.add_argument("--only", default="", help="comma-separated subset: a,b,c,d,e,f,g,scale,i,j,k")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build")
     ap.add_argument("--scale", default="",
                     help="comma-separated entry counts for (scale), e.g. 1000000 (default 1k,10k,100k)")
@@ -1109,7 +1180,9 @@ def main():
             f"{' via examples/delay_proxy' if rtt else ''}; measured control-channel RTT "
             f"{net.measured_rtt_ms:.2f} ms\n"
             f"- runs per scenario: {runs}; sizes: {sizes}\n"
-            f"- lftp TLS with session reuse: {'works' if lftp_ok else 'FAILED'}; "
+            + (f"- extra ftpsfs mount options (BENCH_FTPSFS_OPTS): {os.environ['BENCH_FTPSFS_OPTS']}\n"
+               if os.environ.get("BENCH_FTPSFS_OPTS") else "")
+            + f"- lftp TLS with session reuse: {'works' if lftp_ok else 'FAILED'}; "
             f"rclone mount: {rclone + ' (defaults: --vfs-cache-mode off)' if rclone else 'not installed or --no-rclone, column skipped'}\n"
             f"- MB/s = 10^6 bytes/s; ratio = ftpsfs median / raw median in the same unit "
             f"(MB/s, files/s: >1 is faster than raw; seconds: >1 is slower than raw)\n"

@@ -44,6 +44,11 @@
 //!   that it waits (≤ 0.5 s) until the bytes already written to the receiving side have
 //!   left the socket, so the receiver really got `bytes` bytes. `Cut::Fin` shuts both sockets
 //!   down both ways (the peers see EOF, after every byte written before).
+//! * With a delay and a rate limit together, a direction queues only what the delay holds
+//!   at that rate plus [`SHAPER_QUEUE`] (else up to [`QUEUE_BYTES`]), and a connection opened
+//!   while the limit is on reads with a small socket buffer (`SO_RCVBUF` [`CHUNK`]): the
+//!   sender is held back as behind a real shaper, instead of the forwarder buffering
+//!   seconds of data (which a client that stops a download early would have to drain).
 //! * Counters count accepted connections, including refused ones.
 #![allow(dead_code)]
 
@@ -63,6 +68,10 @@ pub const QUEUE_BYTES: usize = 32 << 20;
 /// Longest time any thread blocks without looking at the controls.
 pub const TICK: Duration = Duration::from_millis(50);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// With a delay and a rate limit: how much a direction queues beyond what the delay
+/// holds at that rate, as a per-flow shaper's queue on a real path does (tc tbf
+/// `latency`); past it the sender is held back (TCP backpressure).
+pub const SHAPER_QUEUE: Duration = Duration::from_millis(50);
 /// How long a `Cut::Rst` waits for the bytes already written to the client to leave.
 const DRAIN_BEFORE_RST: Duration = Duration::from_millis(500);
 
@@ -357,6 +366,20 @@ impl Inner {
     }
 }
 
+fn set_rcvbuf(s: &TcpStream, bytes: usize) {
+    let n = bytes.min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: setsockopt on a socket we own, with an int.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &n as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn set_linger0(s: &TcpStream) {
     let l = libc::linger {
         l_onoff: 1,
@@ -571,6 +594,11 @@ fn run_conn(inner: Arc<Inner>, client: TcpStream, port: u16, data: bool) {
         let _ = s.set_write_timeout(Some(TICK));
     }
     let delayed = !inner.one_way.is_zero();
+    if delayed && inner.rate.load(SeqCst) > 0 {
+        for s in [&client, &server] {
+            set_rcvbuf(s, CHUNK);
+        }
+    }
     let conn = Arc::new(Conn {
         id: inner.next_id.fetch_add(1, SeqCst),
         client,
@@ -824,8 +852,13 @@ impl Queue {
             Item::Data(_, v) => v.len(),
             Item::Eof(_) => 0,
         };
+        let limit = match inner.rate.load(SeqCst) {
+            0 => QUEUE_BYTES,
+            r => ((r as f64 * (inner.one_way + SHAPER_QUEUE).as_secs_f64()) as usize)
+                .clamp(CHUNK, QUEUE_BYTES),
+        };
         let mut st = lock(&self.state);
-        while st.1 + len > QUEUE_BYTES && !st.0.is_empty() {
+        while st.1 + len > limit && !st.0.is_empty() {
             if inner.stopping() || conn.aborted() {
                 return false;
             }

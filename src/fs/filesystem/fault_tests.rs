@@ -32,6 +32,7 @@ pub(super) fn config(spool: &std::path::Path) -> FsConfig {
         op_timeout: Duration::from_secs(30),
         strict_dir_times: false,
         spool_window: None,
+        segments: 1,
     }
 }
 

@@ -79,13 +79,22 @@ impl FtpsFs {
         Errno(errno)
     }
 
-    pub(super) fn new_handle(&self, ino: u64, path: &str, writable: bool, append: bool) -> u64 {
+    pub(super) fn new_handle(
+        &self,
+        ino: u64,
+        path: &str,
+        size: u64,
+        writable: bool,
+        append: bool,
+    ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let reader = Prefetcher::new(self.store.clone(), path.to_string())
+            .with_segments(size, self.cfg.segments);
         let h = FileHandle {
             ino,
             append,
             writable,
-            reader: Mutex::new(Some(Prefetcher::new(self.store.clone(), path.to_string()))),
+            reader: Mutex::new(Some(reader)),
         };
         lock(&self.handles).insert(fh, Arc::new(h));
         fh
@@ -147,7 +156,13 @@ impl FtpsFs {
                 return Err(e);
             }
         }
-        Ok(self.new_handle(ino, &path, writable, flags & libc::O_APPEND != 0))
+        Ok(self.new_handle(
+            ino,
+            &path,
+            entry.size,
+            writable,
+            flags & libc::O_APPEND != 0,
+        ))
     }
 
     /// create(2): a new empty file, uploaded at the latest when closed.
@@ -203,7 +218,7 @@ impl FtpsFs {
             l.insert(name.to_string(), e.clone());
         });
         self.dir_changed(&dir);
-        let fh = self.new_handle(ino, &path, true, flags & libc::O_APPEND != 0);
+        let fh = self.new_handle(ino, &path, 0, true, flags & libc::O_APPEND != 0);
         Ok((self.make_attr(ino, &e), fh))
     }
 
