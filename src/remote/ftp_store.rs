@@ -298,6 +298,10 @@ pub fn to_store(e: FtpError) -> StoreError {
             code: 421 | 425 | 426 | 450 | 451,
             ..
         } => StoreError::Lost(message),
+        // "550 File name too long", "500 Input line too long".
+        FtpError::Reply { .. } if e.errno() == libc::ENAMETOOLONG => {
+            StoreError::NameTooLong(message)
+        }
         FtpError::Reply {
             code: 500 | 502 | 504,
             ..
@@ -376,4 +380,38 @@ fn send_upload(
         }
     }
     up.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, text: &str) -> FtpError {
+        FtpError::Reply {
+            command: "X".into(),
+            code,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn replies_become_store_errors_with_the_right_errno() {
+        let cases = [
+            (reply(550, "x: No such file or directory"), libc::ENOENT),
+            (reply(550, "x: Permission denied"), libc::EACCES),
+            (reply(550, "File name too long."), libc::ENAMETOOLONG),
+            (reply(500, "Input line too long."), libc::ENAMETOOLONG),
+            (reply(502, "Command not implemented"), libc::ENOTSUP),
+            (reply(426, "Transfer aborted"), libc::EIO),
+            (reply(552, "Quota exceeded"), libc::ENOSPC),
+            (FtpError::Timeout("stall".into()), libc::ETIMEDOUT),
+            (FtpError::NameTooLong("deep".into()), libc::ENAMETOOLONG),
+        ];
+        for (e, errno) in cases {
+            let text = e.to_string();
+            assert_eq!(to_store(e).errno(), errno, "{text}");
+        }
+        assert!(to_store(reply(426, "x")).is_resumable());
+        assert!(to_store(reply(502, "x")).is_not_implemented());
+    }
 }
