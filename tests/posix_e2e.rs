@@ -1,6 +1,6 @@
 //! End-to-end: POSIX where FTP allows it, on real servers through a real mount.
-//! Backup tools finish cleanly where the server cannot set directory times
-//! (vsftpd, pyftpdlib); mkdir modes, link counts and times after the mount's own
+//! A directory time the server cannot set is skipped unless `strict_dir_times`
+//! (`rsync -a` and `tar x` on vsftpd and pyftpdlib: tests/mount_e2e.rs); mkdir modes, link counts and times after the mount's own
 //! changes are what a local file system would show; an empty directory the
 //! account cannot read can still be removed. See SEMANTICS.md ("Attributes").
 //!
@@ -11,10 +11,9 @@ mod support;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use support::mount::{pattern, Env, Mount, CACHE_TIMEOUT};
+use support::mount::{Env, Mount, CACHE_TIMEOUT};
 use support::{Server, ServerSpec};
 
 fn with_mount(spec: ServerSpec, f: impl FnOnce(&Server, &Mount)) {
@@ -25,86 +24,8 @@ fn with_mount(spec: ServerSpec, f: impl FnOnce(&Server, &Mount)) {
     drop(srv);
 }
 
-/// Nested directories with files, every time in the past.
-fn make_tree(dir: &Path) {
-    fs::create_dir_all(dir.join("a/b c/deep")).expect("mkdir");
-    fs::create_dir_all(dir.join("empty")).expect("mkdir");
-    fs::write(dir.join("top.txt"), b"top\n").expect("write");
-    fs::write(dir.join("a/b c/x.bin"), pattern(5000, 3)).expect("write");
-    fs::write(dir.join("a/b c/deep/y.txt"), b"deep\n").expect("write");
-}
-
-fn has(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok()
-}
-
 // ---- directory times on servers that cannot set them ----------------------------------
-
-/// `rsync -a` (with directory times) exits 0 twice, and the second run sends no file.
-fn rsync_with_dir_times(spec: ServerSpec) {
-    if !has("rsync") {
-        println!("SKIPPED: rsync is not installed");
-        return;
-    }
-    with_mount(spec, |srv, m| {
-        let e = Env::new(srv, m);
-        make_tree(&e.w().join("src"));
-        e.ok(r#"find "$W/src" -exec touch -h -d '2023-05-06 07:08:09' {} +"#);
-        e.ok(r#"rsync -a "$W/src/" "$MNT/rs/""#);
-        e.ok(r#"diff -r "$W/src" "$ROOT/rs""#);
-        std::thread::sleep(Duration::from_secs(CACHE_TIMEOUT + 1));
-        let out = e.ok(r#"rsync -a --stats "$W/src/" "$MNT/rs/""#);
-        assert!(
-            out.contains("Number of regular files transferred: 0"),
-            "[{}] second rsync transferred files:\n{out}",
-            srv.spec.kind.name()
-        );
-        let log = m.daemon_output();
-        assert!(
-            log.matches("cannot set directory times").count() <= 1,
-            "logged once per mount:\n{log}"
-        );
-    });
-}
-
-#[test]
-fn rsync_a_twice_exits_0_vsftpd() {
-    rsync_with_dir_times(ServerSpec::vsftpd());
-}
-
-#[test]
-fn rsync_a_twice_exits_0_pyftpdlib() {
-    rsync_with_dir_times(ServerSpec::pyftpdlib());
-}
-
-/// `tar x` restoring times exits 0; file times are restored.
-fn tar_x_with_times(spec: ServerSpec) {
-    with_mount(spec, |srv, m| {
-        let e = Env::new(srv, m);
-        make_tree(&e.w().join("src"));
-        e.ok(r#"find "$W/src" -exec touch -h -d '2022-01-02 03:04:05' {} +"#);
-        e.ok(r#"tar cf "$W/a.tar" -C "$W/src" ."#);
-        e.ok(r#"mkdir "$MNT/t" && tar xf "$W/a.tar" -C "$MNT/t""#);
-        e.ok(r#"diff -r "$W/src" "$ROOT/t""#);
-        let f = srv.root.join("t/a/b c/x.bin");
-        let want = e.ok(r#"date -d '2022-01-02 03:04:05' +%s"#);
-        assert_eq!(
-            fs::metadata(&f).expect("stat").mtime().to_string(),
-            want.trim(),
-            "file time restored on the server"
-        );
-    });
-}
-
-#[test]
-fn tar_x_restoring_times_exits_0_vsftpd() {
-    tar_x_with_times(ServerSpec::vsftpd());
-}
-
-#[test]
-fn tar_x_restoring_times_exits_0_pyftpdlib() {
-    tar_x_with_times(ServerSpec::pyftpdlib());
-}
+// (`rsync -a` twice and `tar x` exiting 0 on vsftpd and pyftpdlib: tests/mount_e2e.rs)
 
 /// With `strict_dir_times` a directory time the server cannot set is EPERM.
 #[test]

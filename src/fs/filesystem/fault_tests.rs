@@ -36,7 +36,7 @@ pub(super) fn config(spool: &std::path::Path) -> FsConfig {
     }
 }
 
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
+pub(super) fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
         .collect()
@@ -59,7 +59,7 @@ fn spool_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .unwrap_or_default()
 }
 
-fn journal_records(dir: &std::path::Path) -> usize {
+pub(super) fn journal_records(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir.join("journal"))
         .map(|r| {
             r.flatten()
@@ -69,7 +69,7 @@ fn journal_records(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
-fn no_part_files(store: &FaultStore) {
+pub(super) fn no_part_files(store: &FaultStore) {
     let paths = store.inner.paths();
     assert!(
         !paths.iter().any(|p| p.ends_with(".part")),

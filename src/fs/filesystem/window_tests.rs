@@ -4,6 +4,7 @@
 //! sequence fetch the dropped start back; a crash loses the unfinished file, and
 //! recovery says so and leaves no partial upload.
 
+use super::fault_tests::{journal_records, no_part_files, pattern};
 use super::*;
 use crate::fs::faultstore::FaultStore;
 use std::os::unix::fs::MetadataExt;
@@ -22,12 +23,6 @@ fn setup() -> (Arc<FaultStore>, FtpsFs, tempfile::TempDir) {
     (store, fs, spool)
 }
 
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
-        .collect()
-}
-
 /// Bytes the spool files take on disk (holes do not count).
 fn spool_disk_use(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
@@ -39,24 +34,6 @@ fn spool_disk_use(dir: &std::path::Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-fn journal_records(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir.join("journal"))
-        .map(|r| {
-            r.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "rec"))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-fn no_part_files(store: &FaultStore) {
-    let paths = store.inner.paths();
-    assert!(
-        !paths.iter().any(|p| p.ends_with(".part")),
-        "temporary upload left: {paths:?}"
-    );
 }
 
 /// Writes `data` in 1 MiB writes from offset 0; the first error, with its offset.
