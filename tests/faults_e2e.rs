@@ -487,8 +487,7 @@ fn crash_while_streaming_a_new_file(spec: ServerSpec, slow_link: bool) {
     } else {
         srv.url()
     };
-    // spool_window=all: a bounded stream goes to a temporary name (tests/window_e2e.rs).
-    let opts = format!("spool_dir={},spool_window=all", spool.path().display());
+    let opts = format!("spool_dir={}", spool.path().display());
     let m = Mount::builder(&srv).url(url.clone()).opts(&opts).mount();
     let mut writer = slow_sequential_writer(&m.path("new.bin"), 200);
     let t = Instant::now();

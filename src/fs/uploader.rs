@@ -55,9 +55,11 @@
 //!   the bytes fetched are the ones the server confirmed with its 226. Failure: EIO.
 //! - *Crash*: a bounded spool cannot finish an upload, so before the first drop its
 //!   journal record says `dropped`, durably; recovery then removes the partial
-//!   temporary upload and reports the data lost (the program never got a
-//!   successful close). Bounded streams always go to a temporary name, even for a
-//!   new file, so no prefix is ever visible under the name (one rename per file).
+//!   upload and reports the data lost (the program never got a successful close).
+//!   A file that exists streams to a temporary name; a new file, bounded or not,
+//!   to its own name (whose journal record is durable before its first byte), so
+//!   a crash can leave a partial new file there until the next mount removes it:
+//!   the trade the mount makes for every new file (a rename's round trip less).
 
 use super::error::{StoreError, StoreResult as Result};
 use super::spool::Spool;

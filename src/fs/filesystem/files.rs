@@ -334,7 +334,7 @@ impl FtpsFs {
             }
             None if off == 0 && was_empty && !st.stream_tried => {
                 st.stream_tried = true;
-                let mut target = self.target(st.is_new);
+                let target = self.target(st.is_new);
                 if target == Target::InPlace {
                     return st;
                 }
@@ -346,11 +346,10 @@ impl FtpsFs {
                         window,
                     })
                 });
-                if bounded.is_some() {
-                    // A bounded stream cannot be finished after a crash: it goes
-                    // to a temporary name even for a new file (see `uploader.rs`).
-                    target = Target::Temp;
-                }
+                // A new file streams straight to its name, bounded or not (one
+                // round trip less per file; a crash leaves a partial new file
+                // that the next mount's recovery removes: see `journal.rs`); a
+                // file that exists goes through a temporary name.
                 let name = uploader::upload_name(path, target);
                 // The journal knows the name before the server does.
                 if let (Some(j), Some(r)) = (&self.journal, st.record.as_mut()) {
