@@ -873,8 +873,10 @@ fn forwarder_cut_all_and_stop() {
     // stop() with connections open (one idle, one mid-command) returns promptly.
     let (_idle, _) = raw_control(&srv);
     let (mut busy, _) = raw_control(&srv);
-    busy.write_all(b"NOOP\r\n").unwrap();
+    // Stalled first, so the command is held in the forwarder (its reply cannot
+    // come back before stop(), which it did at times when sent first).
     fwd.stall(Duration::from_secs(30));
+    busy.write_all(b"NOOP\r\n").unwrap();
     let t0 = Instant::now();
     fwd.stop();
     assert!(
