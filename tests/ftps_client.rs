@@ -1715,3 +1715,26 @@ fn long_paths_client_pyftpdlib() {
 fn long_paths_client_pure_ftpd() {
     long_paths_client(ServerSpec::pure_ftpd());
 }
+
+/// pyftpdlib with client certificates: curl's uploads there sometimes lose their
+/// tail (harness_selftest); ours must not (the server's file is compared).
+#[test]
+fn client_cert_pyftpdlib_uploads_arrive_whole() {
+    let srv = start(ServerSpec::pyftpdlib().client_cert_required(true));
+    let mut conn = connect_with(
+        &srv,
+        with_client_cert(trusting_ca(), false),
+        Protection::Private,
+        false,
+    );
+    for i in 0..5u8 {
+        let data = payload(400_000, 50 + u64::from(i));
+        upload(&mut conn, "/cert.bin", &data);
+        assert!(
+            fs::read(srv.root.join("cert.bin")).unwrap() == data,
+            "upload {i}: the server's file differs"
+        );
+        assert!(download(&mut conn, "/cert.bin", 0) == data);
+    }
+    quit(conn);
+}
