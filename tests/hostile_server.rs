@@ -336,12 +336,18 @@ fn huge_listing_of_a_million_entries_streams_in_bounded_memory() {
 }
 
 /// An endless listing (valid, distinct entries, as fast as the client reads) must end
-/// in an error once the listing passes a bound, as a streamed list_dir_each too.
+/// in an error once the listing passes a bound, as a streamed list_dir_each too. The
+/// bound here is 300,000 entries, so that the test's time does not depend on the
+/// machine's load (the default, 2,000,000, is the same code with a larger number).
 #[test]
 fn endless_listing_is_stopped_by_a_listing_bound() {
     let _g = serial();
     let srv = HostileServer::start(Behaviour::EndlessListing);
-    let mut conn = connect(&srv);
+    let opts = Arc::new(ConnectOptions {
+        max_listing_entries: 300_000,
+        ..(*options(&srv)).clone()
+    });
+    let mut conn = FtpConnection::connect(opts, tls()).expect("connect to the hostile server");
     let seen = Arc::new(AtomicU64::new(0));
     let s2 = seen.clone();
     let mem = Memory::start();
@@ -404,12 +410,17 @@ fn endless_listing_collected_by_list_dir_is_stopped_in_bounded_memory() {
 }
 
 /// A listing line that never ends (no LF) must end in an error too: a bound on the
-/// number of entries alone would never trigger.
+/// number of entries alone would never trigger. With a 300,000-entry bound (its
+/// byte bound 150 MB), so that the test's time does not depend on the load.
 #[test]
 fn endless_listing_line_is_stopped_by_a_listing_bound() {
     let _g = serial();
     let srv = HostileServer::start(Behaviour::EndlessListingLine);
-    let mut conn = connect(&srv);
+    let opts = Arc::new(ConnectOptions {
+        max_listing_entries: 300_000,
+        ..(*options(&srv)).clone()
+    });
+    let mut conn = FtpConnection::connect(opts, tls()).expect("connect to the hostile server");
     let seen = Arc::new(AtomicU64::new(0));
     let s2 = seen.clone();
     let mem = Memory::start();
