@@ -612,20 +612,25 @@ fn upload_resuming(
         if sent >= at + b.window {
             failures = 0;
         }
-        let (dropped, stop) = {
+        let (dropped, stop, closed) = {
             let mut st = feed.lock();
             st.resuming = true;
-            (st.dropped, st.aborted || st.gave_up)
+            (st.dropped, st.aborted || st.gave_up, st.closed)
         };
         failures += 1;
         if stop || !e.is_resumable() || failures > MAX_RESUMES {
             return Err(e);
         }
         log::info!("upload of {name} cut at {sent} bytes ({e}); resuming");
-        // A fresh `timeout=` for the resume: a cut found by a stall left this
-        // thread's deadline passed, and every wait would fail at once. Bounded
-        // by MAX_RESUMES; a writer waiting meanwhile keeps its own deadline.
-        crate::deadline::progress();
+        // While the program is still writing, a fresh `timeout=` for the resume:
+        // a cut found by a stall left this thread's deadline passed, and every
+        // wait would fail at once (bounded by MAX_RESUMES; a writer waiting keeps
+        // its own deadline). Once the program has closed the file, its close()
+        // waits for this thread: no fresh deadline then, so close() returns
+        // within its own `timeout=` (with an error if the stall outlasts it).
+        if !closed {
+            crate::deadline::progress();
+        }
         let held = store.size(name)?;
         let next = reader.next;
         if held < dropped || held > next {

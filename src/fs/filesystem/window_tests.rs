@@ -348,7 +348,11 @@ fn one_cut_on_an_append_only_server_is_resumed() {
 /// deadline has passed, so the resume must not run out of time before it starts
 /// (SIZE, REST + STOR on a new connection).
 #[test]
-fn a_stalled_transfer_is_resumed_after_its_timeout() {
+fn a_stall_after_the_program_closed_ends_close_by_its_deadline() {
+    // The program has written everything and waits in close(); the transfer
+    // stalls: close() returns within its deadline (twice `timeout=` at most: the
+    // stall found, then the cleanup), with an error, and the server keeps the old
+    // file (the start of the new one is no longer kept: the data is reported lost).
     let store = Arc::new(FaultStore::new());
     let spool = tempfile::tempdir().expect("tempdir");
     let mut cfg = super::fault_tests::config(spool.path());
@@ -362,10 +366,19 @@ fn a_stalled_transfer_is_resumed_after_its_timeout() {
     let fh = open_existing(&fs, "f");
     let data = pattern(40 * MIB, 14);
     let mut peak = 0;
-    write_all(&fs, fh, &data, &mut peak, spool.path()).unwrap();
-    fs.flush(fh).unwrap();
-    fs.release(fh).unwrap();
-    assert_eq!(store.inner.get("/f").unwrap(), data);
-    assert_eq!(store.resumes.load(SeqCst), 1);
+    let written = write_all(&fs, fh, &data, &mut peak, spool.path());
+    let t = std::time::Instant::now();
+    let closed = written.and_then(|()| fs.flush(fh));
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "close took {:?}",
+        t.elapsed()
+    );
+    let kept = store.inner.get("/f").unwrap();
+    match closed {
+        Ok(()) => assert_eq!(kept, data, "a successful close means the whole file"),
+        Err(_) => assert_eq!(kept, b"old", "a failed close keeps the old file"),
+    }
+    let _ = fs.release(fh);
     no_part_files(&store);
 }
