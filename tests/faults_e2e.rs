@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::forwarder::Cut;
-use support::mount::{is_mounted, pattern, scratch, tail, HeldWriter, Mount};
+use support::mount::{is_mounted, pattern, scratch, tail, HeldWriter, Mount, SmallDisk};
 use support::{ServerSpec, FORWARD_HOST};
 
 fn sha256(d: &[u8]) -> String {
@@ -203,45 +203,6 @@ fn server_killed_mid_download_never_reads_short_proftpd() {
 }
 
 // ---- a full spool ---------------------------------------------------------------------
-
-/// A tmpfs of `mib` MiB, unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn new(mib: u32) -> SmallDisk {
-        let dir = scratch("small-disk-");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "mounting a tmpfs (the tests run as root)");
-        SmallDisk { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn free(&self) -> u64 {
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        let c = std::ffi::CString::new(self.path().as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: statvfs on a valid path into a zeroed struct.
-        unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-        st.f_bavail as u64 * st.f_frsize as u64
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 /// A program overwrites a 4 MiB file with 32 MiB through an 8 MiB spool disk: its
 /// writes (or its close) fail, the server keeps the old file, the disk is freed,

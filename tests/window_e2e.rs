@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::forwarder::Cut;
-use support::mount::{pattern, scratch, tail, Mount};
+use support::mount::{pattern, scratch, tail, Mount, SmallDisk};
 use support::{ServerSpec, FORWARD_HOST};
 
 fn sha256_file(p: &Path) -> String {
@@ -47,41 +47,6 @@ fn parts(root: &Path) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".part"))
         .collect()
-}
-
-/// A tmpfs of `mib` MiB, unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn new(mib: u32) -> SmallDisk {
-        let dir = scratch("small-disk-");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "mounting a tmpfs (the tests run as root)");
-        SmallDisk { dir }
-    }
-
-    fn used(path: &Path) -> u64 {
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: statvfs on a valid path into a zeroed struct.
-        unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-        (st.f_blocks - st.f_bfree) * st.f_frsize
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
 }
 
 /// Samples the disk use of `path` every 20 ms until dropped; the peak.
@@ -130,11 +95,11 @@ fn bigger_than_the_spool_disk(spec: ServerSpec) {
     let m = Mount::builder(&srv)
         .opts(&format!(
             "spool_dir={},spool_window=16M",
-            disk.dir.path().display()
+            disk.path().display()
         ))
         .mount();
-    let base = SmallDisk::used(disk.dir.path());
-    let peak = PeakUse::start(disk.dir.path());
+    let base = SmallDisk::used(disk.path());
+    let peak = PeakUse::start(disk.path());
     let ok = sh(&format!(
         "head -c {} /dev/urandom > /tmp/ftpsfs-window-src.$$ && \
          dd if=/tmp/ftpsfs-window-src.$$ of='{}' bs=1M status=none; r=$?; \

@@ -568,3 +568,58 @@ impl Drop for HeldWriter {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------
+// A small disk
+
+/// A tmpfs of `mib` MiB (a small or full `spool_dir`), unmounted on drop.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn new(mib: u32) -> SmallDisk {
+        let dir = scratch("small-disk-");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a tmpfs (the tests run as root)");
+        SmallDisk { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn statvfs(path: &Path) -> libc::statvfs {
+        // SAFETY: an all-zero statvfs is a valid value to be filled in.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statvfs on a valid path into a zeroed struct.
+        unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        st
+    }
+
+    /// Bytes free for an unprivileged writer.
+    pub fn free(&self) -> u64 {
+        let st = Self::statvfs(self.path());
+        st.f_bavail * st.f_frsize
+    }
+
+    /// Bytes in use on the file system holding `path`.
+    pub fn used(path: &Path) -> u64 {
+        let st = Self::statvfs(path);
+        (st.f_blocks - st.f_bfree) * st.f_frsize
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
