@@ -13,15 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::forwarder::Cut;
-use support::mount::{is_mounted, pattern, scratch, tail, HeldWriter, Mount, SmallDisk};
+use support::mount::{is_mounted, pattern, scratch, sha256, tail, HeldWriter, Mount, SmallDisk};
 use support::{ServerSpec, FORWARD_HOST};
-
-fn sha256(d: &[u8]) -> String {
-    openssl::sha::sha256(d)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// Runs a shell command; (success, stdout).
 fn sh(script: &str) -> (bool, Vec<u8>) {

@@ -13,15 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use support::forwarder::Cut;
-use support::mount::{pattern, Mount};
+use support::mount::{pattern, sha256, Mount};
 use support::{ServerSpec, FORWARD_HOST};
-
-fn sha256(d: &[u8]) -> String {
-    openssl::sha::sha256(d)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn cat(path: &std::path::Path) -> (bool, Vec<u8>) {
     let out = Command::new("cat")

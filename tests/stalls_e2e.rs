@@ -21,15 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::forwarder::Forwarder;
-use support::mount::{pattern, scratch, tail, HeldWriter, Mount};
+use support::mount::{pattern, scratch, sha256, tail, HeldWriter, Mount};
 use support::{Server, ServerSpec, FORWARD_HOST};
-
-fn sha256(d: &[u8]) -> String {
-    openssl::sha::sha256(d)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// A mount whose detached daemon logs to `$XDG_CACHE_HOME/ftpsfs/ftpsfs.log` in a
 /// scratch directory of its own; on a panic the log's tail is printed.

@@ -569,6 +569,14 @@ impl Drop for HeldWriter {
     }
 }
 
+/// SHA-256 of `d`, in hex.
+pub fn sha256(d: &[u8]) -> String {
+    openssl::sha::sha256(d)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // A small disk
 
