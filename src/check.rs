@@ -18,20 +18,13 @@ const SHOWN_ENTRIES: usize = 20;
 /// Refuses a remote root that does not exist or is not a directory (a mount of it
 /// would show an empty folder that refuses every write), with the server's words.
 pub fn verify_root(conn: &mut FtpConnection, host: &str, path: &str) -> Result<(), Failure> {
-    crate::ftp::session::check_path(path)?;
-    let r = conn.command(&format!("CWD {path}"))?;
-    if r.code / 100 == 2 {
-        return Ok(());
-    }
-    let said = format!("{} {}", r.code, r.text().trim());
-    if r.code / 100 != 5 {
-        return Err(FtpError::Reply {
-            command: "CWD".into(),
-            code: r.code,
-            text: r.text(),
+    let said = match conn.enter(path) {
+        Ok(()) => return Ok(()),
+        Err(FtpError::Reply { code, text, .. }) if code / 100 == 5 => {
+            format!("{code} {}", text.trim())
         }
-        .into());
-    }
+        Err(e) => return Err(e.into()),
+    };
     let is_file = conn.size(path).is_ok();
     let lower = said.to_ascii_lowercase();
     let msg = if is_file || lower.contains("not a directory") {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ftpsfs::error::FtpError;
+use ftpsfs::ftp::command::Command as FtpCommand;
 use ftpsfs::ftp::{
     ConnectOptions, EntryKind, FtpConnection, Protection, RemoteEntry, Secret, TlsConfig,
     TlsContext, TlsVersion,
@@ -1404,7 +1405,7 @@ fn stale_prepared_data(spec: ServerSpec) {
     let data = payload(50_000, 41);
     upload(&mut conn, "/f", &data);
     conn.prepare_data().unwrap();
-    let r = conn.command("EPSV").unwrap();
+    let r = conn.command(&FtpCommand::epsv()).unwrap();
     assert_eq!(r.code, 229);
     std::thread::sleep(Duration::from_millis(100));
     assert!(download(&mut conn, "/f", 0) == data);

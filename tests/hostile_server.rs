@@ -21,6 +21,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ftpsfs::error::FtpError;
+use ftpsfs::ftp::command::Command;
 use ftpsfs::ftp::{ConnectOptions, FtpConnection, Protection, Secret, TlsConfig, TlsContext};
 use hostile::{Behaviour, HostileServer, FILE_NAME};
 
@@ -293,6 +294,57 @@ fn dropping_the_server_mid_listing_is_prompt_and_an_error() {
     );
 }
 
+/// A download the server cuts (data connection closed without close_notify) is an
+/// error, never a short read. The error is the server's own reason when it gives
+/// one (426: the control connection stays in step and is used again); a server
+/// that answers 226 after the cut gets "truncated", said once, and the connection
+/// is given up.
+#[test]
+fn cut_download_is_an_error_with_the_servers_reason() {
+    let _g = serial();
+    const CUT: usize = 300_000;
+    for (final_reply, want_code) in [
+        ("426 Connection closed; transfer aborted", Some(426)),
+        ("226 Transfer complete", None),
+    ] {
+        let srv = HostileServer::start(Behaviour::CutDownload(CUT, final_reply));
+        let mut conn = connect(&srv);
+        let t0 = Instant::now();
+        let mut dl = conn.retr(&format!("/{FILE_NAME}"), 0).unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        let err = loop {
+            match dl.read_chunk(&mut buf) {
+                Ok(0) => panic!("a cut download ended as complete after {got} bytes"),
+                Ok(n) => got += n,
+                Err(e) => break e,
+            }
+        };
+        drop(dl);
+        let msg = err.to_string();
+        assert!(got <= CUT, "{got} bytes read of {CUT} sent");
+        match want_code {
+            Some(code) => {
+                assert_eq!(err.reply_code(), Some(code), "{msg}");
+                assert!(!conn.is_broken(), "in step after the server's reply: {msg}");
+                conn.noop().expect("the connection is used again");
+            }
+            None => {
+                assert!(matches!(err, FtpError::Truncated(_)), "{msg}");
+                assert_eq!(msg.matches("truncated").count(), 1, "{msg}");
+                assert!(msg.contains("close_notify"), "{msg}");
+                assert!(conn.is_broken(), "given up after a lying 226: {msg}");
+            }
+        }
+        report(
+            &format!("CutDownload then {final_reply:?}"),
+            t0.elapsed(),
+            None,
+            &msg,
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Listings
 
@@ -461,7 +513,7 @@ fn overlong_reply_line_is_refused() {
     let mut conn = connect(&srv);
     let mem = Memory::start();
     let ran = run_bounded(&srv, move || {
-        let r = conn.command("PWD");
+        let r = conn.command(&Command::pwd());
         let broken = conn.is_broken();
         (r, broken, conn)
     });

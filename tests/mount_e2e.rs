@@ -287,101 +287,140 @@ fn mv_rm_r_mkdir_p_vsftpd() {
 // ---------------------------------------------------------------------------
 // append, write in the middle, truncate, touch
 
+/// One check on a mounted server.
+type Check = fn(&Env, &Mount);
+
+/// The small-write checks, each on its own files of one mount. Every check runs
+/// even when an earlier one fails, and the failure names each check that failed.
 fn small_writes(spec: ServerSpec) {
     with_mount(spec, |srv, m| {
         let e = Env::new(srv, m);
-        let root = e.root().to_path_buf();
-        e.ok(r#"echo one >> "$MNT/log.txt" && echo two >> "$MNT/log.txt""#);
-        assert_eq!(
-            fs::read_to_string(root.join("log.txt")).unwrap(),
-            "one\ntwo\n"
-        );
-        assert_eq!(fs::read_to_string(m.path("log.txt")).unwrap(), "one\ntwo\n");
-
-        // dd conv=notrunc in the middle of a 100 KiB file: only those bytes change.
-        let mut expected = pattern(100_000, 7);
-        fs::write(e.w().join("mid"), &expected).unwrap();
-        e.ok(r#"cp "$W/mid" "$MNT/mid""#);
-        e.ok(r#"printf XXXXXXXX | dd of="$MNT/mid" bs=1 seek=50000 conv=notrunc status=none"#);
-        expected[50_000..50_008].copy_from_slice(b"XXXXXXXX");
-        assert!(
-            fs::read(root.join("mid")).unwrap() == expected,
-            "dd result on server"
-        );
-        assert!(
-            fs::read(m.path("mid")).unwrap() == expected,
-            "dd result on mount"
-        );
-
-        // truncate: shrink, then grow (zero-filled).
-        e.ok(r#"truncate -s 1000 "$MNT/mid""#);
-        expected.truncate(1000);
-        assert!(
-            fs::read(root.join("mid")).unwrap() == expected,
-            "shrunk on server"
-        );
-        e.ok(r#"truncate -s 5000 "$MNT/mid""#);
-        expected.resize(5000, 0);
-        assert!(
-            fs::read(root.join("mid")).unwrap() == expected,
-            "grown on server"
-        );
-        assert_eq!(e.ok(r#"stat -c %s "$MNT/mid""#).trim(), "5000");
-
-        // A write-only handle (page cache bypassed) and a reader that cached the
-        // file before: the reader sees the new bytes, in the middle and past the
-        // old end, on its open handle.
-        {
-            use std::os::unix::fs::FileExt;
-            fs::write(m.path("coherent"), vec![b'A'; 5000]).unwrap();
-            let reader = fs::File::open(m.path("coherent")).unwrap();
-            let mut buf = vec![0u8; 10_000];
-            assert_eq!(reader.read_at(&mut buf, 0).unwrap(), 5000);
-            let writer = fs::OpenOptions::new()
-                .write(true)
-                .open(m.path("coherent"))
-                .unwrap();
-            writer.write_all_at(&[b'B'; 100], 5000).unwrap();
-            writer.write_all_at(&[b'C'; 10], 100).unwrap();
-            drop(writer);
-            let mut want = vec![b'A'; 5100];
-            want[100..110].fill(b'C');
-            want[5000..].fill(b'B');
-            let mut got = Vec::new();
-            let mut off = 0;
-            loop {
-                let n = reader.read_at(&mut buf, off).unwrap();
-                if n == 0 {
-                    break;
+        let checks: [(&str, Check); 5] = [
+            ("append with >>", append_twice),
+            ("dd conv=notrunc in the middle", dd_in_the_middle),
+            ("truncate shrink and grow", truncate_shrink_grow),
+            ("reader sees a write-only handle", reader_sees_writer),
+            ("touch -d", touch_sets_the_time),
+        ];
+        let failed: Vec<&str> = checks
+            .iter()
+            .filter(|(name, check)| {
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&e, m)));
+                if run.is_err() {
+                    eprintln!(
+                        "small writes on {}: check {name:?} FAILED",
+                        srv.spec.kind.name()
+                    );
                 }
-                got.extend_from_slice(&buf[..n]);
-                off += n as u64;
-            }
-            assert!(got == want, "reader sees the write-only handle's bytes");
-            assert!(
-                fs::read(root.join("coherent")).unwrap() == want,
-                "on server"
-            );
-        }
-
-        // touch -d: both views show the time.
-        e.ok(r#"touch -d "2001-02-03 04:05:06" "$MNT/log.txt""#);
-        let want = "981173106";
-        assert_eq!(
-            e.ok(r#"stat -c %Y "$MNT/log.txt""#).trim(),
-            want,
-            "on mount"
-        );
-        assert_eq!(
-            e.ok(r#"stat -c %Y "$ROOT/log.txt""#).trim(),
-            want,
-            "on server"
-        );
-        assert_eq!(
-            fs::read_to_string(root.join("log.txt")).unwrap(),
-            "one\ntwo\n"
-        );
+                run.is_err()
+            })
+            .map(|(name, _)| *name)
+            .collect();
+        assert!(failed.is_empty(), "failed checks: {failed:?}");
     });
+}
+
+fn append_twice(e: &Env, m: &Mount) {
+    e.ok(r#"echo one >> "$MNT/log.txt" && echo two >> "$MNT/log.txt""#);
+    assert_eq!(
+        fs::read_to_string(e.root().join("log.txt")).unwrap(),
+        "one\ntwo\n"
+    );
+    assert_eq!(fs::read_to_string(m.path("log.txt")).unwrap(), "one\ntwo\n");
+}
+
+/// dd conv=notrunc in the middle of a 100 KiB file: only those bytes change.
+fn dd_in_the_middle(e: &Env, m: &Mount) {
+    let mut expected = pattern(100_000, 7);
+    fs::write(e.w().join("mid"), &expected).unwrap();
+    e.ok(r#"cp "$W/mid" "$MNT/mid""#);
+    e.ok(r#"printf XXXXXXXX | dd of="$MNT/mid" bs=1 seek=50000 conv=notrunc status=none"#);
+    expected[50_000..50_008].copy_from_slice(b"XXXXXXXX");
+    assert!(
+        fs::read(e.root().join("mid")).unwrap() == expected,
+        "dd result on server"
+    );
+    assert!(
+        fs::read(m.path("mid")).unwrap() == expected,
+        "dd result on mount"
+    );
+}
+
+/// truncate: shrink, then grow (zero-filled).
+fn truncate_shrink_grow(e: &Env, _m: &Mount) {
+    let mut expected = pattern(100_000, 8);
+    fs::write(e.w().join("cut"), &expected).unwrap();
+    e.ok(r#"cp "$W/cut" "$MNT/cut""#);
+    e.ok(r#"truncate -s 1000 "$MNT/cut""#);
+    expected.truncate(1000);
+    assert!(
+        fs::read(e.root().join("cut")).unwrap() == expected,
+        "shrunk on server"
+    );
+    e.ok(r#"truncate -s 5000 "$MNT/cut""#);
+    expected.resize(5000, 0);
+    assert!(
+        fs::read(e.root().join("cut")).unwrap() == expected,
+        "grown on server"
+    );
+    assert_eq!(e.ok(r#"stat -c %s "$MNT/cut""#).trim(), "5000");
+}
+
+/// A write-only handle (page cache bypassed) and a reader that cached the file
+/// before: the reader sees the new bytes, in the middle and past the old end, on
+/// its open handle.
+fn reader_sees_writer(e: &Env, m: &Mount) {
+    use std::os::unix::fs::FileExt;
+    fs::write(m.path("coherent"), vec![b'A'; 5000]).unwrap();
+    let reader = fs::File::open(m.path("coherent")).unwrap();
+    let mut buf = vec![0u8; 10_000];
+    assert_eq!(reader.read_at(&mut buf, 0).unwrap(), 5000);
+    let writer = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("coherent"))
+        .unwrap();
+    writer.write_all_at(&[b'B'; 100], 5000).unwrap();
+    writer.write_all_at(&[b'C'; 10], 100).unwrap();
+    drop(writer);
+    let mut want = vec![b'A'; 5100];
+    want[100..110].fill(b'C');
+    want[5000..].fill(b'B');
+    let mut got = Vec::new();
+    let mut off = 0;
+    loop {
+        let n = reader.read_at(&mut buf, off).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        off += n as u64;
+    }
+    assert!(got == want, "reader sees the write-only handle's bytes");
+    assert!(
+        fs::read(e.root().join("coherent")).unwrap() == want,
+        "on server"
+    );
+}
+
+/// touch -d: both views show the time, and the content is untouched.
+fn touch_sets_the_time(e: &Env, _m: &Mount) {
+    e.ok(r#"echo kept > "$MNT/touched.txt""#);
+    e.ok(r#"touch -d "2001-02-03 04:05:06" "$MNT/touched.txt""#);
+    let want = "981173106";
+    assert_eq!(
+        e.ok(r#"stat -c %Y "$MNT/touched.txt""#).trim(),
+        want,
+        "on mount"
+    );
+    assert_eq!(
+        e.ok(r#"stat -c %Y "$ROOT/touched.txt""#).trim(),
+        want,
+        "on server"
+    );
+    assert_eq!(
+        fs::read_to_string(e.root().join("touched.txt")).unwrap(),
+        "kept\n"
+    );
 }
 
 #[test]

@@ -77,14 +77,7 @@ pub trait RemoteStore: Send + Sync + 'static {
     }
 }
 
-/// Joins a directory path and a name.
-pub fn join(dir: &str, name: &str) -> String {
-    if dir.ends_with('/') {
-        format!("{dir}{name}")
-    } else {
-        format!("{dir}/{name}")
-    }
-}
+pub use crate::ftp::entry::join;
 
 /// Splits `/a/b/c` into (`/a/b`, `c`); the root has no parent.
 pub fn split(path: &str) -> Option<(&str, &str)> {

@@ -3,6 +3,15 @@
 
 use std::time::SystemTime;
 
+/// Joins a remote directory path and a name in it.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
 /// What kind of object a listing line describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {

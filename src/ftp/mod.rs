@@ -1,6 +1,6 @@
 //! The FTP-over-TLS client. Knows nothing of FUSE.
 
-pub mod data;
+pub mod command;
 pub mod entry;
 pub mod features;
 pub mod listing;
@@ -10,7 +10,6 @@ pub mod reply;
 pub mod session;
 pub mod tls;
 
-pub use data::{Download, Upload};
 pub use entry::{EntryKind, RemoteEntry};
-pub use session::{ConnectOptions, DataStats, FtpConnection, Protection, Secret};
+pub use session::{ConnectOptions, DataStats, Download, FtpConnection, Protection, Secret, Upload};
 pub use tls::{TlsConfig, TlsContext, TlsVersion};

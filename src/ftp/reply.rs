@@ -10,6 +10,67 @@ pub const MAX_REPLY_LINES: usize = 4096;
 /// Most bytes of text in one reply (a FEAT or STAT of a real server is a few KiB).
 pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
+/// The reply codes ftpsfs acts on, by name (RFC 959 §4.2.2, RFC 2228, RFC 2428,
+/// RFC 3659). Which of them complete which command is `command::Verb::completes`.
+pub mod code {
+    /// 125: data connection already open; transfer starting.
+    pub const ALREADY_OPEN: u16 = 125;
+    /// 150: file status okay; about to open the data connection.
+    pub const OPENING_DATA: u16 = 150;
+    pub const OK: u16 = 200;
+    /// 202: command not needed here (a password for an account that has none).
+    pub const SUPERFLUOUS: u16 = 202;
+    /// 211: system status, the FEAT reply.
+    pub const FEATURES: u16 = 211;
+    /// 213: file status, the SIZE and MDTM reply.
+    pub const FILE_STATUS: u16 = 213;
+    /// 220: service ready, the greeting.
+    pub const READY: u16 = 220;
+    /// 221: closing the control connection (QUIT).
+    pub const CLOSING: u16 = 221;
+    /// 225: data connection open, no transfer in progress (after ABOR).
+    pub const ABORTED: u16 = 225;
+    /// 226: closing the data connection; the transfer succeeded.
+    pub const TRANSFER_COMPLETE: u16 = 226;
+    /// 227: entering passive mode (PASV).
+    pub const PASSIVE: u16 = 227;
+    /// 229: entering extended passive mode (EPSV).
+    pub const EXTENDED_PASSIVE: u16 = 229;
+    pub const LOGGED_IN: u16 = 230;
+    /// 234: AUTH accepted; the TLS handshake follows.
+    pub const AUTH_OK: u16 = 234;
+    /// 250: requested file action okay, completed.
+    pub const FILE_ACTION_OK: u16 = 250;
+    /// 257: "PATHNAME" created (MKD), or the current directory (PWD).
+    pub const PATH_CREATED: u16 = 257;
+    pub const NEED_PASSWORD: u16 = 331;
+    pub const NEED_ACCOUNT: u16 = 332;
+    /// 350: requested file action pending further information (REST, RNFR).
+    pub const PENDING: u16 = 350;
+    /// 421: service not available, closing the control connection.
+    pub const SERVICE_CLOSING: u16 = 421;
+    /// 425: cannot open the data connection.
+    pub const CANT_OPEN_DATA: u16 = 425;
+    /// 426: connection closed; transfer aborted.
+    pub const TRANSFER_ABORTED: u16 = 426;
+    /// 500, 502, 504: not understood or not implemented (501: bad arguments).
+    pub const NOT_UNDERSTOOD: u16 = 500;
+    pub const BAD_ARGUMENTS: u16 = 501;
+    pub const NOT_IMPLEMENTED: u16 = 502;
+    pub const NOT_IMPLEMENTED_FOR_PARAMETER: u16 = 504;
+    pub const NOT_LOGGED_IN: u16 = 530;
+    /// 550: file unavailable (not found, no access...; the text tells).
+    pub const FILE_UNAVAILABLE: u16 = 550;
+
+    /// True for the replies that say "this server does not do that command".
+    pub fn not_implemented(c: u16) -> bool {
+        matches!(
+            c,
+            NOT_UNDERSTOOD | NOT_IMPLEMENTED | NOT_IMPLEMENTED_FOR_PARAMETER
+        )
+    }
+}
+
 /// One complete reply: its code and its text lines (first line without the code).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -24,6 +85,18 @@ impl Reply {
     }
     pub fn is_positive(&self) -> bool {
         (200..400).contains(&self.code)
+    }
+    /// 4xx and 5xx: the command was refused (for now, or for good).
+    pub fn is_negative(&self) -> bool {
+        self.code >= 400
+    }
+    /// This reply, a refusal of `command`, as the error a caller returns.
+    pub fn into_error(self, command: &str) -> FtpError {
+        FtpError::Reply {
+            command: command.to_string(),
+            code: self.code,
+            text: self.text(),
+        }
     }
     /// The whole text on one line, for messages.
     pub fn text(&self) -> String {

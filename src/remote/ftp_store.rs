@@ -6,7 +6,7 @@ use crate::error::{FtpError, Result};
 use crate::fs::error::{Refusal, StoreError, StoreResult};
 use crate::fs::store::RemoteStore;
 use crate::ftp::{FtpConnection, RemoteEntry};
-use std::io::{BufRead, Read, Write};
+use std::io::BufRead;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -92,20 +92,11 @@ impl FtpStore {
             let mut dl = c.retr(path, offset)?;
             let mut buf = vec![0u8; IO_BUF];
             loop {
-                let n = match dl.read(&mut buf) {
-                    Ok(0) => return dl.finish().map(drop),
-                    Ok(n) => n,
-                    Err(e) => {
-                        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<FtpError>())
-                        {
-                            let msg = inner.to_string();
-                            drop(dl);
-                            return Err(FtpError::Truncated(msg));
-                        }
-                        drop(dl);
-                        return Err(FtpError::io(format!("downloading {path}"), e));
-                    }
-                };
+                // An error has ended the transfer, with the server's reason if any.
+                let n = dl.read_chunk(&mut buf)?;
+                if n == 0 {
+                    return dl.finish().map(drop);
+                }
                 sent_any = true;
                 if !sink(&buf[..n]) {
                     return dl.abort();
@@ -132,7 +123,7 @@ impl FtpStore {
 
     fn ftp_size(&self, path: &str) -> Result<u64> {
         self.pool.run(Use::Command, |c| {
-            c.command("TYPE I")?;
+            c.binary()?;
             c.size(path)
         })
     }
@@ -153,20 +144,17 @@ impl FtpStore {
         let mut c = self.pool.get(Use::Transfer)?;
         let mut consumed = false;
         if c.features().rest_stream {
-            crate::ftp::session::check_path(path)?;
-            match c.start_transfer(&format!("STOR {path}"), offset) {
-                Ok(stream) => {
-                    let up = crate::ftp::Upload::new(&mut c, stream, format!("STOR {path}"));
-                    return send_upload(up, path, data, &mut consumed);
-                }
-                // REST STREAM announced, but not for uploads (proftpd without
-                // AllowStoreRestart: "451 ... Restart not permitted"): APPE instead,
-                // where that is safe (below).
-                Err(e @ FtpError::Reply { .. }) if append && !c.is_broken() => {
-                    log::info!("{path}: the server refuses to restart an upload ({e}); appending");
-                }
-                Err(e) => return Err(e),
+            let refused = match c.stor_from(path, offset) {
+                Ok(up) => return send_upload(up, data, &mut consumed),
+                Err(e) => e,
+            };
+            // REST STREAM announced, but not for uploads (proftpd without
+            // AllowStoreRestart: "451 ... Restart not permitted"): APPE instead,
+            // where that is safe (below).
+            if !(append && !c.is_broken() && matches!(refused, FtpError::Reply { .. })) {
+                return Err(refused);
             }
+            log::info!("{path}: the server refuses to restart an upload ({refused}); appending");
         }
         if !append {
             // Not repeatable: the error must not be taken for a lost connection.
@@ -178,7 +166,7 @@ impl FtpStore {
                     .into(),
             });
         }
-        c.command("TYPE I")?;
+        c.binary()?;
         let first = c.size(path)?;
         std::thread::sleep(std::time::Duration::from_millis(200));
         let second = c.size(path)?;
@@ -188,7 +176,7 @@ impl FtpStore {
             )));
         }
         let up = c.stor(path, true)?;
-        send_upload(up, path, data, &mut consumed)
+        send_upload(up, data, &mut consumed)
     }
 
     fn ftp_delete(&self, path: &str) -> Result<()> {
@@ -341,13 +329,12 @@ fn upload_on(
     consumed: &mut bool,
 ) -> Result<u64> {
     let up = c.stor(path, false)?;
-    send_upload(up, path, data, consumed)
+    send_upload(up, data, consumed)
 }
 
 /// Sends `data` through a started upload, then ends it (close_notify, 226).
 fn send_upload(
     mut up: crate::ftp::Upload<'_>,
-    path: &str,
     data: &mut dyn BufRead,
     consumed: &mut bool,
 ) -> Result<u64> {
@@ -360,24 +347,9 @@ fn send_upload(
         }
         let n = chunk.len();
         *consumed = true;
-        let sent = up.write_all(chunk);
+        let sent = up.send(chunk);
         data.consume(n);
-        if let Err(e) = sent {
-            return Err(
-                match e.get_ref().and_then(|i| i.downcast_ref::<FtpError>()) {
-                    Some(FtpError::Reply {
-                        command,
-                        code,
-                        text,
-                    }) => FtpError::Reply {
-                        command: command.clone(),
-                        code: *code,
-                        text: text.clone(),
-                    },
-                    _ => FtpError::io(format!("uploading {path}"), e),
-                },
-            );
-        }
+        sent?;
     }
     up.finish()
 }

@@ -96,6 +96,10 @@ pub enum Behaviour {
     /// handshake completed, then nothing at all (no data, no final reply, no answer to
     /// `ABOR` or anything else); both connections stay open.
     Preliminary150ThenNothing,
+    /// `RETR` of [`FILE_NAME`] sends this many bytes of a 1 MiB file, closes the
+    /// data connection without close_notify, and answers with this final reply
+    /// (`426 ...` as a server that saw the cut, or a lying `226`).
+    CutDownload(usize, &'static str),
     /// After `230` to `PASS`, nothing is ever answered again (connection kept open).
     StallAfterLogin,
     /// Answers everything `FtpConnection::connect` sends (up to its `TYPE I`), then
@@ -107,6 +111,7 @@ impl fmt::Debug for Behaviour {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Behaviour::NormalFile(b) => write!(f, "NormalFile({} bytes)", b.len()),
+            Behaviour::CutDownload(n, r) => write!(f, "CutDownload({n} bytes, {r:?})"),
             Behaviour::EndlessListing => f.write_str("EndlessListing"),
             Behaviour::HugeListing(n) => write!(f, "HugeListing({n})"),
             Behaviour::EndlessListingLine => f.write_str("EndlessListingLine"),
@@ -1070,6 +1075,25 @@ impl Session {
             // its backlog, so that what the client meets is the reply.
             Behaviour::OverlongLine => self.overlong("150 "),
             Behaviour::Preliminary150ThenNothing => self.preliminary_then_nothing(),
+            Behaviour::CutDownload(cut, final_reply) if is_file(arg) => {
+                self.reply("150 Opening BINARY mode data connection")?;
+                let Some(mut data) = self.open_data(false)? else {
+                    return Ok(true);
+                };
+                let mut left = *cut;
+                let sent = self.send_data(&mut data, move |chunk| {
+                    let n = left.min(CHUNK);
+                    chunk.resize(n, b'c');
+                    left -= n;
+                    left > 0
+                });
+                if matches!(sent, Sent::SessionOver) {
+                    return Ok(false);
+                }
+                data.abort();
+                self.reply(final_reply)?;
+                Ok(true)
+            }
             Behaviour::NormalFile(bytes) if is_file(arg) => {
                 let mut pos = (rest as usize).min(bytes.len());
                 self.transfer(move |chunk| {

@@ -3,4 +3,5 @@
 
 pub mod list;
 pub mod mlsd;
+pub mod reader;
 pub mod timeconv;

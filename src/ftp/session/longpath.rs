@@ -15,6 +15,7 @@
 
 use super::{check_path, parse_pwd, FtpConnection};
 use crate::error::{FtpError, Result};
+use crate::ftp::command::{Command, Verb};
 
 /// Longest command line sent (bytes, without CRLF).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -236,8 +237,9 @@ impl FtpConnection {
     /// appending), or the upload is an error. pure-ftpd 1.0.50 answers 226 to a
     /// STOR whose path passes its limit and stores nothing.
     pub(crate) fn check_stored(&mut self, arg: &str, bytes: u64, append: bool) -> Result<()> {
-        let r = self.command(&format!("SIZE {arg}"))?;
-        let size = (r.code == 213)
+        let r = self.command(&Command::size(arg))?;
+        let size = Verb::Size
+            .completes(r.code)
             .then(|| r.text().trim().parse::<u64>().ok())
             .flatten();
         match size {
@@ -268,9 +270,10 @@ impl FtpConnection {
             return Ok(());
         }
         if self.workdir.home.is_none() && !self.workdir.moved {
-            let r = self.command("PWD")?;
+            let r = self.command(&Command::pwd())?;
             self.workdir.home = Some(
-                (r.code == 257)
+                Verb::Pwd
+                    .completes(r.code)
                     .then(|| parse_pwd(&r.text()))
                     .flatten()
                     .unwrap_or_else(|| "/".into()),
@@ -284,7 +287,7 @@ impl FtpConnection {
             _ => ("/".to_string(), dir.trim_start_matches('/').to_string()),
         };
         // Chunks of whole components, each `CWD <chunk>` within the bound.
-        let limit = MAX_COMMAND_LINE - "CWD ".len() - 1;
+        let limit = MAX_COMMAND_LINE - crate::ftp::command::fixed_len(Command::cwd) - 1;
         let mut steps: Vec<String> = Vec::new();
         let mut cur = String::new();
         for comp in rest.split('/').filter(|c| !c.is_empty()) {
@@ -308,14 +311,10 @@ impl FtpConnection {
         }
         self.workdir.moved = true;
         for step in steps {
-            let r = self.command(&format!("CWD {step}"))?;
-            if !matches!(r.code, 250 | 200) {
+            let r = self.command(&Command::cwd(&step))?;
+            if let Err(e) = Verb::Cwd.accept(r) {
                 self.workdir.cwd = None;
-                return Err(FtpError::Reply {
-                    command: "CWD".into(),
-                    code: r.code,
-                    text: r.text(),
-                });
+                return Err(e);
             }
             at = if step.starts_with('/') {
                 step

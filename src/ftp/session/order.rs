@@ -14,7 +14,7 @@
 //! The server is then marked as one that reorders (`ServerTraits`) and every later
 //! command goes alone, for the rest of the mount.
 
-use super::first_word;
+use crate::ftp::command::Command;
 use crate::ftp::reply::Reply;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -42,40 +42,19 @@ impl ServerTraits {
     }
 }
 
-/// True when a positive (1xx-3xx) `code` is a possible answer to `cmd`. Negative
-/// codes fit every command and are not asked about.
-pub fn fits(cmd: &str, code: u16) -> bool {
-    let verb = first_word(cmd).to_ascii_uppercase();
-    match verb.as_str() {
-        "EPSV" => code == 229,
-        "PASV" => code == 227,
-        "MKD" => matches!(code, 257 | 250),
-        "RNFR" | "REST" => code == 350,
-        "DELE" | "RMD" | "RNTO" | "CWD" => matches!(code, 250 | 200),
-        "SITE" | "MFMT" => matches!(code, 200 | 213 | 250),
-        "MDTM" | "SIZE" => code == 213,
-        "MLST" => code == 250,
-        "NOOP" | "TYPE" | "OPTS" | "PBSZ" | "PROT" => matches!(code, 200..=202),
-        "ABOR" => matches!(code, 225 | 226),
-        "RETR" | "STOR" | "APPE" | "LIST" | "MLSD" | "NLST" => {
-            matches!(code, 125 | 150 | 226 | 250)
-        }
-        // Commands not pipelined by ftpsfs: any positive reply.
-        _ => true,
-    }
-}
-
 fn negative(code: u16) -> bool {
     code >= 400
 }
 
+/// True when `code` is a possible reply to `cmd`: every negative code is (see
+/// `command::Verb::fits` for the positive ones).
+fn fits(cmd: &Command, code: u16) -> bool {
+    negative(code) || cmd.verb().fits(code)
+}
+
 /// True when each reply fits the command at its place.
-pub fn in_order(cmds: &[String], replies: &[Reply]) -> bool {
-    cmds.len() == replies.len()
-        && cmds
-            .iter()
-            .zip(replies)
-            .all(|(c, r)| negative(r.code) || fits(c, r.code))
+pub fn in_order(cmds: &[Command], replies: &[Reply]) -> bool {
+    cmds.len() == replies.len() && cmds.iter().zip(replies).all(|(c, r)| fits(c, r.code))
 }
 
 /// Replies of a batch matched to their commands.
@@ -92,7 +71,7 @@ pub struct Assigned {
 /// the first unmatched command it fits, negative replies to the remaining commands in
 /// order. `None` when a positive reply fits no command left (the connection is out
 /// of step beyond repair).
-pub fn assign(cmds: &[String], replies: Vec<Reply>) -> Option<Assigned> {
+pub fn assign(cmds: &[Command], replies: Vec<Reply>) -> Option<Assigned> {
     if cmds.len() != replies.len() {
         return None;
     }
@@ -130,32 +109,35 @@ mod tests {
         }
     }
 
-    fn cmds(c: &[&str]) -> Vec<String> {
-        c.iter().map(|s| s.to_string()).collect()
+    fn mkd() -> Command {
+        Command::mkd("/p")
+    }
+    fn rename_and_epsv() -> Vec<Command> {
+        vec![Command::rnfr("/a"), Command::rnto("/b"), Command::epsv()]
     }
 
     #[test]
     fn replies_in_order_are_recognised() {
-        let c = cmds(&["MKD /p", "EPSV"]);
+        let c = vec![mkd(), Command::epsv()];
         assert!(in_order(&c, &[r(257), r(229)]));
         assert!(in_order(&c, &[r(550), r(229)]));
         assert!(in_order(&c, &[r(550), r(500)]));
         assert!(!in_order(&c, &[r(229), r(257)]));
         assert!(!in_order(&c, &[r(229)]));
-        let c = cmds(&["RNFR /a", "RNTO /b", "EPSV"]);
+        let c = rename_and_epsv();
         assert!(in_order(&c, &[r(350), r(250), r(229)]));
         assert!(!in_order(&c, &[r(350), r(229), r(250)]));
     }
 
     #[test]
     fn late_positive_reply_goes_to_its_command() {
-        let c = cmds(&["MKD /p", "EPSV"]);
+        let c = vec![mkd(), Command::epsv()];
         let a = assign(&c, vec![r(229), r(257)]).unwrap();
         assert_eq!(a.replies[0].code, 257);
         assert_eq!(a.replies[1].code, 229);
         assert!(a.unsure.is_empty());
 
-        let c = cmds(&["RNFR /a", "RNTO /b", "EPSV"]);
+        let c = rename_and_epsv();
         let a = assign(&c, vec![r(350), r(229), r(250)]).unwrap();
         let codes: Vec<u16> = a.replies.iter().map(|r| r.code).collect();
         assert_eq!(codes, [350, 250, 229]);
@@ -164,7 +146,7 @@ mod tests {
 
     #[test]
     fn one_error_among_positives_is_placed_surely() {
-        let c = cmds(&["DELE /f", "EPSV"]);
+        let c = vec![Command::dele("/f"), Command::epsv()];
         let a = assign(&c, vec![r(229), r(550)]).unwrap();
         assert_eq!(a.replies[0].code, 550);
         assert_eq!(a.replies[1].code, 229);
@@ -173,7 +155,7 @@ mod tests {
 
     #[test]
     fn several_errors_leave_their_commands_unsure() {
-        let c = cmds(&["RNFR /a", "RNTO /b", "EPSV"]);
+        let c = rename_and_epsv();
         let a = assign(&c, vec![r(229), r(550), r(503)]).unwrap();
         assert_eq!(a.replies[2].code, 229);
         assert_eq!(a.unsure, vec![0, 1]);
@@ -181,7 +163,7 @@ mod tests {
 
     #[test]
     fn replies_that_fit_nothing_are_refused() {
-        let c = cmds(&["MKD /p", "EPSV"]);
+        let c = vec![mkd(), Command::epsv()];
         assert!(assign(&c, vec![r(229), r(229)]).is_none());
         assert!(assign(&c, vec![r(150), r(229)]).is_none());
         assert!(assign(&c, vec![r(257)]).is_none());

@@ -26,13 +26,15 @@
 //! input), dropped after [`PREPARED_MAX_AGE`], and a transfer whose command gets a
 //! 425/426 on it is retried once on a fresh EPSV.
 
-use super::{first_word, prepare_socket, FtpConnection, Protection, Reply};
+use super::setup::prepare_socket;
+use super::transfer::DataStream;
+use super::{FtpConnection, Protection};
 use crate::error::{FtpError, Result};
-use crate::ftp::data::DataStream;
+use crate::ftp::command::{Command, Verb};
 use crate::ftp::netio;
-use crate::ftp::session::{parse_epsv, parse_pasv};
+use crate::ftp::reply::{clip, code, Reply};
 use crate::ftp::tls::{Handshake, PendingHandshake, TlsStream};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -93,24 +95,24 @@ impl FtpConnection {
     /// has no prepared connection: the preparation then costs no round trip of its
     /// own. The caller reads its own replies, then calls [`Self::finish_piggyback`]
     /// with the returned flag, whatever those replies said.
-    pub(crate) fn send_batch_preparing(&mut self, lines: &[String]) -> Result<bool> {
+    pub(super) fn send_preparing(&mut self, cmds: &[Command]) -> Result<bool> {
         let piggyback =
             self.use_epsv && self.prepared.is_none() && !self.out_of_tickets() && self.pipelining();
         if !piggyback {
-            self.send_batch(lines)?;
+            self.send(cmds)?;
             return Ok(false);
         }
-        let mut all = Vec::with_capacity(lines.len() + 1);
-        all.extend_from_slice(lines);
-        all.push("EPSV".to_string());
-        self.send_batch(&all)?;
+        let mut all = Vec::with_capacity(cmds.len() + 1);
+        all.extend_from_slice(cmds);
+        all.push(Command::epsv());
+        self.send(&all)?;
         Ok(true)
     }
 
     /// Reads the reply to a piggybacked EPSV and starts the data connection. A
     /// refusal only means there is nothing prepared; a lost reply breaks the
     /// connection (the caller's own result stands).
-    pub(crate) fn finish_piggyback(&mut self, sent: bool) {
+    pub(super) fn finish_piggyback(&mut self, sent: bool) {
         if !sent {
             return;
         }
@@ -121,8 +123,8 @@ impl FtpConnection {
     }
 
     /// Starts the data connection a piggybacked EPSV's reply `r` offers, if any.
-    pub(crate) fn use_piggybacked_epsv(&mut self, r: Reply) {
-        if r.code != 229 {
+    pub(super) fn use_piggybacked_epsv(&mut self, r: Reply) {
+        if !Verb::Epsv.completes(r.code) {
             log::debug!("piggybacked EPSV refused: {} {}", r.code, r.text());
             return;
         }
@@ -151,31 +153,27 @@ impl FtpConnection {
     /// EPSV, else PASV: the port of the server's passive listener.
     fn passive_port(&mut self) -> Result<u16> {
         if self.use_epsv {
-            let r = self.command("EPSV")?;
-            if r.code == 229 {
+            let r = self.command(&Command::epsv())?;
+            if Verb::Epsv.completes(r.code) {
                 return parse_epsv(&r.text());
             }
-            self.epsv_refused(&r)?;
+            self.epsv_refused(r)?;
         }
         self.pasv_port()
     }
 
     /// An EPSV answered with something else than 229: "not implemented" turns
     /// EPSV off for this connection (PASV from now on); anything else is an error.
-    fn epsv_refused(&mut self, r: &Reply) -> Result<()> {
-        if !matches!(r.code, 500 | 501 | 502 | 504) {
-            return Err(FtpError::Reply {
-                command: "EPSV".into(),
-                code: r.code,
-                text: r.text(),
-            });
+    fn epsv_refused(&mut self, r: Reply) -> Result<()> {
+        if !(code::not_implemented(r.code) || r.code == code::BAD_ARGUMENTS) {
+            return Err(r.into_error(Verb::Epsv.name()));
         }
         self.use_epsv = false;
         Ok(())
     }
 
     fn pasv_port(&mut self) -> Result<u16> {
-        let r = self.expect("PASV", |c| c == 227)?;
+        let r = self.expect(&Command::pasv())?;
         let (ip, port) = parse_pasv(&r.text())?;
         if ip != self.peer {
             log::debug!(
@@ -207,18 +205,19 @@ impl FtpConnection {
     /// Opens a data connection and starts `cmd` on it (after `REST offset` if > 0).
     /// A path in `cmd` may be relative to the current directory (`longpath`), which
     /// a renewal here would lose: callers renew first (`renew_if_out_of_tickets`).
-    pub(crate) fn start_transfer(&mut self, cmd: &str, offset: u64) -> Result<DataStream> {
+    pub(super) fn start_transfer(&mut self, cmd: &Command, offset: u64) -> Result<DataStream> {
         self.renew_if_out_of_tickets()?;
-        let mut batch = Vec::with_capacity(3);
+        let mut batch = Vec::with_capacity(2);
         if offset > 0 {
-            batch.push(format!("REST {offset}"));
+            batch.push(Command::rest(offset));
         }
-        batch.push(cmd.to_string());
+        batch.push(cmd.clone());
         if let Some(tcp) = self.take_prepared() {
             let rest = self.send_transfer(&batch)?;
             match self.open_channel(tcp, rest, cmd) {
                 Err(FtpError::Reply { code, text, .. })
-                    if matches!(code, 425 | 426) && !self.broken =>
+                    if matches!(code, code::CANT_OPEN_DATA | code::TRANSFER_ABORTED)
+                        && !self.broken =>
                 {
                     log::debug!("prepared data connection refused ({code} {text}): new EPSV");
                     self.data_stats.prepared_dropped += 1;
@@ -242,34 +241,35 @@ impl FtpConnection {
 
     /// Sends `[REST n] CMD`: together, or, to a server that reorders replies, REST
     /// alone first (its 350 read here). True when a REST reply is still due.
-    fn send_transfer(&mut self, batch: &[String]) -> Result<bool> {
+    fn send_transfer(&mut self, batch: &[Command]) -> Result<bool> {
         if self.pipelining() || batch.len() < 2 {
-            self.send_batch(batch)?;
+            self.send(batch)?;
             return Ok(batch.len() > 1);
         }
-        for line in &batch[..batch.len() - 1] {
-            self.expect(line, |c| c == 350)?;
+        for cmd in &batch[..batch.len() - 1] {
+            self.expect(cmd)?;
         }
-        self.send_batch(&batch[batch.len() - 1..])?;
+        self.send(&batch[batch.len() - 1..])?;
         Ok(false)
     }
 
     /// A new passive connection with `batch` sent: EPSV pipelined with it, or PASV
     /// first where the server has no EPSV.
-    fn open_passive(&mut self, batch: &[String]) -> Result<TcpStream> {
+    fn open_passive(&mut self, batch: &[Command]) -> Result<TcpStream> {
         if self.use_epsv {
-            let mut lines = Vec::with_capacity(batch.len() + 1);
-            lines.push("EPSV".to_string());
-            lines.extend_from_slice(batch);
-            self.send_batch(&lines)?;
+            let mut cmds = Vec::with_capacity(batch.len() + 1);
+            cmds.push(Command::epsv());
+            cmds.extend_from_slice(batch);
+            self.send(&cmds)?;
             let epsv = self.read_reply()?;
-            if epsv.code != 229 && epsv.code < 400 {
+            let is_epsv = Verb::Epsv.completes(epsv.code);
+            if !is_epsv && !epsv.is_negative() {
                 // Another command's reply came first: the server reorders replies.
                 // Which of those still due is which cannot be told: drop the
                 // connection (the pool retries, one command at a time now).
                 self.opts.server.note_reordering(&format!(
                     "EPSV+{} answered {} first",
-                    first_word(cmd_of(batch)),
+                    cmd_of(batch),
                     epsv.code
                 ));
                 self.broken = true;
@@ -278,7 +278,7 @@ impl FtpConnection {
                     epsv.code
                 )));
             }
-            if epsv.code == 229 {
+            if is_epsv {
                 // From here the batch's replies are pending: a failure desynchronises
                 // the control connection, which is then dropped.
                 return parse_epsv(&epsv.text())
@@ -289,11 +289,11 @@ impl FtpConnection {
             for _ in batch {
                 self.read_reply()?;
             }
-            self.epsv_refused(&epsv)?;
+            self.epsv_refused(epsv)?;
         }
         let port = self.pasv_port()?;
         let tcp = self.start_data_connect(port)?;
-        self.send_batch(batch)?;
+        self.send(batch)?;
         Ok(tcp)
     }
 
@@ -315,7 +315,8 @@ impl FtpConnection {
     /// waits for the TCP connect, runs the TLS handshake (PROT P) and reads the
     /// command's preliminary reply, whichever comes first. A refusal on the control
     /// connection ends it with the server's reply.
-    fn open_channel(&mut self, tcp: TcpStream, rest: bool, cmd: &str) -> Result<DataStream> {
+    fn open_channel(&mut self, tcp: TcpStream, rest: bool, cmd: &Command) -> Result<DataStream> {
+        let verb = cmd.verb();
         let deadline = Instant::now() + crate::deadline::bound(self.opts.timeout);
         let mut rest_pending = rest;
         let mut started = false;
@@ -372,7 +373,7 @@ impl FtpConnection {
                     drop(channel);
                     let e = FtpError::Timeout(format!(
                         "{}: neither a reply nor the data connection came",
-                        first_word(cmd)
+                        verb.name()
                     ));
                     return Err(self.fail_before_data(rest_pending, cmd, e));
                 }
@@ -382,25 +383,17 @@ impl FtpConnection {
                 let r = self.read_reply()?;
                 if rest_pending {
                     rest_pending = false;
-                    if r.code != 350 {
+                    if !Verb::Rest.completes(r.code) {
                         // The command would now send the file from its start: give
                         // this connection up rather than read the wrong bytes.
                         self.broken = true;
-                        return Err(FtpError::Reply {
-                            command: "REST".into(),
-                            code: r.code,
-                            text: r.text(),
-                        });
+                        return Err(r.into_error(Verb::Rest.name()));
                     }
                 } else if r.is_preliminary() {
                     started = true;
                 } else {
                     // Refused before any data: the command's only reply.
-                    return Err(FtpError::Reply {
-                        command: first_word(cmd).to_string(),
-                        code: r.code,
-                        text: r.text(),
-                    });
+                    return Err(r.into_error(verb.name()));
                 }
                 continue;
             }
@@ -432,7 +425,7 @@ impl FtpConnection {
                 self.last_data_resumed = Some(s.ssl().session_reused());
                 log::debug!(
                     "data connection {}: {}, session {}",
-                    first_word(cmd),
+                    verb.name(),
                     s.ssl().version_str(),
                     if s.ssl().session_reused() {
                         "resumed"
@@ -452,20 +445,16 @@ impl FtpConnection {
     /// socket is closed by now). Reads the replies still due, so that the server's
     /// reason (425 "did not reuse TLS session", 550...) is what the caller sees and
     /// the control connection stays in step; without one, it is given up.
-    fn fail_before_data(&mut self, rest_pending: bool, cmd: &str, e: FtpError) -> FtpError {
+    fn fail_before_data(&mut self, rest_pending: bool, cmd: &Command, e: FtpError) -> FtpError {
         if rest_pending {
             match self.read_reply() {
-                Ok(r) if r.code == 350 => {}
+                Ok(r) if Verb::Rest.completes(r.code) => {}
                 Ok(r) => {
                     // REST refused: the command's reply is still due, and the
                     // connection is not trusted any more.
                     let _ = self.fail_after_start(cmd, FtpError::Protocol(String::new()));
                     self.broken = true;
-                    return FtpError::Reply {
-                        command: "REST".into(),
-                        code: r.code,
-                        text: r.text(),
-                    };
+                    return r.into_error(Verb::Rest.name());
                 }
                 Err(_) => {
                     self.broken = true;
@@ -478,13 +467,13 @@ impl FtpConnection {
 
     /// Reads the command's replies up to its final one after its data connection
     /// failed, and returns the server's refusal, or `e` when it had none.
-    fn fail_after_start(&mut self, cmd: &str, e: FtpError) -> FtpError {
+    fn fail_after_start(&mut self, cmd: &Command, e: FtpError) -> FtpError {
         for _ in 0..3 {
             match self.read_reply() {
                 Ok(r) if r.is_preliminary() => continue,
-                Ok(r) if !r.is_positive() => {
+                Ok(r) if r.is_negative() => {
                     return FtpError::Reply {
-                        command: first_word(cmd).to_string(),
+                        command: cmd.verb().name().to_string(),
                         code: r.code,
                         text: format!("{} (data connection: {e})", r.text()),
                     };
@@ -497,9 +486,9 @@ impl FtpConnection {
     }
 }
 
-/// The transfer command of a `[REST n] CMD` batch.
-fn cmd_of(batch: &[String]) -> &str {
-    batch.last().map(String::as_str).unwrap_or("")
+/// The transfer command's verb in a `[REST n] CMD` batch.
+fn cmd_of(batch: &[Command]) -> &'static str {
+    batch.last().map(|c| c.verb().name()).unwrap_or("")
 }
 
 /// A data connection on its way up.
@@ -515,5 +504,77 @@ impl From<Handshake> for Channel {
             Handshake::Done(s) => Channel::Tls(Box::new(s)),
             Handshake::Pending(p) => Channel::Pending(p),
         }
+    }
+}
+
+/// `229 Entering Extended Passive Mode (|||6446|)` → 6446.
+pub fn parse_epsv(text: &str) -> Result<u16> {
+    let bad = || FtpError::Protocol(format!("bad EPSV reply {:?}", clip(text)));
+    let open = text.find('(').ok_or_else(bad)?;
+    let close = text[open..].find(')').ok_or_else(bad)? + open;
+    let inner = &text[open + 1..close];
+    let delim = inner.chars().next().ok_or_else(bad)?;
+    let parts: Vec<&str> = inner.split(delim).collect();
+    if parts.len() != 5 {
+        return Err(bad());
+    }
+    match parts[3].parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(bad()),
+    }
+}
+
+/// `227 Entering Passive Mode (h1,h2,h3,h4,p1,p2)` → (address, port).
+pub fn parse_pasv(text: &str) -> Result<(IpAddr, u16)> {
+    let bad = || FtpError::Protocol(format!("bad PASV reply {:?}", clip(text)));
+    let start = text.find(|c: char| c.is_ascii_digit()).ok_or_else(bad)?;
+    let nums: Vec<u8> = text[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(6)
+        .map(|s| s.parse::<u8>().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    if nums.len() != 6 {
+        return Err(bad());
+    }
+    let ip = IpAddr::from([nums[0], nums[1], nums[2], nums[3]]);
+    let port = u16::from(nums[4]) << 8 | u16::from(nums[5]);
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok((ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epsv_replies() {
+        assert_eq!(
+            parse_epsv("Entering Extended Passive Mode (|||6446|)").unwrap(),
+            6446
+        );
+        assert_eq!(parse_epsv("ok (!!!21!)").unwrap(), 21);
+        for bad in [
+            "(|||0|)",
+            "(|||70000|)",
+            "no parens",
+            "(|||x|)",
+            "(||)",
+            "(|||5",
+        ] {
+            assert!(parse_epsv(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pasv_replies() {
+        let (ip, port) = parse_pasv("Entering Passive Mode (127,0,0,1,195,80).").unwrap();
+        assert_eq!(ip.to_string(), "127.0.0.1");
+        assert_eq!(port, 195 * 256 + 80);
+        assert!(parse_pasv("Entering Passive Mode (127,0,0,1,300,1)").is_err());
+        assert!(parse_pasv("Entering Passive Mode (127,0,0,1)").is_err());
+        assert!(parse_pasv("nothing").is_err());
     }
 }
