@@ -4,6 +4,7 @@
 
 use crate::config::OptionList;
 use crate::error::FtpError;
+use crate::ftp::reply::code;
 use crate::mount::MountPlan;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
@@ -51,7 +52,8 @@ pub fn exit_status(e: &FtpError) -> u8 {
         FtpError::Tls(m) if m.starts_with("handshake failed") => EXIT_FAILURE,
         FtpError::Tls(_) => EXIT_REFUSED,
         FtpError::Reply {
-            code: 530 | 532, ..
+            code: code::NOT_LOGGED_IN | code::NEED_ACCOUNT_TO_STORE,
+            ..
         } if !e.is_too_many_connections() => EXIT_REFUSED,
         _ => EXIT_FAILURE,
     }

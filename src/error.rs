@@ -1,5 +1,6 @@
 //! Errors of the FTP/TLS client, each carrying the errno the filesystem returns for it.
 
+use crate::ftp::reply::code;
 use std::fmt;
 use std::io;
 
@@ -49,6 +50,16 @@ impl FtpError {
         }
     }
 
+    /// A refusal made on the server's behalf: it does not offer what `command`
+    /// needs (a feature it does not announce), as its 502 would say.
+    pub fn not_offered(command: &str, why: impl Into<String>) -> Self {
+        FtpError::Reply {
+            command: command.to_string(),
+            code: code::NOT_IMPLEMENTED,
+            text: why.into(),
+        }
+    }
+
     /// The FTP reply code when the server refused the command.
     pub fn reply_code(&self) -> Option<u16> {
         match self {
@@ -59,14 +70,14 @@ impl FtpError {
 
     /// True when the server said it does not implement the command (500, 502, 504).
     pub fn is_not_implemented(&self) -> bool {
-        matches!(self.reply_code(), Some(500 | 502 | 504))
+        self.reply_code().is_some_and(code::not_implemented)
     }
 
     /// "421 Too many connections", "530 Sorry, the maximum number of clients...":
     /// the server caps connections per user or address.
     pub fn is_too_many_connections(&self) -> bool {
         let t = self.to_string().to_ascii_lowercase();
-        self.reply_code() == Some(421)
+        self.reply_code() == Some(code::SERVICE_CLOSING)
             || t.contains("too many")
             || t.contains("maximum number")
             || t.contains("max clients")
@@ -82,7 +93,7 @@ impl FtpError {
                 | FtpError::Closed(_)
                 | FtpError::Protocol(_)
                 | FtpError::Truncated(_)
-        ) || self.reply_code() == Some(421)
+        ) || self.reply_code() == Some(code::SERVICE_CLOSING)
     }
 
     /// The errno a filesystem operation should return for this error.
@@ -102,11 +113,15 @@ impl FtpError {
 
 /// Maps a negative FTP reply to an errno, using the text where codes are ambiguous
 /// (550 means "not found" on one server and "permission denied" on another).
-pub fn reply_errno(code: u16, text: &str) -> i32 {
+pub fn reply_errno(reply_code: u16, text: &str) -> i32 {
+    let code = reply_code;
     // A data connection that could not be opened or broke (425, 426), a service
     // going away (421): network trouble, whatever the text says ("Operation not
     // permitted" is a socket's errno there, not a permission).
-    if matches!(code, 421 | 425 | 426) {
+    if matches!(
+        code,
+        code::SERVICE_CLOSING | code::CANT_OPEN_DATA | code::TRANSFER_ABORTED
+    ) {
         return libc::EIO;
     }
     let t = text.to_ascii_lowercase();
@@ -148,11 +163,11 @@ pub fn reply_errno(code: u16, text: &str) -> i32 {
         return libc::ENOSPC;
     }
     match code {
-        530 | 532 => libc::EACCES,
-        550 => libc::ENOENT,
-        552 => libc::ENOSPC,
-        553 => libc::EACCES,
-        500 | 502 | 504 => libc::ENOTSUP,
+        code::NOT_LOGGED_IN | code::NEED_ACCOUNT_TO_STORE => libc::EACCES,
+        code::FILE_UNAVAILABLE => libc::ENOENT,
+        code::STORAGE_EXCEEDED => libc::ENOSPC,
+        code::NAME_NOT_ALLOWED => libc::EACCES,
+        c if code::not_implemented(c) => libc::ENOTSUP,
         _ => libc::EIO,
     }
 }

@@ -3,16 +3,16 @@
 //! Layers: [`ftp`] is the FTP-over-TLS client (no FUSE), [`config`] the user's URL and
 //! options, [`check`] the diagnostics command.
 
-pub mod check;
+pub(crate) mod check;
 pub mod cli;
 pub mod config;
 pub mod deadline;
 pub mod error;
 pub(crate) mod fs;
 pub mod ftp;
-pub mod mount;
+pub(crate) mod mount;
 pub mod names;
 pub mod options;
 pub mod remote;
-pub mod sync;
-pub mod syslog;
+pub(crate) mod sync;
+pub(crate) mod syslog;

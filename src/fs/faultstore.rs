@@ -1,10 +1,14 @@
 //! A failure-injecting [`RemoteStore`] over [`MemStore`], for the unit tests of the
 //! filesystem: downloads cut after some bytes, uploads cut (leaving the partial
 //! file a server keeps), refused renames, and failures of the next call of a kind.
+//! The mount's probe of upload resuming (`uploader::probe_resume`) meets the
+//! server's abilities (no resume, append only) but none of the faults aimed at
+//! the files under test.
 
 use super::error::{Refusal, StoreError, StoreResult as Result};
 use super::memstore::MemStore;
 use super::store::RemoteStore;
+use super::uploader::is_probe;
 use crate::ftp::RemoteEntry;
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -50,6 +54,8 @@ pub struct FaultStore {
     pub fail_next: Mutex<Vec<&'static str>>,
     /// Uploads take this long before they store anything (a slow link), ms.
     pub upload_delay_ms: AtomicU64,
+    /// The resume probe's first upload takes this long (a loaded server), ms.
+    pub probe_delay_ms: AtomicU64,
     /// Downloads send nothing for this long first (a stalled server), ms.
     pub read_stall_ms: AtomicU64,
     /// Every call whose name is listed is refused by the server (550), as by one
@@ -133,7 +139,7 @@ impl FaultStore {
         // The mount's probe of upload resuming (`uploader::probe_resume`) meets the
         // server's abilities (`no_resume`, `append_only`) but not the faults aimed
         // at the file under test.
-        let probe = path.contains("resume-probe");
+        let probe = is_probe(path);
         let cut = match probe {
             true => None,
             false => Self::take_cut(&self.cut_uploads_after, &self.cut_uploads_times),
@@ -253,7 +259,9 @@ impl RemoteStore for FaultStore {
     }
 
     fn write_file(&self, path: &str, data: &mut dyn BufRead) -> Result<u64> {
-        if path.contains("resume-probe") {
+        if is_probe(path) {
+            let delay = self.probe_delay_ms.load(Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(delay));
             return self.upload(path, 0, data);
         }
         self.take_failure("write")?;
@@ -265,7 +273,7 @@ impl RemoteStore for FaultStore {
     }
 
     fn size(&self, path: &str) -> Result<u64> {
-        if !path.contains("resume-probe") {
+        if !is_probe(path) {
             self.take_failure("size")?;
         }
         self.in_time("SIZE")?;
@@ -279,7 +287,7 @@ impl RemoteStore for FaultStore {
         data: &mut dyn BufRead,
         append: bool,
     ) -> Result<u64> {
-        if !path.contains("resume-probe") {
+        if !is_probe(path) {
             self.take_failure("resume")?;
         }
         self.in_time("REST")?;
@@ -303,7 +311,7 @@ impl RemoteStore for FaultStore {
                 "502 REST not implemented (injected)",
             ));
         }
-        if !path.contains("resume-probe") {
+        if !is_probe(path) {
             self.resumes.fetch_add(1, Ordering::SeqCst);
         }
         self.upload(path, offset, data)

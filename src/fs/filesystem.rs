@@ -87,6 +87,8 @@ pub struct FtpsFs {
     /// by a probe before a bounded stream first drops bytes (see `files.rs`).
     /// Until it says yes, spools keep every byte.
     resume_probe: Arc<Mutex<ResumeProbe>>,
+    /// Signalled when the probe has its answer (writers wait on it at the window).
+    resume_probe_done: Arc<std::sync::Condvar>,
     /// A directory time the server could not set was skipped (logged once).
     dir_times_skipped: AtomicBool,
     /// The server has no SITE CHMOD (a new directory keeps the server's mode).
@@ -140,6 +142,7 @@ impl FtpsFs {
             renames_refused: AtomicBool::new(false),
             punch_refused: AtomicBool::new(false),
             resume_probe: Arc::new(Mutex::new(ResumeProbe::Unknown)),
+            resume_probe_done: Arc::new(std::sync::Condvar::new()),
             dir_times_skipped: AtomicBool::new(false),
             no_chmod: AtomicBool::new(false),
             root_mtime: Mutex::new(SystemTime::now()),

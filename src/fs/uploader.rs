@@ -86,10 +86,20 @@ pub fn temp_name(path: &str) -> String {
     )
 }
 
+/// The name the probe of upload resuming uses, in its temporary form.
+const PROBE_NAME: &str = "resume-probe";
+
 /// The temporary name of the probe of upload resuming in the directory of `path`.
 pub fn probe_name(path: &str) -> String {
     let dir = split(path).map_or("/", |(d, _)| d);
-    temp_name(&join(dir, "resume-probe"))
+    temp_name(&join(dir, PROBE_NAME))
+}
+
+/// True for a path [`probe_name`] made (tests tell the probe from the files
+/// under test with it).
+#[cfg(test)]
+pub fn is_probe(path: &str) -> bool {
+    split(path).is_some_and(|(_, name)| name.starts_with(&format!(".{PROBE_NAME}.ftpsfs-")))
 }
 
 /// Whether the server resumes an interrupted upload: a 2-byte file at `name`,
@@ -675,6 +685,15 @@ fn check_len(sent: u64, expected: u64, path: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::fs::memstore::MemStore;
+
+    #[test]
+    fn probe_names_are_told_from_files() {
+        assert!(is_probe(&probe_name("/d/some file")));
+        assert!(is_probe(&probe_name("/top")));
+        assert!(!is_probe("/d/resume-probe"));
+        assert!(!is_probe(&temp_name("/d/resume-probe.txt")));
+        assert!(!is_probe(&temp_name("/d/file")));
+    }
 
     #[test]
     fn upload_goes_through_a_temporary_name() {

@@ -53,14 +53,25 @@ pub mod code {
     pub const CANT_OPEN_DATA: u16 = 425;
     /// 426: connection closed; transfer aborted.
     pub const TRANSFER_ABORTED: u16 = 426;
+    /// 450: file unavailable for now (busy); 451: local error in processing.
+    pub const FILE_BUSY: u16 = 450;
+    pub const LOCAL_ERROR: u16 = 451;
     /// 500, 502, 504: not understood or not implemented (501: bad arguments).
     pub const NOT_UNDERSTOOD: u16 = 500;
     pub const BAD_ARGUMENTS: u16 = 501;
     pub const NOT_IMPLEMENTED: u16 = 502;
+    /// 503: bad sequence of commands (RNTO without an accepted RNFR).
+    pub const BAD_SEQUENCE: u16 = 503;
     pub const NOT_IMPLEMENTED_FOR_PARAMETER: u16 = 504;
     pub const NOT_LOGGED_IN: u16 = 530;
+    /// 532: an account is needed for storing files.
+    pub const NEED_ACCOUNT_TO_STORE: u16 = 532;
     /// 550: file unavailable (not found, no access...; the text tells).
     pub const FILE_UNAVAILABLE: u16 = 550;
+    /// 552: exceeded storage allocation.
+    pub const STORAGE_EXCEEDED: u16 = 552;
+    /// 553: file name not allowed.
+    pub const NAME_NOT_ALLOWED: u16 = 553;
 
     /// True for the replies that say "this server does not do that command".
     pub fn not_implemented(c: u16) -> bool {

@@ -5,6 +5,7 @@ use super::pool::{Pool, Use};
 use crate::error::{FtpError, Result};
 use crate::fs::error::{Refusal, StoreError, StoreResult};
 use crate::fs::store::RemoteStore;
+use crate::ftp::reply::code;
 use crate::ftp::{FtpConnection, RemoteEntry};
 use std::io::BufRead;
 use std::sync::Arc;
@@ -158,13 +159,11 @@ impl FtpStore {
         }
         if !append {
             // Not repeatable: the error must not be taken for a lost connection.
-            return Err(FtpError::Reply {
-                command: format!("APPE {path}"),
-                code: 502,
-                text: "not sent: no REST STREAM, and a cut APPE transfer may still append \
-                       late bytes (a second APPE could duplicate them)"
-                    .into(),
-            });
+            return Err(FtpError::not_offered(
+                &format!("APPE {path}"),
+                "not sent: no REST STREAM, and a cut APPE transfer may still append \
+                 late bytes (a second APPE could duplicate them)",
+            ));
         }
         c.binary()?;
         let first = c.size(path)?;
@@ -283,17 +282,21 @@ pub fn to_store(e: FtpError) -> StoreError {
     let message = e.to_string();
     match &e {
         FtpError::Reply {
-            code: 421 | 425 | 426 | 450 | 451,
+            code:
+                code::SERVICE_CLOSING
+                | code::CANT_OPEN_DATA
+                | code::TRANSFER_ABORTED
+                | code::FILE_BUSY
+                | code::LOCAL_ERROR,
             ..
         } => StoreError::Lost(message),
         // "550 File name too long", "500 Input line too long".
         FtpError::Reply { .. } if e.errno() == libc::ENAMETOOLONG => {
             StoreError::NameTooLong(message)
         }
-        FtpError::Reply {
-            code: 500 | 502 | 504,
-            ..
-        } => StoreError::refused(Refusal::NotImplemented, message),
+        FtpError::Reply { .. } if e.is_not_implemented() => {
+            StoreError::refused(Refusal::NotImplemented, message)
+        }
         FtpError::Reply { .. } => {
             let why = match e.errno() {
                 libc::ENOENT => Refusal::NotFound,

@@ -229,14 +229,16 @@ impl FtpsFs {
             .ok_or(Errno(libc::EBADF))
     }
 
+    /// [`FtpsFs::read_into`] into a new buffer (the unit tests' way to read).
+    #[cfg(test)]
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> FsResult<Vec<u8>> {
         let mut out = Vec::new();
         self.read_into(fh, offset, size, &mut out)?;
         Ok(out)
     }
 
-    /// [`FtpsFs::read`] appending to `out`, a buffer the caller reuses (no
-    /// allocation per read).
+    /// Reads up to `size` bytes at `offset`, appending them to `out`, a buffer the
+    /// caller reuses (no allocation per read).
     pub fn read_into(&self, fh: u64, offset: u64, size: usize, out: &mut Vec<u8>) -> FsResult<()> {
         let h = self.handle(fh)?;
         let state = lock(&self.files).get(&h.ino).cloned();
@@ -296,6 +298,7 @@ impl FtpsFs {
                 }
             };
         }
+        let mut st = self.hold_window(&state, st, &path, off, data.len());
         let sp = st.spool.as_mut().ok_or(Errno(libc::EIO))?;
         let was_empty = sp.is_empty();
         if let Err(e) = sp.write_at(off, data) {
@@ -580,6 +583,7 @@ impl FtpsFs {
         drop(probe);
         let store = self.store.clone();
         let state = self.resume_probe.clone();
+        let done = self.resume_probe_done.clone();
         let name = uploader::probe_name(path);
         let timeout = self.cfg.op_timeout;
         let spawned = std::thread::Builder::new()
@@ -602,10 +606,57 @@ impl FtpsFs {
                     );
                 }
                 *crate::sync::lock(&state) = found;
+                done.notify_all();
             });
         if spawned.is_err() {
             *crate::sync::lock(&self.resume_probe) = ResumeProbe::Unknown;
         }
         false
+    }
+
+    /// Waits while the resume probe runs, within the operation's deadline. A
+    /// bounded stream's writer calls it when its spool would pass the window: its
+    /// drops wait for the probe's answer, and the spool must not grow past the
+    /// window meanwhile. (Past the deadline the write goes on: the spool then holds
+    /// more than the window, as any spool does on a server that cannot resume.)
+    fn await_resume_probe(&self) {
+        let mut probe = lock(&self.resume_probe);
+        while *probe == ResumeProbe::Running && !crate::deadline::expired() {
+            let wait = crate::deadline::bound(Duration::from_millis(200));
+            probe = match self.resume_probe_done.wait_timeout(probe, wait) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Bounded stream at `off`: before `len` more bytes go into a spool that would
+    /// then hold more than the window, drops what the transfer took, first waiting
+    /// (file busy, unlocked) for the resume probe that allows drops if it runs.
+    fn hold_window<'a>(
+        &self,
+        file: &'a OpenFile,
+        mut st: MutexGuard<'a, FileState>,
+        path: &str,
+        off: u64,
+        len: usize,
+    ) -> MutexGuard<'a, FileState> {
+        let (Some(window), Some(sp), Some(stream)) =
+            (self.cfg.spool_window, st.spool.as_ref(), st.stream.as_ref())
+        else {
+            return st;
+        };
+        if !stream.is_bounded()
+            || stream.pos() != off
+            || off + len as u64 <= sp.forgotten() + window
+        {
+            return st;
+        }
+        if *lock(&self.resume_probe) == ResumeProbe::Running {
+            st = file.unlocked(st, || self.await_resume_probe()).0;
+        }
+        let droppable = st.stream.as_ref().map_or(0, StreamUpload::droppable);
+        self.drop_uploaded(&mut st, path, droppable);
+        st
     }
 }

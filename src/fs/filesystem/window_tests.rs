@@ -77,6 +77,32 @@ fn a_sequential_writer_keeps_only_a_window_on_disk() {
     assert_eq!(spool_disk_use(d.path()), 0);
 }
 
+/// The probe that allows drops answers late (a loaded server): the writer waits
+/// for it at the window instead of letting the spool grow past it.
+#[test]
+fn a_slow_resume_probe_does_not_let_the_spool_pass_the_window() {
+    let (store, fs, d) = setup();
+    store.probe_delay_ms.store(1500, SeqCst);
+    store.inner.put("/f", b"old");
+    let fh = open_existing(&fs, "f");
+    let data = pattern(48 * MIB, 7);
+    let mut peak = 0;
+    let t = std::time::Instant::now();
+    write_all(&fs, fh, &data, &mut peak, d.path()).unwrap();
+    fs.flush(fh).unwrap();
+    fs.release(fh).unwrap();
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(1500),
+        "waited for the probe"
+    );
+    assert_eq!(store.inner.get("/f").unwrap(), data);
+    assert!(
+        peak <= WINDOW + 2 * MIB as u64,
+        "spool used {peak} bytes on disk, window {WINDOW}"
+    );
+    no_part_files(&store);
+}
+
 #[test]
 fn a_new_file_streams_to_its_name_and_keeps_a_window() {
     let (store, fs, d) = setup();

@@ -108,7 +108,7 @@ impl FtpConnection {
         let rnfr = self.command(&Command::rnfr(from))?;
         if !Verb::Rnfr.completes(rnfr.code) {
             let skipped = Reply {
-                code: 503,
+                code: code::BAD_SEQUENCE,
                 lines: vec!["RNTO not sent".into()],
             };
             return Ok((rnfr, skipped));
@@ -179,10 +179,8 @@ impl FtpConnection {
         if self.mtime_method.is_none() && none_implemented {
             self.mtime_method = Some(MtimeMethod::Unsupported);
         }
-        Err(last.unwrap_or(FtpError::Reply {
-            command: "MFMT".into(),
-            code: code::NOT_IMPLEMENTED,
-            text: "the server offers no way to set modification times".into(),
+        Err(last.unwrap_or_else(|| {
+            FtpError::not_offered("MFMT", "the server offers no way to set modification times")
         }))
     }
 

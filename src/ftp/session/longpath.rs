@@ -236,7 +236,7 @@ impl FtpConnection {
     /// from the same directory) must show the bytes sent (`bytes` or more when
     /// appending), or the upload is an error. pure-ftpd 1.0.50 answers 226 to a
     /// STOR whose path passes its limit and stores nothing.
-    pub(crate) fn check_stored(&mut self, arg: &str, bytes: u64, append: bool) -> Result<()> {
+    pub(super) fn check_stored(&mut self, arg: &str, bytes: u64, append: bool) -> Result<()> {
         let r = self.command(&Command::size(arg))?;
         let size = Verb::Size
             .completes(r.code)

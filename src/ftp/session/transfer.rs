@@ -16,7 +16,6 @@
 use super::FtpConnection;
 use crate::error::{FtpError, Result};
 use crate::ftp::command::{Command, Verb};
-use crate::ftp::reply::code;
 use crate::ftp::tls::TlsStream;
 use openssl::ssl::ShutdownState;
 use std::cell::Cell;
@@ -107,16 +106,15 @@ impl<'a> Transfer<'a> {
         }
     }
 
-    /// The data socket, with its timeout set for the next call (`crate::deadline`).
-    fn armed(&mut self) -> io::Result<Option<&mut DataStream>> {
+    /// The data socket, with its timeout set for the next call (`crate::deadline`),
+    /// and what to call the transfer in an error (borrowed alongside).
+    fn armed(&mut self) -> (io::Result<Option<&mut DataStream>>, &str) {
         let timeout = self.conn.io_timeout();
-        match self.data.as_mut() {
-            Some(d) => {
-                crate::deadline::arm(d.tcp(), timeout, &self.lowered)?;
-                Ok(Some(d))
-            }
+        let data = match self.data.as_mut() {
+            Some(d) => crate::deadline::arm(d.tcp(), timeout, &self.lowered).map(|()| Some(d)),
             None => Ok(None),
-        }
+        };
+        (data, &self.what)
     }
 
     fn moved(&mut self, n: usize) {
@@ -254,8 +252,9 @@ impl<'a> Download<'a> {
         if self.eof || buf.is_empty() {
             return Ok(0);
         }
-        let (what, bytes) = (self.t.what.clone(), self.t.bytes);
-        let data = match self.t.armed() {
+        let bytes = self.t.bytes;
+        let (armed, what) = self.t.armed();
+        let data = match armed {
             Ok(Some(d)) => d,
             Ok(None) => {
                 return Err(FtpError::Closed(format!(
@@ -360,11 +359,6 @@ impl<'a> Upload<'a> {
         }
     }
 
-    /// Whether the data connection's TLS session resumed the control session.
-    pub fn resumed(&self) -> Option<bool> {
-        self.t.conn.data_session_resumed()
-    }
-
     /// Sends all of `buf`. An error ends the transfer (with the server's refusal
     /// when it gave one, 552 quota or 553 permission rather than "broken pipe").
     pub fn send(&mut self, mut buf: &[u8]) -> Result<()> {
@@ -405,9 +399,9 @@ impl<'a> Upload<'a> {
 
     /// One write to the data connection; a failure ends the transfer.
     fn write_data(&mut self, buf: &[u8]) -> Result<usize> {
-        let what = self.t.what.clone();
         let written = loop {
-            let r = match self.t.armed() {
+            let (armed, what) = self.t.armed();
+            let r = match armed {
                 Ok(Some(DataStream::Plain(s))) => s.write(buf),
                 Ok(Some(DataStream::Tls(s))) => s.write(buf),
                 Ok(None) => return Err(FtpError::Closed(format!("{what}: upload closed"))),
@@ -425,7 +419,7 @@ impl<'a> Upload<'a> {
                 Ok(n)
             }
             Err(e) => {
-                let e = FtpError::io(format!("sending {what}"), e);
+                let e = FtpError::io(format!("sending {}", self.t.what), e);
                 Err(self.t.failed(e))
             }
         }
@@ -498,16 +492,17 @@ impl Drop for Upload<'_> {
     }
 }
 
+/// Why a transfer from an offset is not even tried.
+fn no_rest_stream() -> FtpError {
+    FtpError::not_offered("REST", "the server does not announce REST STREAM")
+}
+
 impl FtpConnection {
     /// Downloads `path` from byte `offset` (REST; needs REST STREAM).
     pub fn retr(&mut self, path: &str, offset: u64) -> Result<Download<'_>> {
         super::check_path(path)?;
         if offset > 0 && !self.features.rest_stream {
-            return Err(FtpError::Reply {
-                command: "REST".into(),
-                code: code::NOT_IMPLEMENTED,
-                text: "the server does not announce REST STREAM".into(),
-            });
+            return Err(no_rest_stream());
         }
         let (_, data) = self.start_on_path(Command::retr, path, offset)?;
         Ok(Download::new(self, data, format!("RETR {path}")))
@@ -537,11 +532,7 @@ impl FtpConnection {
     pub fn stor_from(&mut self, path: &str, offset: u64) -> Result<Upload<'_>> {
         super::check_path(path)?;
         if !self.features.rest_stream {
-            return Err(FtpError::Reply {
-                command: "REST".into(),
-                code: code::NOT_IMPLEMENTED,
-                text: "the server does not announce REST STREAM".into(),
-            });
+            return Err(no_rest_stream());
         }
         let (_, data) = self.start_on_path(Command::stor, path, offset)?;
         Ok(Upload::new(self, data, format!("STOR {path}")))
