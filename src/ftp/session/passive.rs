@@ -508,7 +508,7 @@ impl From<Handshake> for Channel {
 }
 
 /// `229 Entering Extended Passive Mode (|||6446|)` → 6446.
-pub fn parse_epsv(text: &str) -> Result<u16> {
+fn parse_epsv(text: &str) -> Result<u16> {
     let bad = || FtpError::Protocol(format!("bad EPSV reply {:?}", clip(text)));
     let open = text.find('(').ok_or_else(bad)?;
     let close = text[open..].find(')').ok_or_else(bad)? + open;
@@ -525,7 +525,7 @@ pub fn parse_epsv(text: &str) -> Result<u16> {
 }
 
 /// `227 Entering Passive Mode (h1,h2,h3,h4,p1,p2)` → (address, port).
-pub fn parse_pasv(text: &str) -> Result<(IpAddr, u16)> {
+fn parse_pasv(text: &str) -> Result<(IpAddr, u16)> {
     let bad = || FtpError::Protocol(format!("bad PASV reply {:?}", clip(text)));
     let start = text.find(|c: char| c.is_ascii_digit()).ok_or_else(bad)?;
     let nums: Vec<u8> = text[start..]
