@@ -335,7 +335,9 @@ impl Command {
             format_args!("UTIME {path} {time} {time} {time} UTC"),
         )
     }
-    /// `MDTM YYYYMMDDHHMMSS path`: vsftpd's way to set a time.
+    /// `MDTM YYYYMMDDHHMMSS path`: vsftpd's way to set a time. Its verb is MDTM,
+    /// whose `completes` is the query's 213: judge the answer as MFMT's
+    /// (`Verb::Mfmt.completes`), as every way of setting a time is.
     pub fn mdtm_set(time: &str, path: &str) -> Self {
         Command::with(Verb::Mdtm, format_args!("{time} {path}"))
     }

@@ -566,6 +566,20 @@ fn fetch_prefix(
     Ok(())
 }
 
+/// The resume probe's answer, given when the probe thread ends however it ends.
+struct ProbeAnswer {
+    state: Arc<Mutex<ResumeProbe>>,
+    done: Arc<std::sync::Condvar>,
+    found: ResumeProbe,
+}
+
+impl Drop for ProbeAnswer {
+    fn drop(&mut self) {
+        *lock(&self.state) = self.found;
+        self.done.notify_all();
+    }
+}
+
 impl FtpsFs {
     /// True once the server has shown it resumes an upload; the first call starts
     /// the probe on a thread of its own (never under a file's lock) and says no
@@ -590,6 +604,13 @@ impl FtpsFs {
             .name("ftpsfs-probe".into())
             .spawn(move || {
                 let _deadline = crate::deadline::start(timeout);
+                // Whatever happens to this thread (a panic too), the probe ends
+                // with an answer and its waiters are woken: "cannot" unless shown.
+                let mut answer = ProbeAnswer {
+                    state,
+                    done,
+                    found: ResumeProbe::Cannot,
+                };
                 let found = if uploader::probe_resume(store.as_ref(), &name) {
                     ResumeProbe::Resumes
                 } else {
@@ -605,8 +626,7 @@ impl FtpsFs {
                          byte of a file (spool_window= has no effect)"
                     );
                 }
-                *crate::sync::lock(&state) = found;
-                done.notify_all();
+                answer.found = found;
             });
         if spawned.is_err() {
             *crate::sync::lock(&self.resume_probe) = ResumeProbe::Unknown;

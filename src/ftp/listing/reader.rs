@@ -69,8 +69,11 @@ pub fn read_listing(
             // Skip the rest of that line, a bounded piece at a time (the
             // listing's byte bound stops a line that never ends).
             let mut rest = Vec::new();
-            let skipped = (&mut *rd).take(1 << 20).read_until(b'\n', &mut rest);
-            bytes += skipped.unwrap_or(0) as u64;
+            let skipped = (&mut *rd)
+                .take(1 << 20)
+                .read_until(b'\n', &mut rest)
+                .map_err(ReadError::Read)?;
+            bytes += skipped as u64;
             if rest.last() != Some(&b'\n') {
                 lines -= 1; // the same line goes on
             }

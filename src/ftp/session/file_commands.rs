@@ -188,9 +188,10 @@ impl FtpConnection {
         self.expect(&Command::noop()).map(drop)
     }
 
-    /// TYPE I again (binary transfers and SIZE in bytes), as some servers forget it.
+    /// TYPE I again (binary transfers and SIZE in bytes), as some servers forget
+    /// it. A refusal is not an error: the login asked TYPE I already.
     pub fn binary(&mut self) -> Result<()> {
-        self.expect(&Command::type_image()).map(drop)
+        self.command(&Command::type_image()).map(drop)
     }
 
     /// CWD into `dir` (absolute): a refusal is the server's reply as an error.

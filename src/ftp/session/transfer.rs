@@ -5,9 +5,12 @@
 //! and the control connection said 226: a TCP EOF without close_notify is a
 //! truncated transfer. An upload ends with our close_notify, a short wait for the
 //! server's (bidirectional shutdown: vsftpd and pyftpdlib need it under TLS 1.3),
-//! and the 226. When the data connection fails, the server's final reply is read:
-//! its refusal (552 quota, 426 aborted...) is the error the caller sees, else the
-//! data connection's own error, and the control connection is then given up.
+//! and the 226. When the data connection fails, the server's final reply is read,
+//! which keeps the control connection in step (without one it is given up). An
+//! upload's error is then the server's refusal (552 quota, 553 permission) where
+//! it gave one; a download's stays the data connection's own (a cut download is a
+//! lost connection, tried again where nothing went out yet), the server's reply
+//! added to its message.
 //! [`Download`] and [`Upload`] share that bookkeeping in [`Transfer`]; both hand out
 //! [`FtpError`]s (`read_chunk`, `send`), and `io::Read` / `io::Write` for callers
 //! that want a stream carry the same error inside the `io::Error`
@@ -16,6 +19,7 @@
 use super::FtpConnection;
 use crate::error::{FtpError, Result};
 use crate::ftp::command::{Command, Verb};
+use crate::ftp::reply::Reply;
 use crate::ftp::tls::TlsStream;
 use openssl::ssl::ShutdownState;
 use std::cell::Cell;
@@ -83,6 +87,22 @@ fn into_io_error(e: FtpError) -> io::Error {
     io::Error::new(kind, e)
 }
 
+/// A data-connection error `e` with the server's final reply `r` in its message.
+fn with_reply(e: FtpError, r: &Reply) -> FtpError {
+    let said = format!("; the server said {} {}", r.code, r.text());
+    match e {
+        FtpError::Truncated(m) => FtpError::Truncated(m + &said),
+        FtpError::Closed(m) => FtpError::Closed(m + &said),
+        FtpError::Protocol(m) => FtpError::Protocol(m + &said),
+        FtpError::Timeout(m) => FtpError::Timeout(m + &said),
+        FtpError::Io { context, source } => FtpError::Io {
+            context: context + &said,
+            source,
+        },
+        other => other,
+    }
+}
+
 /// What a download and an upload share: the control connection, the data socket,
 /// the bytes moved, and what to call the transfer in messages.
 struct Transfer<'a> {
@@ -122,23 +142,28 @@ impl<'a> Transfer<'a> {
         crate::deadline::progress();
     }
 
-    /// Closes the data connection and reads the transfer's final reply.
-    fn close(&mut self, polite: bool) -> Result<()> {
+    /// After a complete download: closes the data connection (with our
+    /// close_notify) and reads the transfer's final reply.
+    fn close(&mut self) -> Result<()> {
         if let Some(d) = self.data.take() {
-            d.close(polite);
+            d.close(true);
         }
         self.conn.finish_transfer(&self.what)
     }
 
-    /// After the data connection failed with `e`: closes it and reads the final
-    /// reply. The server's refusal when it sent one, else `e` (and the control
-    /// connection is given up: where its replies stand is unknown).
-    fn failed(&mut self, e: FtpError) -> FtpError {
-        match self.close(false) {
-            Err(refusal @ FtpError::Reply { .. }) => refusal,
+    /// After the data connection failed: closes it and reads the final reply. The
+    /// server's refusal when it sent one (the control connection is then in step);
+    /// else `None`, and the control connection is given up (no reply, or one that
+    /// calls the transfer a success, which it was not).
+    fn refusal(&mut self) -> Option<Reply> {
+        if let Some(d) = self.data.take() {
+            d.close(false);
+        }
+        match self.conn.read_reply() {
+            Ok(r) if r.is_negative() => Some(r),
             _ => {
                 self.conn.mark_broken();
-                e
+                None
             }
         }
     }
@@ -192,7 +217,7 @@ impl<'a> Download<'a> {
         while !self.eof {
             self.read_chunk(&mut sink)?;
         }
-        self.t.close(true)?;
+        self.t.close()?;
         Ok(self.t.bytes)
     }
 
@@ -227,24 +252,39 @@ impl<'a> Download<'a> {
             )));
         }
         if self.eof {
-            return self.t.close(true);
+            return self.t.close();
         }
-        let piggyback = self.t.conn.send_abort()?;
-        if let Some(mut d) = self.t.data.take() {
-            drain(&mut d);
-            d.close(false);
-        }
+        // The data socket is taken first: whatever happens next, this is the only
+        // attempt (a failed ABOR is not sent again when the download is dropped).
+        let Some(mut d) = self.t.data.take() else {
+            return Ok(());
+        };
+        let piggyback = match self.t.conn.send_abort() {
+            Ok(p) => p,
+            Err(e) => {
+                d.close(false);
+                self.t.conn.mark_broken();
+                return Err(e);
+            }
+        };
+        drain(&mut d);
+        d.close(false);
         self.t.conn.read_until_noop(piggyback)
     }
 
-    /// The transfer failed with `e` on the data connection: the server's refusal
-    /// if it sent one, else `e` (a server gone silent sends no final reply).
+    /// The transfer failed with `e` on the data connection. The error stays the
+    /// data connection's (a cut download is a lost connection, tried again where
+    /// nothing went out yet), with the server's final reply in its message when it
+    /// sent one; a server gone silent sends none and is given up at once.
     fn failed(&mut self, e: FtpError) -> FtpError {
         if self.silent {
             self.t.give_up();
             return e;
         }
-        self.t.failed(e)
+        match self.t.refusal() {
+            Some(r) => with_reply(e, &r),
+            None => e,
+        }
     }
 
     /// One read from the data connection, without touching the control connection.
@@ -268,17 +308,23 @@ impl<'a> Download<'a> {
                 "{what}: data connection closed without TLS close_notify after {bytes} bytes{e}"
             ))
         };
-        let read = match data {
-            DataStream::Plain(s) => s.read(buf),
-            DataStream::Tls(s) => match s.ssl_read(buf) {
-                Ok(n) => Ok(n),
-                Err(e) if e.code() == openssl::ssl::ErrorCode::ZERO_RETURN => Ok(0),
-                Err(_) if s.get_shutdown().contains(ShutdownState::RECEIVED) => Ok(0),
-                Err(e) if e.io_error().is_some() => {
-                    Err(e.into_io_error().unwrap_or_else(io::Error::other))
-                }
-                Err(e) => return Err(truncated(&format_args!(" ({e})"))),
-            },
+        let read = loop {
+            let r = match data {
+                DataStream::Plain(s) => s.read(buf),
+                DataStream::Tls(s) => match s.ssl_read(buf) {
+                    Ok(n) => Ok(n),
+                    Err(e) if e.code() == openssl::ssl::ErrorCode::ZERO_RETURN => Ok(0),
+                    Err(_) if s.get_shutdown().contains(ShutdownState::RECEIVED) => Ok(0),
+                    Err(e) if e.io_error().is_some() => {
+                        Err(e.into_io_error().unwrap_or_else(io::Error::other))
+                    }
+                    Err(e) => return Err(truncated(&format_args!(" ({e})"))),
+                },
+            };
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
         };
         let n = match read {
             Ok(n) => n,
@@ -346,9 +392,9 @@ fn drain(d: &mut DataStream) {
 /// `Ok` means the server has the file. Dropping it unfinished aborts the transfer.
 pub struct Upload<'a> {
     t: Transfer<'a>,
-    /// (argument, append): check with SIZE that the server stored what it
-    /// acknowledged (see `FtpConnection::check_stored`).
-    check: Option<(String, bool)>,
+    /// (argument, bytes before this transfer, append): check with SIZE that the
+    /// server stored what it acknowledged (see `FtpConnection::check_stored`).
+    check: Option<(String, u64, bool)>,
 }
 
 impl<'a> Upload<'a> {
@@ -387,10 +433,10 @@ impl<'a> Upload<'a> {
             }
             (Ok(()), Err(e)) => Err(e),
             (Ok(()), Ok(())) => match self.check.take() {
-                Some((arg, append)) => self
+                Some((arg, before, append)) => self
                     .t
                     .conn
-                    .check_stored(&arg, self.t.bytes, append)
+                    .check_stored(&arg, before + self.t.bytes, append)
                     .map(|()| self.t.bytes),
                 None => Ok(self.t.bytes),
             },
@@ -418,10 +464,12 @@ impl<'a> Upload<'a> {
                 self.t.moved(n);
                 Ok(n)
             }
-            Err(e) => {
-                let e = FtpError::io(format!("sending {}", self.t.what), e);
-                Err(self.t.failed(e))
-            }
+            // The server's reason (552 quota, 553 permission...) rather than
+            // "broken pipe".
+            Err(e) => match self.t.refusal() {
+                Some(r) => Err(r.into_error(&self.t.what)),
+                None => Err(FtpError::io(format!("sending {}", self.t.what), e)),
+            },
         }
     }
 }
@@ -511,20 +559,11 @@ impl FtpConnection {
     /// Uploads to `path`, replacing it (STOR), or appending (APPE).
     pub fn stor(&mut self, path: &str, append: bool) -> Result<Upload<'_>> {
         super::check_path(path)?;
-        let (make, verb): (fn(&str) -> Command, _) = if append {
-            (Command::appe, Verb::Appe)
+        if append {
+            self.start_upload(Command::appe, path, 0, true)
         } else {
-            (Command::stor, Verb::Stor)
-        };
-        let (arg, data) = self.start_on_path(make, path, 0)?;
-        // A path named from its directory is one a server may not hold: pure-ftpd
-        // acknowledges such an upload and stores nothing. Check it.
-        let check = self.workdir_relative() && self.features.size;
-        let mut up = Upload::new(self, data, format!("{} {path}", verb.name()));
-        if check {
-            up.check = Some((arg, append));
+            self.start_upload(Command::stor, path, 0, false)
         }
-        Ok(up)
     }
 
     /// Continues an upload to `path` at byte `offset`: `REST offset` + `STOR`
@@ -534,8 +573,27 @@ impl FtpConnection {
         if !self.features.rest_stream {
             return Err(no_rest_stream());
         }
-        let (_, data) = self.start_on_path(Command::stor, path, offset)?;
-        Ok(Upload::new(self, data, format!("STOR {path}")))
+        self.start_upload(Command::stor, path, offset, false)
+    }
+
+    /// Starts the upload `make(path's argument)` from byte `offset`.
+    fn start_upload(
+        &mut self,
+        make: fn(&str) -> Command,
+        path: &str,
+        offset: u64,
+        append: bool,
+    ) -> Result<Upload<'_>> {
+        let (arg, data) = self.start_on_path(make, path, offset)?;
+        // A path named from its directory is one a server may not hold: pure-ftpd
+        // acknowledges such an upload and stores nothing. Check it.
+        let check = self.workdir_relative() && self.features.size;
+        let what = format!("{} {path}", make(&arg).verb().name());
+        let mut up = Upload::new(self, data, what);
+        if check {
+            up.check = Some((arg, offset, append));
+        }
+        Ok(up)
     }
 
     /// Starts the transfer `make(path's argument)` after `REST offset` when > 0;
