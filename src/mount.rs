@@ -434,7 +434,26 @@ pub fn mount(plan: &MountPlan) -> std::result::Result<Mounted, Failure> {
     })
 }
 
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl Mounted {
+    /// Lets the FUSE session go without the unmount fuser makes when it is dropped.
+    /// That unmount names the mountpoint's path, and by the time this daemon ends
+    /// the kernel has let its mount go (`fusermount3 -u`) or it was detached here:
+    /// the path may then hold the next mount of a remount made right after (a
+    /// script, a service restart), which that unmount would remove, sending the
+    /// files written there into the directory underneath. The session's thread
+    /// and /dev/fuse descriptor end with the process, which is about to exit.
+    fn release(&mut self) {
+        if let Some(s) = self.session.take() {
+            std::mem::forget(s);
+        }
+    }
+
     /// True while the kernel mount is alive.
     pub fn is_running(&self) -> bool {
         self.session
@@ -465,13 +484,7 @@ impl Mounted {
             log::warn!("files are still open after {UNMOUNT_GRACE:?}; stopping anyway");
         }
         let flushed = flushed.and(self.fs.shutdown());
-        if let Some(s) = self.session.take() {
-            if s.guard.is_finished() {
-                let _ = s.join();
-            } else {
-                drop(s);
-            }
-        }
+        self.release();
         self.pool.close_all();
         flushed.map_err(|e| {
             FtpError::Invalid(format!(

@@ -59,8 +59,16 @@ pub fn pids_matching(pattern: &str) -> Vec<u32> {
         .collect()
 }
 
+/// True while process `pid` runs. A zombie has ended: the daemons are reparented
+/// to an init that may reap them a second or two later.
 pub fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')' (comm may hold any byte).
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// The last `n` bytes of `s` (at a character boundary).
@@ -112,6 +120,9 @@ pub struct Mount {
     /// The URL it was mounted with.
     pub url: String,
     unmounted: bool,
+    /// Unmounted by the test itself (`unmounted_by_hand`): the mountpoint is
+    /// not this mount's any more.
+    by_hand: bool,
     /// The daemon's stdout and stderr (files: the daemon must never hold a pipe we
     /// read to EOF).
     out_path: PathBuf,
@@ -263,6 +274,7 @@ impl MountBuilder<'_> {
             options: opts,
             url,
             unmounted: false,
+            by_hand: false,
             out_path,
             err_path,
             _dir: dir,
@@ -384,6 +396,18 @@ impl Mount {
             + &fs::read_to_string(&self.out_path).unwrap_or_default()
     }
 
+    /// The test unmounted this mount itself (and may have mounted another on the
+    /// same mountpoint): waits ≤10 s for the daemon to exit, and leaves the
+    /// mountpoint alone from now on, dropped or not.
+    pub fn unmounted_by_hand(&mut self) {
+        self.unmounted = true;
+        self.by_hand = true;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.daemon.iter().any(|p| alive(*p)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `fusermount3 -u` (then `-uz`), then waits ≤10 s for the daemon to exit.
     pub fn unmount(&mut self) {
         if self.unmounted {
@@ -424,7 +448,7 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         self.unmount();
-        if is_mounted(&self.mnt) {
+        if !self.by_hand && is_mounted(&self.mnt) {
             // Keep the directory rather than recursing into a live mount.
             let _ = Command::new("fusermount3")
                 .arg("-uz")
