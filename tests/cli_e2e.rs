@@ -7,7 +7,7 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::mount::{is_mounted, scratch, Mount};
@@ -319,13 +319,19 @@ fn second_mount_on_the_same_mountpoint_is_refused() {
     assert_eq!(n, 1, "{mounts}");
 }
 
+/// A mountpoint of the test's own (several mounts in turn), in a scratch directory.
+fn own_mountpoint(prefix: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = scratch(prefix);
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    (dir, mnt)
+}
+
 #[test]
 fn dead_mount_of_ours_is_cleared_by_the_next_mount() {
     let srv = start(ServerSpec::proftpd());
     fs::write(srv.root.join("f"), b"again").unwrap();
-    let dir = scratch("cli-dead-");
-    let mnt = dir.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
+    let (_dir, mnt) = own_mountpoint("cli-dead-");
     let first = Mount::builder(&srv).mountpoint(&mnt).mount();
     first.signal(libc::SIGKILL);
     let t = Instant::now();
@@ -364,9 +370,7 @@ fn dead_mount_of_ours_is_cleared_by_the_next_mount() {
 fn a_remount_right_after_an_unmount_stays_mounted() {
     let srv = start(ServerSpec::proftpd());
     fs::write(srv.root.join("on-server"), b"here").unwrap();
-    let dir = scratch("cli-remount-");
-    let mnt = dir.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
+    let (_dir, mnt) = own_mountpoint("cli-remount-");
     let mut previous = Mount::builder(&srv).mountpoint(&mnt).mount();
     for round in 0..20 {
         let unmounted = std::process::Command::new("fusermount3")
