@@ -186,6 +186,24 @@ fn a_full_spool_on_a_new_file_leaves_no_file() {
     assert!(spool_files(d.path()).is_empty());
 }
 
+/// A new file's uploads are all cut until the program has closed it (a stall
+/// that ends just then): its stream, the upload at close() and the first try at
+/// the last release. The release tries once more, and the file arrives whole
+/// (without that, a prefix stayed under the new name for the rest of the mount).
+#[test]
+fn the_last_release_tries_a_lost_upload_once_more() {
+    let (store, fs, d) = setup();
+    store.cut_uploads_after.store(1000, SeqCst);
+    store.cut_uploads_times.store(3, SeqCst);
+    let data = pattern(5000, 7);
+    let (_, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh, 0, &data).unwrap();
+    assert!(fs.flush(fh).is_err(), "close() reports the failed upload");
+    assert_eq!(fs.release(fh), Ok(()));
+    assert_eq!(store.inner.get("/n").as_deref(), Some(&data[..]));
+    assert!(spool_files(d.path()).is_empty(), "nothing left to keep");
+}
+
 // ---- refused renames -------------------------------------------------------------------
 
 #[test]

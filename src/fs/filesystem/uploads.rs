@@ -255,7 +255,19 @@ impl FtpsFs {
         };
         drop(lock(&h.reader).take());
         let result = if h.writable {
-            self.upload_if_dirty(h.ino)
+            match self.upload_if_dirty(h.ino) {
+                // An upload lost to the network (a stall, a cut connection) at the
+                // last close: the network may be back by now, and this is the last
+                // chance in this mount to put the file where it belongs (a new
+                // file's failed stream may have left a prefix under its name). Once
+                // more, on a fresh connection and with a deadline of its own (the
+                // first try may have used this call's).
+                Err(Errno(libc::EIO | libc::ETIMEDOUT)) => {
+                    let _deadline = crate::deadline::start(self.cfg.op_timeout);
+                    self.upload_if_dirty(h.ino)
+                }
+                other => other,
+            }
         } else {
             Ok(())
         };
