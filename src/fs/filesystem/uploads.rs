@@ -260,8 +260,8 @@ impl FtpsFs {
                 // last close: the network may be back by now, and this is the last
                 // chance in this mount to put the file where it belongs (a new
                 // file's failed stream may have left a prefix under its name). Once
-                // more, on a fresh connection and with a deadline of its own (the
-                // first try may have used this call's).
+                // more, on another connection (the failed one is dropped) and with
+                // a deadline of its own (the first try may have used this call's).
                 Err(Errno(libc::EIO | libc::ETIMEDOUT)) => {
                     let _deadline = crate::deadline::start(self.cfg.op_timeout);
                     self.upload_if_dirty(h.ino)
