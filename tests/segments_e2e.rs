@@ -12,9 +12,9 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use support::forwarder::Cut;
+use support::forwarder::{Cut, Forwarder};
 use support::mount::{pattern, sha256, Mount};
-use support::{ServerSpec, FORWARD_HOST};
+use support::{Server, ServerSpec, FORWARD_HOST};
 
 fn cat(path: &std::path::Path) -> (bool, Vec<u8>) {
     let out = Command::new("cat")
@@ -23,6 +23,25 @@ fn cat(path: &std::path::Path) -> (bool, Vec<u8>) {
         .output()
         .expect("cat");
     (out.status.success(), out.stdout)
+}
+
+/// A server holding `data` as /big.bin, mounted through the forwarder with
+/// `segments=4` and `opts`; its size checked, then every connection capped below
+/// SEGMENT_BELOW (25 MB/s), so that segments pay off.
+fn capped_mount_of(spec: ServerSpec, data: &[u8], opts: &str) -> (Server, Forwarder, Mount) {
+    let srv = support::start(spec);
+    fs::write(srv.root.join("big.bin"), data).unwrap();
+    let fwd = srv.forwarder(Duration::ZERO);
+    let m = Mount::builder(&srv)
+        .url(srv.url_via(FORWARD_HOST))
+        .opts(&format!("{opts},cache_timeout=600,segments=4"))
+        .mount();
+    assert_eq!(
+        fs::metadata(m.path("big.bin")).unwrap().len(),
+        data.len() as u64
+    );
+    fwd.rate_limit(Some(25_000_000));
+    (srv, fwd, m)
 }
 
 /// Which data connections are cut.
@@ -35,19 +54,10 @@ enum Plan {
 }
 
 fn segmented_read_through_cuts(spec: ServerSpec, plan: Plan) {
-    let srv = support::start(spec);
     // Above the 64 MiB threshold, and not a multiple of the 8 MiB ranges.
     let data = pattern((80 << 20) + 12345, 11);
-    fs::write(srv.root.join("big.bin"), &data).unwrap();
-    let fwd = srv.forwarder(Duration::ZERO);
-    let m = Mount::builder(&srv)
-        .url(srv.url_via(FORWARD_HOST))
-        .opts("timeout=10,cache_timeout=600,segments=4")
-        .mount();
+    let (_srv, fwd, m) = capped_mount_of(spec, &data, "timeout=10");
     let f = m.path("big.bin");
-    assert_eq!(fs::metadata(&f).unwrap().len(), data.len() as u64);
-    // Each connection capped below SEGMENT_BELOW: segments pay off.
-    fwd.rate_limit(Some(25_000_000));
     let data_before = fwd.data_connections();
     if plan == Plan::Every {
         fwd.cut_data_after(5 << 20, Cut::Fin, None);
@@ -107,18 +117,9 @@ fn every_segment_cut_and_resumed_proftpd() {
 /// complete.
 #[test]
 fn a_segment_that_cannot_resume_fails_the_read_proftpd() {
-    let srv = support::start(ServerSpec::proftpd());
     let data = pattern(72 << 20, 12);
-    fs::write(srv.root.join("big.bin"), &data).unwrap();
-    let fwd = srv.forwarder(Duration::ZERO);
-    let m = Mount::builder(&srv)
-        .url(srv.url_via(FORWARD_HOST))
-        .opts("timeout=5,cache_timeout=600,segments=4")
-        .mount();
+    let (_srv, fwd, m) = capped_mount_of(ServerSpec::proftpd(), &data, "timeout=5");
     let f = m.path("big.bin");
-    assert_eq!(fs::metadata(&f).unwrap().len(), data.len() as u64);
-    // Each connection capped below SEGMENT_BELOW: segments pay off.
-    fwd.rate_limit(Some(25_000_000));
     let data_before = fwd.data_connections();
     let done = AtomicBool::new(false);
     let (ok, out) = std::thread::scope(|scope| {
