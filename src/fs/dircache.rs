@@ -212,6 +212,17 @@ impl DirCache {
         }
     }
 
+    /// Makes every cached listing expired, as `ttl` after it was fetched.
+    #[cfg(test)]
+    pub fn expire_all(&self) {
+        let mut lru = self.lock();
+        for (_, l) in lru.iter_mut() {
+            if let Some(t) = l.fetched.checked_sub(self.ttl) {
+                l.fetched = t;
+            }
+        }
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()

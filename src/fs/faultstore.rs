@@ -64,10 +64,24 @@ pub struct FaultStore {
     pub refuse: Mutex<Vec<&'static str>>,
     /// Every call whose name is listed is answered "not implemented" (502).
     pub unimplemented: Mutex<Vec<&'static str>>,
+    /// A server's clock: listings carry whole seconds, and a change in a
+    /// directory (a new file, mkdir, delete, rmdir, rename) sets its time.
+    pub server_clock: AtomicBool,
+    /// A change takes effect at once and its reply comes this long after (a
+    /// slow final reply), ms.
+    pub reply_delay_ms: AtomicU64,
     /// chmod calls, refused or not.
     pub chmods_tried: AtomicU32,
     /// The modes set by chmod, in order.
     pub chmods: Mutex<Vec<(String, u32)>>,
+}
+
+/// `t` cut to whole seconds, as MLSD and MDTM give it.
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)
 }
 
 fn lost(what: &str) -> StoreError {
@@ -112,6 +126,23 @@ impl FaultStore {
             return Err(lost(op));
         }
         Ok(())
+    }
+
+    /// After a change to `paths` that succeeded: with `server_clock`, their
+    /// directories take the time of the change; with `reply_delay_ms`, the reply
+    /// comes late.
+    fn answer<T>(&self, paths: &[&str], r: Result<T>) -> Result<T> {
+        if r.is_ok() && self.server_clock.load(Ordering::SeqCst) {
+            let now = SystemTime::now();
+            for (dir, _) in paths.iter().filter_map(|p| crate::fs::store::split(p)) {
+                let _ = self.inner.set_mtime(dir, now);
+            }
+        }
+        let delay = self.reply_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
+        r
     }
 
     /// Takes one use of a "cut after N, so many times" fault; the N if it applies.
@@ -221,7 +252,13 @@ impl RemoteStore for FaultStore {
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>> {
         self.take_failure("list")?;
         self.refused("list")?;
-        self.inner.list(dir)
+        let mut entries = self.inner.list(dir)?;
+        if self.server_clock.load(Ordering::SeqCst) {
+            for e in &mut entries {
+                e.mtime = e.mtime.map(whole_seconds);
+            }
+        }
+        Ok(entries)
     }
 
     fn read_from(
@@ -269,7 +306,10 @@ impl RemoteStore for FaultStore {
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_millis(delay));
         }
-        self.upload(path, 0, data)
+        let new_name = self.inner.get(path).is_none();
+        let r = self.upload(path, 0, data);
+        let created = [path];
+        self.answer(if new_name { &created[..] } else { &[] }, r)
     }
 
     fn size(&self, path: &str) -> Result<u64> {
@@ -319,16 +359,16 @@ impl RemoteStore for FaultStore {
 
     fn delete(&self, path: &str) -> Result<()> {
         self.take_failure("delete")?;
-        self.inner.delete(path)
+        self.answer(&[path], self.inner.delete(path))
     }
 
     fn mkdir(&self, path: &str) -> Result<()> {
-        self.inner.mkdir(path)
+        self.answer(&[path], self.inner.mkdir(path))
     }
 
     fn rmdir(&self, path: &str) -> Result<()> {
         self.refused("rmdir")?;
-        self.inner.rmdir(path)
+        self.answer(&[path], self.inner.rmdir(path))
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
@@ -339,7 +379,7 @@ impl RemoteStore for FaultStore {
                 "server refused RNFR: 550 Permission denied",
             ));
         }
-        self.inner.rename(from, to)
+        self.answer(&[from, to], self.inner.rename(from, to))
     }
 
     fn chmod(&self, path: &str, mode: u32) -> Result<()> {

@@ -74,15 +74,15 @@ impl FtpsFs {
         lock(&self.ctimes).put(path.to_string(), SystemTime::now());
     }
 
-    /// The mount created, removed or renamed something in `dir`: its mtime and
-    /// ctime are now, as on a local file system (the server's own time shows at
-    /// the next listing).
-    pub(super) fn dir_changed(&self, dir: &str) {
-        let now = SystemTime::now();
+    /// The mount created, removed or renamed something in `dir` at `at`, a time
+    /// taken before the request went out: its mtime is that, as on a local file
+    /// system. The server's own time shows at the next listing; on the same clock
+    /// it is never earlier, so the listing never moves the time back.
+    pub(super) fn dir_changed(&self, dir: &str, at: SystemTime) {
         if self.inodes.existing(dir) == Some(ROOT_INO) {
-            *lock(&self.root_mtime) = now;
+            *lock(&self.root_mtime) = at;
         } else {
-            self.update_entry(dir, |e| e.mtime = Some(now));
+            self.update_entry(dir, |e| e.mtime = Some(at));
         }
         self.changed(dir);
     }
@@ -306,6 +306,7 @@ impl FtpsFs {
                     )
                 });
                 let len = spool.len();
+                let at = SystemTime::now();
                 let mut open = || spool.reader();
                 let uploaded = self.upload_spool(&mut open, len, path, false, record.as_mut());
                 if let Err(e) = uploaded {
@@ -322,7 +323,7 @@ impl FtpsFs {
                 }
                 self.update_entry(path, |e| {
                     e.size = size;
-                    e.mtime = Some(SystemTime::now());
+                    e.mtime = Some(at);
                 });
                 Ok(())
             }

@@ -185,7 +185,7 @@ impl FtpsFs {
         }
         let ino = self.inodes.get_or_create(&path, true);
         let state = self.state(ino);
-        {
+        let at = {
             let mut st = state.lock_idle()?;
             st.handles += 1;
             st.writers += 1;
@@ -206,18 +206,19 @@ impl FtpsFs {
             if mode & 0o7777 != default && mode & 0o7777 != 0o644 {
                 st.pending_mode = Some(mode & 0o7777);
             }
-        }
+            st.modified.unwrap_or_else(SystemTime::now)
+        };
         let e = RemoteEntry {
             name: name.to_string(),
             kind: EntryKind::File,
             size: 0,
-            mtime: Some(SystemTime::now()),
+            mtime: Some(at),
             mode: Some(mode & 0o7777),
         };
         self.cache.edit(&dir, |l| {
             l.insert(name.to_string(), e.clone());
         });
-        self.dir_changed(&dir);
+        self.dir_changed(&dir, at);
         let fh = self.new_handle(ino, &path, 0, true, flags & libc::O_APPEND != 0);
         Ok((self.make_attr(ino, &e), fh))
     }

@@ -15,6 +15,9 @@ impl FtpsFs {
         if self.known(&dir, name)?.is_some() {
             return Err(Errno(libc::EEXIST));
         }
+        // Times of the mount's own changes are taken before the request goes
+        // out: the server's time for the change is never earlier.
+        let at = SystemTime::now();
         self.store.mkdir(&path)?;
         // The server's own mode for new directories is unknown (proftpd 0755,
         // vsftpd 0700 by default): set the requested one, unless the server has
@@ -38,7 +41,7 @@ impl FtpsFs {
             name: name.to_string(),
             kind: EntryKind::Dir,
             size: 0,
-            mtime: Some(SystemTime::now()),
+            mtime: Some(at),
             mode,
         };
         self.cache.edit(&dir, |l| {
@@ -46,7 +49,7 @@ impl FtpsFs {
         });
         // A new directory is empty: no need to ask.
         self.cache.put(&path, Vec::new());
-        self.dir_changed(&dir);
+        self.dir_changed(&dir, at);
         let ino = self.inodes.get_or_create(&path, true);
         Ok(self.make_attr(ino, &e))
     }
@@ -62,6 +65,7 @@ impl FtpsFs {
         let ino = self.inodes.get_or_create(&path, false);
         let state = lock(&self.files).get(&ino).cloned();
         let never_uploaded = state.as_ref().is_some_and(|s| s.lock().is_new);
+        let at = SystemTime::now();
         if !never_uploaded {
             self.store.delete(&path)?;
         }
@@ -76,7 +80,7 @@ impl FtpsFs {
         self.cache.edit(&dir, |l| {
             l.remove(name);
         });
-        self.dir_changed(&dir);
+        self.dir_changed(&dir, at);
         lock(&self.ctimes).pop(&path);
         self.inodes.detach(&path);
         Ok(())
@@ -95,6 +99,7 @@ impl FtpsFs {
             return Err(Errno(libc::ENOTEMPTY));
         }
         // RMD first: a directory the mount may not read can still be removed.
+        let at = SystemTime::now();
         if let Err(refused) = self.store.rmdir(&path) {
             if !refused.is_refusal() {
                 return Err(refused.into());
@@ -110,7 +115,7 @@ impl FtpsFs {
             l.remove(name);
         });
         self.cache.invalidate_tree(&path);
-        self.dir_changed(&dir);
+        self.dir_changed(&dir, at);
         self.inodes.detach(&path);
         Ok(())
     }
@@ -155,6 +160,7 @@ impl FtpsFs {
         if src.kind == EntryKind::Dir && to.starts_with(&format!("{from}/")) {
             return Err(Errno(libc::EINVAL));
         }
+        let at = SystemTime::now();
         if let Err(e) = self.store.rename(&from, &to) {
             let replaced = match &target {
                 Some(t) if t.kind != EntryKind::Dir => self.rename_over_file(&from, &to, e),
@@ -179,9 +185,9 @@ impl FtpsFs {
             self.cache.invalidate_tree(&to);
         }
         self.inodes.rename(&from, &to, src.kind == EntryKind::Dir);
-        self.dir_changed(&dir);
+        self.dir_changed(&dir, at);
         if newdir != dir {
-            self.dir_changed(&newdir);
+            self.dir_changed(&newdir, at);
         }
         lock(&self.ctimes).pop(&from);
         self.changed(&to);

@@ -5,6 +5,7 @@
 use super::fault_tests::config;
 use super::*;
 use crate::fs::faultstore::FaultStore;
+use std::sync::atomic::Ordering;
 use std::thread::sleep;
 
 const O_WRONLY: i32 = libc::O_WRONLY;
@@ -124,6 +125,49 @@ fn writes_truncates_and_chmod_move_the_times_a_program_sees() {
     assert_eq!(store.inner.mtime("/f"), Some(t(5000)));
 }
 
+/// The times the mount gives its own changes are never later than the
+/// server's for them (same clock), so the next listing, in whole seconds, keeps
+/// them or moves them forward, never back: here every reply comes a second
+/// after its change, so a time taken after the reply would be a second ahead.
+#[test]
+fn a_listing_never_moves_the_times_of_the_mounts_own_changes_back() {
+    let (store, fs, _d) = setup();
+    store.inner.put_dir("/d");
+    store.server_clock.store(true, Ordering::SeqCst);
+    store.reply_delay_ms.store(1000, Ordering::SeqCst);
+    let d = fs.lookup(ROOT_INO, "d").expect("lookup").ino;
+    let check = |what: &str, inos: &[u64]| {
+        let mine: Vec<SystemTime> = inos
+            .iter()
+            .map(|&i| fs.getattr(i).expect("getattr").mtime)
+            .collect();
+        fs.cache.expire_all();
+        for (&ino, mine) in inos.iter().zip(mine) {
+            let nanos = mine
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            assert_ne!(nanos, 0, "{what}: the mount's own time, not a listing's");
+            let listed = fs.getattr(ino).expect("getattr after expiry").mtime;
+            assert!(listed >= mine, "{what}: {mine:?} -> {listed:?}");
+        }
+    };
+    let sub = fs.mkdir(d, "sub", 0o755).expect("mkdir");
+    check("mkdir: the new directory, its parent", &[sub.ino, d]);
+    let (f, fh) = fs.create(d, "f", 0o644, O_WRONLY).expect("create");
+    fs.write(fh, 0, b"data").expect("write");
+    fs.release(fh).expect("release");
+    check("a written file", &[f.ino]);
+    fs.setattr(f.ino, None, None, None, Some(2), None)
+        .expect("truncate of a closed file");
+    check("a truncated file", &[f.ino]);
+    fs.rename(d, "f", d, "g", false).expect("rename");
+    check("rename: the directory", &[d]);
+    fs.unlink(d, "g").expect("unlink");
+    check("unlink: the directory", &[d]);
+    fs.rmdir(d, "sub").expect("rmdir");
+    check("rmdir: the directory", &[d]);
+}
+
 #[test]
 fn a_directory_s_times_move_with_changes_inside_it() {
     let (store, fs, _d) = setup();
@@ -214,10 +258,7 @@ fn mkdir_applies_the_requested_mode() {
     for d in ["a", "b", "c"] {
         fs.mkdir(ROOT_INO, d, 0o700).expect("mkdir");
     }
-    assert_eq!(
-        store.chmods_tried.load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    assert_eq!(store.chmods_tried.load(Ordering::SeqCst), 1);
 }
 
 // ---- rmdir -----------------------------------------------------------------------------

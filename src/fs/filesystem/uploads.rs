@@ -120,6 +120,10 @@ impl FtpsFs {
         }
         let mut record = st.record.take();
         let is_new = st.is_new;
+        // The file's time is that of its last change, taken before the bytes
+        // went out: the server's own time for them is never earlier, so its next
+        // listing (whole seconds or minutes) never moves the time back.
+        let modified = st.modified.unwrap_or_else(SystemTime::now);
         let (mut st, uploaded) = state.unlocked(st, || {
             let store = self.store.as_ref();
             if let Some(stream) = stream {
@@ -195,8 +199,9 @@ impl FtpsFs {
         let mode = st.pending_mode.take();
         let pending_mtime = st.pending_mtime.take();
         // chmod and utimens that waited for the upload: network work, unlocked.
-        let (mut st, (mtime, result)) = state.unlocked(st, || {
-            let mut mtime = SystemTime::now();
+        let uploaded_at = SystemTime::now();
+        let (mut st, (set_mtime, result)) = state.unlocked(st, || {
+            let mut set_mtime = None;
             let mut result = Ok(());
             if let Some(mode) = mode {
                 if let Err(e) = self.store.chmod(&path, mode) {
@@ -205,7 +210,7 @@ impl FtpsFs {
             }
             if let Some(t) = pending_mtime {
                 match self.store.set_mtime(&path, t) {
-                    Ok(()) => mtime = t,
+                    Ok(()) => set_mtime = Some(t),
                     Err(e) => {
                         log::warn!("setting mtime of {path}: {e}");
                         if !e.is_not_implemented() {
@@ -214,16 +219,20 @@ impl FtpsFs {
                     }
                 }
             }
-            (mtime, result)
+            (set_mtime, result)
         });
+        // What the server holds now, for a later crash's recovery to compare with:
+        // its time is that of the upload (or the one set).
         st.base = Base::Present(
             len,
-            mtime
+            set_mtime
+                .unwrap_or(uploaded_at)
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .ok()
                 .map(|d| d.as_secs()),
         );
         drop(st);
+        let mtime = set_mtime.unwrap_or(modified);
         self.update_entry(&path, |e| {
             e.size = len;
             e.mtime = Some(mtime);
