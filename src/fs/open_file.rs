@@ -13,6 +13,13 @@
 //! never wait. Streams abandoned under the lock are queued in `to_abort` and
 //! aborted (their partial upload deleted) by [`OpenFile::settle`] before anything
 //! else uploads the file, so an abort never races an upload to the same name.
+//!
+//! The filesystem keeps one state per open file in a map. The last release takes
+//! it out, under the map's lock and the state's, and marks it `gone`; it does so
+//! only once the state is clean (a truncate or setattr that saw the writer and
+//! left the upload to it is uploaded first). Whoever took the state from the map
+//! before and locks it after sees `gone` and looks the file up again, so no
+//! change lands on a state nobody will upload.
 
 use super::filesystem::{Errno, FsResult};
 use super::journal::{Base, Record};
@@ -49,6 +56,9 @@ pub struct FileState {
     pub base: Base,
     /// The journal record of the unsent data (see `journal.rs`).
     pub record: Option<Record>,
+    /// The last release took this state out of the open files, clean (or with
+    /// its data kept locally): whoever still holds it looks the file up again.
+    pub gone: bool,
     /// Network work for this file runs outside the lock (see the module header).
     busy: bool,
     /// Abandoned streams whose partial uploads still have to be removed.
@@ -56,6 +66,11 @@ pub struct FileState {
 }
 
 impl FileState {
+    /// Network work for the file runs now (its lock is let go meanwhile).
+    pub fn is_busy(&self) -> bool {
+        self.busy
+    }
+
     /// Abandons the streaming upload: queued for [`OpenFile::settle`].
     pub fn abandon_stream(&mut self) {
         if let Some(s) = self.stream.take() {
@@ -113,6 +128,7 @@ impl OpenFile {
                 failed: None,
                 base: Base::Absent,
                 record: None,
+                gone: false,
                 busy: false,
                 to_abort: Vec::new(),
             }),

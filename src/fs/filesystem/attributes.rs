@@ -173,10 +173,11 @@ impl FtpsFs {
             match &state {
                 Some(s) => {
                     let mut st = s.lock();
-                    if st.dirty {
+                    let unsent = st.dirty && !st.gone;
+                    if unsent {
                         apply(&mut st);
                     }
-                    st.dirty
+                    unsent
                 }
                 None => false,
             }
@@ -254,6 +255,15 @@ impl FtpsFs {
     }
 
     pub(super) fn truncate(&self, ino: u64, path: &str, size: u64) -> FsResult<()> {
+        // Until the truncate is recorded on a live state or done on the server:
+        // the last release may take the state away meanwhile.
+        while !self.try_truncate(ino, path, size)? {}
+        Ok(())
+    }
+
+    /// One try of [`FtpsFs::truncate`]; false when the file's open state was
+    /// taken away by its last release before the truncate could record itself.
+    fn try_truncate(&self, ino: u64, path: &str, size: u64) -> FsResult<bool> {
         let existing = lock(&self.files).get(&ino).cloned();
         // Deferred to the next flush only when a writer holds a spool; a file open
         // just for reading is truncated on the server at once.
@@ -264,6 +274,9 @@ impl FtpsFs {
         match deferred {
             Some(state) => {
                 let st = state.lock_idle()?;
+                if st.gone {
+                    return Ok(false);
+                }
                 if let Some(e) = st.failed {
                     return Err(Errno(e));
                 }
@@ -288,7 +301,7 @@ impl FtpsFs {
                     }
                 };
                 drop(state.settle(st, self.store.as_ref()));
-                result
+                result.map(|()| true)
             }
             None => {
                 // Not open: apply and upload now.
@@ -325,7 +338,7 @@ impl FtpsFs {
                     e.size = size;
                     e.mtime = Some(at);
                 });
-                Ok(())
+                Ok(true)
             }
         }
     }

@@ -204,6 +204,39 @@ fn the_last_release_tries_a_lost_upload_once_more() {
     assert!(spool_files(d.path()).is_empty(), "nothing left to keep");
 }
 
+/// A truncate that arrives while the last release of a writer is still
+/// uploading (close() returned, the kernel's release came after) saw the
+/// writer and left the upload to it: the release uploads again, so the server
+/// holds what the truncate said, every time.
+#[test]
+fn a_truncate_during_the_last_release_reaches_the_server() {
+    for round in 0..10 {
+        let (store, fs, _d) = setup();
+        store.upload_delay_ms.store(100, SeqCst);
+        let data = pattern(12_345, round);
+        let (a, fh) = fs.create(ROOT_INO, "f", 0o644, libc::O_WRONLY).unwrap();
+        fs.write(fh, 0, &data).unwrap();
+        let truncated = std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(30));
+                fs.setattr(a.ino, None, None, None, Some(23_456), None)
+            });
+            assert_eq!(fs.release(fh), Ok(()));
+            t.join().expect("truncate thread")
+        });
+        assert_eq!(truncated.map(|a| a.size), Ok(23_456), "round {round}");
+        let mut want = data.clone();
+        want.resize(23_456, 0);
+        assert_eq!(
+            store.inner.get("/f").map(|d| d.len()),
+            Some(want.len()),
+            "round {round}: the server holds what the truncate said"
+        );
+        assert_eq!(store.inner.get("/f"), Some(want));
+        assert_eq!(fs.getattr(a.ino).map(|a| a.size), Ok(23_456));
+    }
+}
+
 // ---- refused renames -------------------------------------------------------------------
 
 #[test]

@@ -107,6 +107,51 @@ impl FtpsFs {
             .clone()
     }
 
+    /// The file's state with one more handle on it (a writer's if `writable`),
+    /// counted under the map's lock: the last release, which takes a state out
+    /// of the map under that lock, never takes one a new handle is joining.
+    /// `first` runs on the state when this is its only handle.
+    pub(super) fn hold(
+        &self,
+        ino: u64,
+        writable: bool,
+        first: impl FnOnce(&mut FileState),
+    ) -> Arc<OpenFile> {
+        let mut files = lock(&self.files);
+        let state = files
+            .entry(ino)
+            .or_insert_with(|| Arc::new(OpenFile::new()))
+            .clone();
+        let mut st = state.lock();
+        if st.handles == 0 {
+            first(&mut st);
+        }
+        st.handles += 1;
+        if writable {
+            st.writers += 1;
+        }
+        drop(st);
+        drop(files);
+        state
+    }
+
+    /// Gives back a handle taken by [`FtpsFs::hold`] for an open that failed;
+    /// the state leaves the map if nothing else holds it.
+    pub(super) fn unhold(&self, ino: u64, state: &Arc<OpenFile>, writable: bool) {
+        let mut files = lock(&self.files);
+        let mut st = state.lock();
+        st.handles = st.handles.saturating_sub(1);
+        if writable {
+            st.writers = st.writers.saturating_sub(1);
+        }
+        let unused = st.handles == 0 && !st.dirty && !st.is_busy();
+        if unused && files.get(&ino).is_some_and(|s| Arc::ptr_eq(s, state)) {
+            files.remove(&ino);
+            st.gone = true;
+            self.keep_unsent(&mut st, "an open that failed");
+        }
+    }
+
     /// open(2) of an existing file. `flags` are the open flags.
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
         let acc = flags & libc::O_ACCMODE;
@@ -119,17 +164,11 @@ impl FtpsFs {
         if entry.kind == EntryKind::Dir {
             return Err(Errno(libc::EISDIR));
         }
-        let state = self.state(ino);
-        {
-            let mut st = state.lock();
-            if st.handles == 0 && !st.dirty && !st.is_new {
+        let state = self.hold(ino, writable, |st| {
+            if !st.dirty && !st.is_new {
                 st.base = journal::base_of(Some(&entry));
             }
-            st.handles += 1;
-            if writable {
-                st.writers += 1;
-            }
-        }
+        });
         if writable && flags & libc::O_TRUNC != 0 {
             let truncated = state.lock_idle().and_then(|st| {
                 if let Some(e) = st.failed {
@@ -150,9 +189,7 @@ impl FtpsFs {
                 r
             });
             if let Err(e) = truncated {
-                let mut st = state.lock();
-                st.handles -= 1;
-                st.writers -= 1;
+                self.unhold(ino, &state, true);
                 return Err(e);
             }
         }
@@ -184,19 +221,23 @@ impl FtpsFs {
             return Ok((self.getattr(ino)?, fh));
         }
         let ino = self.inodes.get_or_create(&path, true);
-        let state = self.state(ino);
+        let state = self.hold(ino, true, |_| {});
         let at = {
-            let mut st = state.lock_idle()?;
-            st.handles += 1;
-            st.writers += 1;
+            let mut st = match state.lock_idle() {
+                Ok(st) => st,
+                Err(e) => {
+                    self.unhold(ino, &state, true);
+                    return Err(e);
+                }
+            };
             st.is_new = true;
             st.base = Base::Absent;
             if st.spool.is_none() {
                 match Spool::new(&self.cfg.spool_dir) {
                     Ok(sp) => st.spool = Some(sp),
                     Err(e) => {
-                        st.handles -= 1;
-                        st.writers -= 1;
+                        drop(st);
+                        self.unhold(ino, &state, true);
                         return Err(e.into());
                     }
                 }

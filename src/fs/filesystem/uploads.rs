@@ -263,40 +263,41 @@ impl FtpsFs {
             return Err(Errno(libc::EBADF));
         };
         drop(lock(&h.reader).take());
-        let result = if h.writable {
-            match self.upload_if_dirty(h.ino) {
-                // An upload lost to the network (a stall, a cut connection) at the
-                // last close: the network may be back by now, and this is the last
-                // chance in this mount to put the file where it belongs (a new
-                // file's failed stream may have left a prefix under its name). Once
-                // more, on another connection (the failed one is dropped) and with
-                // a deadline of its own (the first try may have used this call's).
-                Err(Errno(libc::EIO | libc::ETIMEDOUT)) => {
-                    let _deadline = crate::deadline::start(self.cfg.op_timeout);
-                    self.upload_if_dirty(h.ino)
-                }
-                other => other,
-            }
+        let mut result = if h.writable {
+            self.upload_at_release(h.ino)
         } else {
             Ok(())
         };
         let mut last = None;
-        {
+        let mut again = 0;
+        loop {
             // Under the map's lock (memory only), so that an open of the same file
             // either finds this state before it goes or makes a new one.
             let mut files = lock(&self.files);
-            if let Some(state) = files.get(&h.ino).cloned() {
-                let mut st = state.lock();
-                st.handles = st.handles.saturating_sub(1);
-                if h.writable {
-                    st.writers = st.writers.saturating_sub(1);
-                }
-                if st.handles == 0 {
-                    files.remove(&h.ino);
-                    drop(st);
-                    last = Some(state);
-                }
+            let Some(state) = files.get(&h.ino).cloned() else {
+                break;
+            };
+            let mut st = state.lock();
+            // A truncate or setattr that saw this handle may have left its change
+            // to it after the upload above: the state leaves the map only clean.
+            if st.handles == 1 && st.dirty && st.failed.is_none() && result.is_ok() && again < 3 {
+                drop(st);
+                drop(files);
+                again += 1;
+                result = self.upload_at_release(h.ino);
+                continue;
             }
+            st.handles = st.handles.saturating_sub(1);
+            if h.writable {
+                st.writers = st.writers.saturating_sub(1);
+            }
+            if st.handles == 0 {
+                files.remove(&h.ino);
+                st.gone = true;
+                drop(st);
+                last = Some(state);
+            }
+            break;
         }
         if let Some(state) = last {
             let mut st = match state.lock_idle() {
@@ -321,6 +322,22 @@ impl FtpsFs {
             drop(state.settle(st, self.store.as_ref()));
         }
         result
+    }
+
+    /// The upload at a close. One lost to the network (a stall, a cut
+    /// connection) is tried once more: the network may be back by now, and this
+    /// is the last chance in this mount to put the file where it belongs (a new
+    /// file's failed stream may have left a prefix under its name). Once more, on
+    /// another connection (the failed one is dropped) and with a deadline of its
+    /// own (the first try may have used this call's).
+    fn upload_at_release(&self, ino: u64) -> FsResult<()> {
+        match self.upload_if_dirty(ino) {
+            Err(Errno(libc::EIO | libc::ETIMEDOUT)) => {
+                let _deadline = crate::deadline::start(self.cfg.op_timeout);
+                self.upload_if_dirty(ino)
+            }
+            other => other,
+        }
     }
 
     /// Frees the spool of a file whose last handle is gone; data the server does
