@@ -160,7 +160,7 @@ impl Filesystem for FuseAdapter {
         _atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -168,10 +168,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let _deadline = self.deadline();
-        match self
-            .fs
-            .setattr(ino.0, mode, uid, gid, size, mtime.map(time_of))
-        {
+        let mtime = mtime.map(time_of);
+        let set = match fh {
+            Some(_) => self.fs.fsetattr(ino.0, mode, uid, gid, size, mtime),
+            None => self.fs.setattr(ino.0, mode, uid, gid, size, mtime),
+        };
+        match set {
             Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
             Err(e) => reply.error(errno(e)),
         }

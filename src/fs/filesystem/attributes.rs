@@ -145,7 +145,10 @@ impl FtpsFs {
         }
     }
 
-    /// chmod / truncate / utimens. `size` with an open handle is applied to its spool.
+    /// chmod(2) / truncate(2) / utimensat(2) by path. A truncate of a file some
+    /// handle holds with unsent data is applied to its spool (its close uploads
+    /// it); of one whose data is all sent (its writer closed it, the kernel's
+    /// release still on its way), it is uploaded before this returns.
     pub fn setattr(
         &self,
         ino: u64,
@@ -155,6 +158,35 @@ impl FtpsFs {
         size: Option<u64>,
         mtime: Option<SetTime>,
     ) -> FsResult<Attr> {
+        self.set_attributes(ino, mode, uid, gid, size, mtime, false)
+    }
+
+    /// fchmod(2) / ftruncate(2) / futimens(2) through an open handle: a truncate
+    /// of a file open for writing is applied to its spool and uploaded by its
+    /// close, as the writes around it are.
+    pub fn fsetattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        mtime: Option<SetTime>,
+    ) -> FsResult<Attr> {
+        self.set_attributes(ino, mode, uid, gid, size, mtime, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set_attributes(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        mtime: Option<SetTime>,
+        through_handle: bool,
+    ) -> FsResult<Attr> {
         if uid.is_some_and(|u| u != self.cfg.uid) || gid.is_some_and(|g| g != self.cfg.gid) {
             return Err(Errno(libc::EPERM));
         }
@@ -163,7 +195,7 @@ impl FtpsFs {
         }
         let path = self.path_of(ino)?;
         if let Some(size) = size {
-            self.truncate(ino, &path, size)?;
+            self.truncate(ino, &path, size, through_handle)?;
         }
         let state = lock(&self.files).get(&ino).cloned();
         // While data is unsent, the change is recorded in the same critical section
@@ -254,16 +286,29 @@ impl FtpsFs {
         self.cache.get(dir)?.get(name)
     }
 
-    pub(super) fn truncate(&self, ino: u64, path: &str, size: u64) -> FsResult<()> {
+    /// See [`FtpsFs::setattr`] and [`FtpsFs::fsetattr`].
+    pub(super) fn truncate(
+        &self,
+        ino: u64,
+        path: &str,
+        size: u64,
+        through_handle: bool,
+    ) -> FsResult<()> {
         // Until the truncate is recorded on a live state or done on the server:
         // the last release may take the state away meanwhile.
-        while !self.try_truncate(ino, path, size)? {}
+        while !self.try_truncate(ino, path, size, through_handle)? {}
         Ok(())
     }
 
     /// One try of [`FtpsFs::truncate`]; false when the file's open state was
     /// taken away by its last release before the truncate could record itself.
-    fn try_truncate(&self, ino: u64, path: &str, size: u64) -> FsResult<bool> {
+    fn try_truncate(
+        &self,
+        ino: u64,
+        path: &str,
+        size: u64,
+        through_handle: bool,
+    ) -> FsResult<bool> {
         let existing = lock(&self.files).get(&ino).cloned();
         // Deferred to the next flush only when a writer holds a spool; a file open
         // just for reading is truncated on the server at once.
@@ -277,6 +322,9 @@ impl FtpsFs {
                 if st.gone {
                     return Ok(false);
                 }
+                // By path, on a file whose data is all sent: nothing will upload
+                // it soon (a writer's close may already be done), so this does.
+                let upload_now = !through_handle && !st.dirty;
                 if let Some(e) = st.failed {
                     return Err(Errno(e));
                 }
@@ -301,7 +349,11 @@ impl FtpsFs {
                     }
                 };
                 drop(state.settle(st, self.store.as_ref()));
-                result.map(|()| true)
+                result?;
+                if upload_now {
+                    self.upload_if_dirty(ino)?;
+                }
+                Ok(true)
             }
             None => {
                 // Not open: apply and upload now.

@@ -43,7 +43,7 @@ fn truncate_open_file_applies_at_flush() {
         store.put("/f", b"0123456789");
         let (ino, fh) = open_name(&fs, "f", O_RDWR);
         assert_eq!(
-            fs.setattr(ino, None, None, None, Some(size), None)
+            fs.fsetattr(ino, None, None, None, Some(size), None)
                 .unwrap()
                 .size,
             size
@@ -67,10 +67,30 @@ fn truncate_then_write_while_open() {
     let (store, fs, _d) = setup();
     store.put("/f", b"0123456789");
     let (ino, fh) = open_name(&fs, "f", O_WRONLY);
-    fs.setattr(ino, None, None, None, Some(0), None).unwrap();
+    fs.fsetattr(ino, None, None, None, Some(0), None).unwrap();
     fs.write(fh, 0, b"ab").unwrap();
     fs.release(fh).unwrap();
     assert_eq!(store.get("/f").unwrap(), b"ab");
+}
+
+/// truncate(2) by path of a file a writer holds with its data all sent (its
+/// close() returned, the kernel's release not yet here): uploaded before it
+/// returns. With unsent data it waits for the writer's close, as ftruncate does.
+#[test]
+fn truncate_by_path_of_a_written_file_reaches_the_server_at_once() {
+    let (store, fs, _d) = setup();
+    store.put("/f", b"0123456789");
+    let (ino, fh) = open_name(&fs, "f", O_WRONLY);
+    fs.write(fh, 0, b"ab").unwrap();
+    fs.flush(fh).unwrap();
+    assert_eq!(store.get("/f").unwrap(), b"ab23456789");
+    fs.setattr(ino, None, None, None, Some(4), None).unwrap();
+    assert_eq!(store.get("/f").unwrap(), b"ab23", "at once");
+    fs.write(fh, 4, b"!").unwrap();
+    fs.setattr(ino, None, None, None, Some(6), None).unwrap();
+    assert_eq!(store.get("/f").unwrap(), b"ab23", "unsent data: at close");
+    fs.release(fh).unwrap();
+    assert_eq!(store.get("/f").unwrap(), b"ab23!\0");
 }
 
 #[test]
