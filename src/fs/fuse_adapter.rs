@@ -114,6 +114,10 @@ fn time_of(t: TimeOrNow) -> SetTime {
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // open(O_TRUNC) comes to `open` whole, not as an open and then a
+        // setattr without a handle, which would look like truncate(2) by path
+        // (uploaded at once, see `FtpsFs::setattr`).
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
         Ok(())

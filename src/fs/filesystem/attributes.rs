@@ -348,12 +348,13 @@ impl FtpsFs {
                         Ok(())
                     }
                 };
-                drop(state.settle(st, self.store.as_ref()));
-                result?;
-                if upload_now {
-                    self.upload_if_dirty(ino)?;
+                if result.is_ok() && upload_now {
+                    // In the same critical section that made it dirty: a last
+                    // release waits for this upload instead of taking the state.
+                    return self.upload_locked(ino, &state, st).map(|()| true);
                 }
-                Ok(true)
+                drop(state.settle(st, self.store.as_ref()));
+                result.map(|()| true)
             }
             None => {
                 // Not open: apply and upload now.

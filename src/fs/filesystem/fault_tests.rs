@@ -237,6 +237,28 @@ fn a_truncate_during_the_last_release_reaches_the_server() {
     }
 }
 
+/// unlink of a new file while its first upload is on its way (a close on
+/// another thread): the unlink waits for it and deletes what it created, so
+/// the name is gone from the server when unlink returns 0.
+#[test]
+fn an_unlink_during_the_first_upload_leaves_no_file() {
+    let (store, fs, _d) = setup();
+    store.upload_delay_ms.store(200, SeqCst);
+    let (_, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh, 0, &pattern(5000, 3)).unwrap();
+    std::thread::scope(|s| {
+        let closing = s.spawn(|| fs.flush(fh));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(fs.unlink(ROOT_INO, "n"), Ok(()));
+        let left = store.inner.get("/n").map(|d| d.len());
+        assert_eq!(left, None, "gone when unlink returns");
+        let _ = closing.join().expect("flush thread");
+    });
+    assert_eq!(fs.release(fh), Ok(()));
+    let left = store.inner.get("/n").map(|d| d.len());
+    assert_eq!(left, None, "and after the close");
+}
+
 // ---- refused renames -------------------------------------------------------------------
 
 #[test]

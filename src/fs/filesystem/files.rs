@@ -107,32 +107,36 @@ impl FtpsFs {
             .clone()
     }
 
-    /// The file's state with one more handle on it (a writer's if `writable`),
-    /// counted under the map's lock: the last release, which takes a state out
-    /// of the map under that lock, never takes one a new handle is joining.
-    /// `first` runs on the state when this is its only handle.
+    /// The file's state with one more handle on it (a writer's if `writable`).
+    /// The last release takes a state out of the map and marks it `gone` under
+    /// the map's lock and the state's: a state found gone here is looked up
+    /// again, so a new handle never joins a state on its way out (and the map's
+    /// lock is never held while waiting for a state's). `first` runs on the
+    /// state when this is its only handle.
     pub(super) fn hold(
         &self,
         ino: u64,
         writable: bool,
         first: impl FnOnce(&mut FileState),
     ) -> Arc<OpenFile> {
-        let mut files = lock(&self.files);
-        let state = files
-            .entry(ino)
-            .or_insert_with(|| Arc::new(OpenFile::new()))
-            .clone();
-        let mut st = state.lock();
-        if st.handles == 0 {
-            first(&mut st);
+        loop {
+            let state = self.state(ino);
+            let mut st = state.lock();
+            if st.gone {
+                drop(st);
+                std::thread::yield_now();
+                continue;
+            }
+            if st.handles == 0 {
+                first(&mut st);
+            }
+            st.handles += 1;
+            if writable {
+                st.writers += 1;
+            }
+            drop(st);
+            return state;
         }
-        st.handles += 1;
-        if writable {
-            st.writers += 1;
-        }
-        drop(st);
-        drop(files);
-        state
     }
 
     /// Gives back a handle taken by [`FtpsFs::hold`] for an open that failed;

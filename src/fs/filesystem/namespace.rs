@@ -64,18 +64,26 @@ impl FtpsFs {
         }
         let ino = self.inodes.get_or_create(&path, false);
         let state = lock(&self.files).get(&ino).cloned();
-        let never_uploaded = state.as_ref().is_some_and(|s| s.lock().is_new);
         let at = SystemTime::now();
-        if !never_uploaded {
-            self.store.delete(&path)?;
-        }
-        if let Some(s) = state {
-            let mut st = s.lock_idle()?;
-            st.abandon_stream();
-            st.dirty = false; // unlinked: nothing to upload any more
-            st.is_new = false;
-            st.record = None;
-            drop(s.settle(st, self.store.as_ref()));
+        match state {
+            // The file open: once no upload of it runs (one in flight may be
+            // creating it on the server), DELE with the file busy, so none starts
+            // meanwhile; then nothing is left to upload. A file the server never
+            // had needs no DELE; a refused DELE keeps the data unsent.
+            Some(s) => {
+                let st = s.lock_idle()?;
+                let (mut st, deleted) = match st.is_new {
+                    true => (st, Ok(())),
+                    false => s.unlocked(st, || self.store.delete(&path)),
+                };
+                deleted?;
+                st.abandon_stream();
+                st.dirty = false;
+                st.is_new = false;
+                st.record = None;
+                drop(s.settle(st, self.store.as_ref()));
+            }
+            None => self.store.delete(&path)?,
         }
         self.cache.edit(&dir, |l| {
             l.remove(name);

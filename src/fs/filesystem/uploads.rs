@@ -76,11 +76,30 @@ impl FtpsFs {
     /// with the file busy and unlocked; errors go back to the caller (close,
     /// fsync) and the spool is kept on disk.
     pub(super) fn upload_if_dirty(&self, ino: u64) -> FsResult<()> {
-        let state = lock(&self.files).get(&ino).cloned();
-        let Some(state) = state else {
-            return Ok(());
-        };
-        let st = state.lock_idle()?;
+        loop {
+            let state = lock(&self.files).get(&ino).cloned();
+            let Some(state) = state else {
+                return Ok(());
+            };
+            let st = state.lock_idle()?;
+            if st.gone {
+                // Its last release took it away meanwhile (clean, or with its
+                // data kept and the error reported): look again.
+                drop(st);
+                std::thread::yield_now();
+                continue;
+            }
+            return self.upload_locked(ino, &state, st);
+        }
+    }
+
+    /// [`FtpsFs::upload_if_dirty`] on a state the caller holds idle.
+    pub(super) fn upload_locked(
+        &self,
+        ino: u64,
+        state: &OpenFile,
+        st: MutexGuard<'_, FileState>,
+    ) -> FsResult<()> {
         let mut st = state.settle(st, self.store.as_ref());
         if let Some(e) = st.failed {
             return Err(Errno(e));
@@ -96,7 +115,7 @@ impl FtpsFs {
             drop(state.settle(st, self.store.as_ref()));
             return Ok(());
         }
-        let mut st = self.ensure_spool(&state, st, &path, false)?;
+        let mut st = self.ensure_spool(state, st, &path, false)?;
         // Everything the upload needs, taken under the lock: the spool's bytes
         // (synced; read through a handle of their own), the stream, the record.
         let (len, spool_path) = match st.spool.as_mut().map(|sp| sp.sync().map(|()| sp.len())) {
