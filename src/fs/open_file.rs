@@ -14,12 +14,13 @@
 //! aborted (their partial upload deleted) by [`OpenFile::settle`] before anything
 //! else uploads the file, so an abort never races an upload to the same name.
 //!
-//! The filesystem keeps one state per open file in a map. The last release takes
-//! it out, under the map's lock and the state's, and marks it `gone`; it does so
-//! only once the state is clean (a truncate or setattr that saw the writer and
-//! left the upload to it is uploaded first). Whoever took the state from the map
-//! before and locks it after sees `gone` and looks the file up again, so no
-//! change lands on a state nobody will upload.
+//! The filesystem keeps one state per open file in a map. The last release marks
+//! it `gone` under its lock, then takes it out of the map; it does so only once
+//! the state is clean (a truncate or setattr that saw the writer and left the
+//! upload to it is uploaded first). Whoever finds a gone state (in the map a
+//! moment longer, or taken from it before) looks the file up again, so no change
+//! lands on a state nobody will upload. The map's lock is never held while
+//! waiting for a state's.
 
 use super::filesystem::{Errno, FsResult};
 use super::journal::{Base, Record};

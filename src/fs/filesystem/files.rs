@@ -108,11 +108,10 @@ impl FtpsFs {
     }
 
     /// The file's state with one more handle on it (a writer's if `writable`).
-    /// The last release takes a state out of the map and marks it `gone` under
-    /// the map's lock and the state's: a state found gone here is looked up
-    /// again, so a new handle never joins a state on its way out (and the map's
-    /// lock is never held while waiting for a state's). `first` runs on the
-    /// state when this is its only handle.
+    /// The last release marks a state `gone` under its lock before it takes it
+    /// out of the map: a state found gone here is looked up again, so a new
+    /// handle never joins a state on its way out. `first` runs on the state
+    /// when this is its only handle.
     pub(super) fn hold(
         &self,
         ino: u64,
@@ -142,17 +141,19 @@ impl FtpsFs {
     /// Gives back a handle taken by [`FtpsFs::hold`] for an open that failed;
     /// the state leaves the map if nothing else holds it.
     pub(super) fn unhold(&self, ino: u64, state: &Arc<OpenFile>, writable: bool) {
-        let mut files = lock(&self.files);
         let mut st = state.lock();
         st.handles = st.handles.saturating_sub(1);
         if writable {
             st.writers = st.writers.saturating_sub(1);
         }
-        let unused = st.handles == 0 && !st.dirty && !st.is_busy();
-        if unused && files.get(&ino).is_some_and(|s| Arc::ptr_eq(s, state)) {
-            files.remove(&ino);
+        if st.handles == 0 && !st.dirty && !st.is_busy() && !st.gone {
             st.gone = true;
             self.keep_unsent(&mut st, "an open that failed");
+            drop(st);
+            let mut files = lock(&self.files);
+            if files.get(&ino).is_some_and(|s| Arc::ptr_eq(s, state)) {
+                files.remove(&ino);
+            }
         }
     }
 
@@ -565,7 +566,7 @@ impl FtpsFs {
         }
     }
 
-    /// Tests: the spool of an open file fails writes    /// Tests: the spool of an open file fails writes past `bytes` (a full disk).
+    /// Tests: the spool of an open file fails writes past `bytes` (a full disk).
     #[cfg(test)]
     pub fn limit_spool(&self, ino: u64, bytes: u64) {
         if let Some(f) = lock(&self.files).get(&ino) {

@@ -290,18 +290,17 @@ impl FtpsFs {
         let mut last = None;
         let mut again = 0;
         loop {
-            // Under the map's lock (memory only), so that an open of the same file
-            // either finds this state before it goes or makes a new one.
-            let mut files = lock(&self.files);
-            let Some(state) = files.get(&h.ino).cloned() else {
+            let Some(state) = lock(&self.files).get(&h.ino).cloned() else {
                 break;
             };
             let mut st = state.lock();
+            if st.gone {
+                break; // not this handle's (it counts on its state): nothing to do
+            }
             // A truncate or setattr that saw this handle may have left its change
             // to it after the upload above: the state leaves the map only clean.
             if st.handles == 1 && st.dirty && st.failed.is_none() && result.is_ok() && again < 3 {
                 drop(st);
-                drop(files);
                 again += 1;
                 result = self.upload_at_release(h.ino);
                 continue;
@@ -311,17 +310,26 @@ impl FtpsFs {
                 st.writers = st.writers.saturating_sub(1);
             }
             if st.handles == 0 {
-                files.remove(&h.ino);
+                // Gone first (an open that finds it so looks again), then out of
+                // the map; the map's lock is never taken while waiting for a
+                // state's.
                 st.gone = true;
                 drop(st);
+                let mut files = lock(&self.files);
+                if files.get(&h.ino).is_some_and(|s| Arc::ptr_eq(s, &state)) {
+                    files.remove(&h.ino);
+                }
+                drop(files);
                 last = Some(state);
             }
             break;
         }
         if let Some(state) = last {
-            let mut st = match state.lock_idle() {
-                Ok(st) => st,
-                Err(_) => state.lock(),
+            let Ok(mut st) = state.lock_idle() else {
+                // Out of time while another call uploads the file: that call keeps
+                // (with its journal record) or frees what it holds, and the spool
+                // file goes with the state; nothing is torn down under it.
+                return result;
             };
             st.abandon_stream();
             if (st.dirty || st.failed.is_some()) && st.is_new {
