@@ -173,11 +173,8 @@ impl Filesystem for FuseAdapter {
     ) {
         let _deadline = self.deadline();
         let mtime = mtime.map(time_of);
-        let set = match fh {
-            Some(_) => self.fs.fsetattr(ino.0, mode, uid, gid, size, mtime),
-            None => self.fs.setattr(ino.0, mode, uid, gid, size, mtime),
-        };
-        match set {
+        let handle = fh.map(|f| f.0);
+        match self.fs.setattr(ino.0, mode, uid, gid, size, mtime, handle) {
             Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
             Err(e) => reply.error(errno(e)),
         }

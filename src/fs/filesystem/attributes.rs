@@ -145,10 +145,15 @@ impl FtpsFs {
         }
     }
 
-    /// chmod(2) / truncate(2) / utimensat(2) by path. A truncate of a file some
-    /// handle holds with unsent data is applied to its spool (its close uploads
-    /// it); of one whose data is all sent (its writer closed it, the kernel's
-    /// release still on its way), it is uploaded before this returns.
+    /// chmod / truncate / utimens; `handle` is the open handle they came
+    /// through (fchmod, ftruncate, futimens), `None` for a path (chmod(2),
+    /// truncate(2), utimensat(2)). A truncate of a file some handle holds with
+    /// unsent data, or one through a handle of a file open for writing, is
+    /// applied to its spool and uploaded by its close with the writes around
+    /// it. A truncate by path of a file whose data is all sent (its writer
+    /// closed it, the kernel's release still on its way) is uploaded before
+    /// this returns.
+    #[allow(clippy::too_many_arguments)]
     pub fn setattr(
         &self,
         ino: u64,
@@ -157,35 +162,7 @@ impl FtpsFs {
         gid: Option<u32>,
         size: Option<u64>,
         mtime: Option<SetTime>,
-    ) -> FsResult<Attr> {
-        self.set_attributes(ino, mode, uid, gid, size, mtime, false)
-    }
-
-    /// fchmod(2) / ftruncate(2) / futimens(2) through an open handle: a truncate
-    /// of a file open for writing is applied to its spool and uploaded by its
-    /// close, as the writes around it are.
-    pub fn fsetattr(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        mtime: Option<SetTime>,
-    ) -> FsResult<Attr> {
-        self.set_attributes(ino, mode, uid, gid, size, mtime, true)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn set_attributes(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        mtime: Option<SetTime>,
-        through_handle: bool,
+        handle: Option<u64>,
     ) -> FsResult<Attr> {
         if uid.is_some_and(|u| u != self.cfg.uid) || gid.is_some_and(|g| g != self.cfg.gid) {
             return Err(Errno(libc::EPERM));
@@ -195,7 +172,7 @@ impl FtpsFs {
         }
         let path = self.path_of(ino)?;
         if let Some(size) = size {
-            self.truncate(ino, &path, size, through_handle)?;
+            self.truncate(ino, &path, size, handle.is_some())?;
         }
         let state = lock(&self.files).get(&ino).cloned();
         // While data is unsent, the change is recorded in the same critical section
@@ -229,6 +206,12 @@ impl FtpsFs {
             None => {}
         }
         self.getattr(ino)
+    }
+
+    /// Tests: utimens(2) by path, the time alone.
+    #[cfg(test)]
+    pub fn utimens(&self, ino: u64, t: SetTime) -> FsResult<Attr> {
+        self.setattr(ino, None, None, None, None, Some(t), None)
     }
 
     /// utimens on the server. Where the server cannot set the time (vsftpd and
@@ -286,7 +269,7 @@ impl FtpsFs {
         self.cache.get(dir)?.get(name)
     }
 
-    /// See [`FtpsFs::setattr`] and [`FtpsFs::fsetattr`].
+    /// See [`FtpsFs::setattr`]; `through_handle`: it came through an open handle.
     pub(super) fn truncate(
         &self,
         ino: u64,

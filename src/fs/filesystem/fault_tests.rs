@@ -219,7 +219,7 @@ fn a_truncate_during_the_last_release_reaches_the_server() {
         let truncated = std::thread::scope(|s| {
             let t = s.spawn(|| {
                 std::thread::sleep(Duration::from_millis(30));
-                fs.setattr(a.ino, None, None, None, Some(23_456), None)
+                fs.setattr(a.ino, None, None, None, Some(23_456), None, None)
             });
             assert_eq!(fs.release(fh), Ok(()));
             t.join().expect("truncate thread")
@@ -336,8 +336,16 @@ fn chmod_and_utimens_racing_uploads_are_never_lost() {
             let fs = fs.clone();
             std::thread::spawn(move || fs.fsync(fh))
         };
-        fs.setattr(attr.ino, Some(mode), None, None, None, Some(SetTime::At(t)))
-            .unwrap();
+        fs.setattr(
+            attr.ino,
+            Some(mode),
+            None,
+            None,
+            None,
+            Some(SetTime::At(t)),
+            None,
+        )
+        .unwrap();
         uploader.join().unwrap().unwrap();
         fs.fsync(fh).unwrap();
         let e = store.inner.list("/").unwrap();

@@ -174,7 +174,15 @@ fn run(ops: Vec<Op>) {
                 let Some(h) = open.get_mut(&name) else {
                     continue;
                 };
-                match fs.fsetattr(h.ino, None, None, None, Some(u64::from(size)), None) {
+                match fs.setattr(
+                    h.ino,
+                    None,
+                    None,
+                    None,
+                    Some(u64::from(size)),
+                    None,
+                    Some(h.fh),
+                ) {
                     Ok(a) => {
                         assert!(!h.poisoned, "{step}");
                         h.content.resize(size as usize, 0);

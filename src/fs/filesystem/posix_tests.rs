@@ -45,20 +45,20 @@ fn a_directory_time_the_server_refuses_is_skipped_unless_strict() {
     let d = fs.mkdir(ROOT_INO, "d", 0o755).expect("mkdir");
     let before = fs.getattr(d.ino).expect("getattr").mtime;
     let a = fs
-        .setattr(d.ino, None, None, None, None, Some(SetTime::At(t(1000))))
+        .utimens(d.ino, SetTime::At(t(1000)))
         .expect("a refused directory time succeeds without effect");
     assert_eq!(a.mtime, before, "nothing pretends the time was set");
     // Files stay strict.
     let (f, fh) = fs.create(ROOT_INO, "f", 0o644, O_WRONLY).expect("create");
     fs.release(fh).expect("release");
     refuse(&store, &["set_mtime"]);
-    let err = fs.setattr(f.ino, None, None, None, None, Some(SetTime::At(t(1000))));
+    let err = fs.utimens(f.ino, SetTime::At(t(1000)));
     assert_eq!(err.map(|_| ()), Err(Errno(libc::EPERM)));
 
     let (store, fs, _d) = setup_with(|c| c.strict_dir_times = true);
     refuse(&store, &["set_mtime_dir"]);
     let d = fs.mkdir(ROOT_INO, "d", 0o755).expect("mkdir");
-    let err = fs.setattr(d.ino, None, None, None, None, Some(SetTime::At(t(1000))));
+    let err = fs.utimens(d.ino, SetTime::At(t(1000)));
     assert_eq!(err.map(|_| ()), Err(Errno(libc::EPERM)));
 }
 
@@ -70,17 +70,17 @@ fn touch_right_after_writing_succeeds_where_times_cannot_be_set() {
     refuse(&store, &["set_mtime"]);
     // touch newfile: create, futimens(UTIME_NOW) on the open file, close.
     let (a, fh) = fs.create(ROOT_INO, "new", 0o644, O_WRONLY).expect("create");
-    fs.setattr(a.ino, None, None, None, None, Some(SetTime::Now))
+    fs.utimens(a.ino, SetTime::Now)
         .expect("touch of a new file");
     fs.release(fh)
         .expect("close uploads without setting a time");
     assert_eq!(store.inner.get("/new"), Some(Vec::new()));
     // touch again right after: the server's time is already now.
-    fs.setattr(a.ino, None, None, None, None, Some(SetTime::Now))
+    fs.utimens(a.ino, SetTime::Now)
         .expect("touch right after the upload");
     // An old file cannot be made new where the server cannot set times.
     let old = fs.lookup(ROOT_INO, "old").expect("lookup");
-    let err = fs.setattr(old.ino, None, None, None, None, Some(SetTime::Now));
+    let err = fs.utimens(old.ino, SetTime::Now);
     assert_eq!(err.map(|_| ()), Err(Errno(libc::EPERM)));
 }
 
@@ -99,7 +99,7 @@ fn writes_truncates_and_chmod_move_the_times_a_program_sees() {
     assert!(a.ctime >= a.mtime);
     tick();
     let before = fs.getattr(f.ino).expect("getattr").mtime;
-    fs.setattr(f.ino, None, None, None, Some(3), None)
+    fs.setattr(f.ino, None, None, None, Some(3), None, None)
         .expect("ftruncate");
     assert!(
         fs.getattr(f.ino).expect("getattr").mtime > before,
@@ -110,16 +110,14 @@ fn writes_truncates_and_chmod_move_the_times_a_program_sees() {
     let a = fs.getattr(f.ino).expect("getattr");
     tick();
     let after = fs
-        .setattr(f.ino, Some(0o600), None, None, None, None)
+        .setattr(f.ino, Some(0o600), None, None, None, None, None)
         .expect("chmod");
     assert_eq!(after.mtime, a.mtime);
     assert!(after.ctime > a.ctime, "ctime after chmod");
     // A time set by the program wins over the time of writes before it.
     let fh = fs.open(f.ino, O_WRONLY).expect("open");
     fs.write(fh, 0, b"z").expect("write");
-    let a = fs
-        .setattr(f.ino, None, None, None, None, Some(SetTime::At(t(5000))))
-        .expect("utimens");
+    let a = fs.utimens(f.ino, SetTime::At(t(5000))).expect("utimens");
     assert_eq!(a.mtime, t(5000));
     fs.release(fh).expect("release");
     assert_eq!(store.inner.mtime("/f"), Some(t(5000)));
@@ -157,7 +155,7 @@ fn a_listing_never_moves_the_times_of_the_mounts_own_changes_back() {
     fs.write(fh, 0, b"data").expect("write");
     fs.release(fh).expect("release");
     check("a written file", &[f.ino]);
-    fs.setattr(f.ino, None, None, None, Some(2), None)
+    fs.setattr(f.ino, None, None, None, Some(2), None, None)
         .expect("truncate of a closed file");
     check("a truncated file", &[f.ino]);
     fs.rename(d, "f", d, "g", false).expect("rename");
@@ -308,7 +306,7 @@ fn chmod_of_a_directory_is_shown() {
     let (_store, fs, _d) = setup();
     let d = fs.mkdir(ROOT_INO, "d", 0o755).expect("mkdir");
     let a = fs
-        .setattr(d.ino, Some(0o777), None, None, None, None)
+        .setattr(d.ino, Some(0o777), None, None, None, None, None)
         .expect("chmod");
     assert_eq!(
         a.perm,
@@ -318,7 +316,7 @@ fn chmod_of_a_directory_is_shown() {
     assert_eq!(fs.getattr(d.ino).expect("getattr").perm, 0o755);
     let (_store, fs, _d) = setup_with(|c| c.umask = 0);
     let d = fs.mkdir(ROOT_INO, "d", 0o755).expect("mkdir");
-    fs.setattr(d.ino, Some(0o777), None, None, None, None)
+    fs.setattr(d.ino, Some(0o777), None, None, None, None, None)
         .expect("chmod");
     assert_eq!(fs.getattr(d.ino).expect("getattr").perm, 0o777);
 }

@@ -12,17 +12,23 @@ fn truncate_closed_file_uploads_at_once() {
     let s = lookup(&fs, "s").ino;
     let g = lookup(&fs, "g").ino;
     assert_eq!(
-        fs.setattr(z, None, None, None, Some(0), None).unwrap().size,
+        fs.setattr(z, None, None, None, Some(0), None, None)
+            .unwrap()
+            .size,
         0
     );
     assert_eq!(store.get("/z").unwrap(), b"");
     assert_eq!(
-        fs.setattr(s, None, None, None, Some(4), None).unwrap().size,
+        fs.setattr(s, None, None, None, Some(4), None, None)
+            .unwrap()
+            .size,
         4
     );
     assert_eq!(store.get("/s").unwrap(), b"0123");
     assert_eq!(
-        fs.setattr(g, None, None, None, Some(8), None).unwrap().size,
+        fs.setattr(g, None, None, None, Some(8), None, None)
+            .unwrap()
+            .size,
         8
     );
     assert_eq!(store.get("/g").unwrap(), b"0123\0\0\0\0");
@@ -43,7 +49,7 @@ fn truncate_open_file_applies_at_flush() {
         store.put("/f", b"0123456789");
         let (ino, fh) = open_name(&fs, "f", O_RDWR);
         assert_eq!(
-            fs.fsetattr(ino, None, None, None, Some(size), None)
+            fs.setattr(ino, None, None, None, Some(size), None, Some(fh))
                 .unwrap()
                 .size,
             size
@@ -67,7 +73,8 @@ fn truncate_then_write_while_open() {
     let (store, fs, _d) = setup();
     store.put("/f", b"0123456789");
     let (ino, fh) = open_name(&fs, "f", O_WRONLY);
-    fs.fsetattr(ino, None, None, None, Some(0), None).unwrap();
+    fs.setattr(ino, None, None, None, Some(0), None, Some(fh))
+        .unwrap();
     fs.write(fh, 0, b"ab").unwrap();
     fs.release(fh).unwrap();
     assert_eq!(store.get("/f").unwrap(), b"ab");
@@ -84,10 +91,12 @@ fn truncate_by_path_of_a_written_file_reaches_the_server_at_once() {
     fs.write(fh, 0, b"ab").unwrap();
     fs.flush(fh).unwrap();
     assert_eq!(store.get("/f").unwrap(), b"ab23456789");
-    fs.setattr(ino, None, None, None, Some(4), None).unwrap();
+    fs.setattr(ino, None, None, None, Some(4), None, None)
+        .unwrap();
     assert_eq!(store.get("/f").unwrap(), b"ab23", "at once");
     fs.write(fh, 4, b"!").unwrap();
-    fs.setattr(ino, None, None, None, Some(6), None).unwrap();
+    fs.setattr(ino, None, None, None, Some(6), None, None)
+        .unwrap();
     assert_eq!(store.get("/f").unwrap(), b"ab23", "unsent data: at close");
     fs.release(fh).unwrap();
     assert_eq!(store.get("/f").unwrap(), b"ab23!\0");
@@ -100,7 +109,8 @@ fn truncate_by_path_while_open_read_only_reaches_the_server() {
     let (store, fs, _d) = setup();
     store.put("/f", b"0123456789");
     let (ino, fh) = open_name(&fs, "f", O_RDONLY);
-    fs.setattr(ino, None, None, None, Some(2), None).unwrap();
+    fs.setattr(ino, None, None, None, Some(2), None, None)
+        .unwrap();
     fs.flush(fh).unwrap();
     fs.release(fh).unwrap();
     assert_eq!(

@@ -71,7 +71,7 @@ fn failed_truncate_of_a_closed_file_is_reported() {
     let ino = lookup(&fs, "t").ino;
     *store.fail_uploads_matching.lock().unwrap() = Some("t".into());
     assert_eq!(
-        err(fs.setattr(ino, None, None, None, Some(0), None)),
+        err(fs.setattr(ino, None, None, None, Some(0), None, None)),
         libc::EACCES
     );
     assert_eq!(store.get("/t").unwrap(), b"0123");
