@@ -169,6 +169,12 @@ impl FtpsFs {
         if entry.kind == EntryKind::Dir {
             return Err(Errno(libc::EISDIR));
         }
+        if !writable && flags & libc::O_TRUNC != 0 {
+            // O_RDONLY | O_TRUNC empties the file on Linux (the kernel checked
+            // the write permission); with atomic O_TRUNC it comes here whole.
+            self.writable()?;
+            self.truncate(ino, &path, 0, false)?;
+        }
         let state = self.hold(ino, writable, |st| {
             if !st.dirty && !st.is_new {
                 st.base = journal::base_of(Some(&entry));

@@ -119,3 +119,14 @@ fn truncate_by_path_while_open_read_only_reaches_the_server() {
         "the truncation must not be lost"
     );
 }
+
+/// open(O_RDONLY | O_TRUNC) empties the file, as on Linux.
+#[test]
+fn read_only_open_with_o_trunc_empties_the_file() {
+    let (store, fs, _d) = setup();
+    store.put("/f", b"0123456789");
+    let (ino, fh) = open_name(&fs, "f", O_RDONLY | libc::O_TRUNC);
+    assert_eq!(store.get("/f").unwrap(), b"");
+    assert_eq!(fs.getattr(ino).unwrap().size, 0);
+    fs.release(fh).unwrap();
+}
