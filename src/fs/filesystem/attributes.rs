@@ -303,6 +303,8 @@ impl FtpsFs {
             Some(state) => {
                 let st = state.lock_idle()?;
                 if st.gone {
+                    drop(st);
+                    self.forget_gone(ino, &state);
                     return Ok(false);
                 }
                 // By path, on a file whose data is all sent: nothing will upload

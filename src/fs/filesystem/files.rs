@@ -123,7 +123,7 @@ impl FtpsFs {
             let mut st = state.lock();
             if st.gone {
                 drop(st);
-                std::thread::yield_now();
+                self.forget_gone(ino, &state);
                 continue;
             }
             if st.handles == 0 {
@@ -150,10 +150,17 @@ impl FtpsFs {
             st.gone = true;
             self.keep_unsent(&mut st, "an open that failed");
             drop(st);
-            let mut files = lock(&self.files);
-            if files.get(&ino).is_some_and(|s| Arc::ptr_eq(s, state)) {
-                files.remove(&ino);
-            }
+            self.forget_gone(ino, state);
+        }
+    }
+
+    /// Takes a state marked `gone` out of the map, if it is still there. Its
+    /// last release does so; whoever else finds it there first does it too,
+    /// rather than wait for a state that has already left.
+    pub(super) fn forget_gone(&self, ino: u64, state: &Arc<OpenFile>) {
+        let mut files = lock(&self.files);
+        if files.get(&ino).is_some_and(|s| Arc::ptr_eq(s, state)) {
+            files.remove(&ino);
         }
     }
 

@@ -86,7 +86,7 @@ impl FtpsFs {
                 // Its last release took it away meanwhile (clean, or with its
                 // data kept and the error reported): look again.
                 drop(st);
-                std::thread::yield_now();
+                self.forget_gone(ino, &state);
                 continue;
             }
             return self.upload_locked(ino, &state, st);
@@ -315,11 +315,7 @@ impl FtpsFs {
                 // state's.
                 st.gone = true;
                 drop(st);
-                let mut files = lock(&self.files);
-                if files.get(&h.ino).is_some_and(|s| Arc::ptr_eq(s, &state)) {
-                    files.remove(&h.ino);
-                }
-                drop(files);
+                self.forget_gone(h.ino, &state);
                 last = Some(state);
             }
             break;
