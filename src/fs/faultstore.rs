@@ -64,6 +64,11 @@ pub struct FaultStore {
     pub refuse: Mutex<Vec<&'static str>>,
     /// Every call whose name is listed is answered "not implemented" (502).
     pub unimplemented: Mutex<Vec<&'static str>>,
+    /// A cut upload's STOR was held in the network: it reaches the server after
+    /// the next upload has stored its bytes, and truncates the name it was for
+    /// (its connection was given up, so no data follows), as a late STOR does.
+    pub late_stor: AtomicBool,
+    late_stor_name: Mutex<Option<String>>,
     /// A server's clock: listings carry whole seconds, and a change in a
     /// directory (a new file, mkdir, delete, rmdir, rename) sets its time.
     pub server_clock: AtomicBool,
@@ -184,9 +189,15 @@ impl FaultStore {
             };
             if !probe {
                 self.uploaded_bytes.fetch_add(n, Ordering::SeqCst);
+                if let Some(late) = crate::sync::lock(&self.late_stor_name).take() {
+                    self.inner.put(&late, b"");
+                }
             }
             return Ok(n);
         };
+        if self.late_stor.load(Ordering::SeqCst) {
+            *crate::sync::lock(&self.late_stor_name) = Some(path.to_string());
+        }
         let mut got = Vec::new();
         while (got.len() as u64) < limit {
             let chunk = data

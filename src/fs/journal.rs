@@ -487,7 +487,8 @@ fn recover_one(
             // content is gone already; what is there is left as it is, and said.
             in_place_left = true;
         } else if !whole {
-            // A new file uploaded straight to its name: what is there is ours and
+            // A new file uploaded straight to its name (a server without rename):
+            // what is there is ours and
             // incomplete, unless someone else has written a larger file since.
             match remote_entry(store, p) {
                 // As long as the program's finished file: the upload ended and only

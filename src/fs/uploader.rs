@@ -1,13 +1,14 @@
 //! Uploads: a file's spool (see `spool.rs`) to the server, and streaming uploads.
 //!
-//! Design: on flush/fsync/release the spool of a file that already exists on the
-//! server is uploaded to a temporary name in the same directory and renamed over the
-//! real name (RNFR/RNTO), so an interrupted upload never replaces a good file with
-//! half of a new one. A file created through the mount (the name was free) goes
-//! straight to its name, which saves the rename's round trip on every new file
-//! (cp, tar, unzip); if that upload fails, what it wrote is deleted, so the name is
-//! free again rather than holding half a file. `inplace` uploads every file straight
-//! to its name, for servers that forbid rename. A file written sequentially from
+//! Design: on flush/fsync/release the spool of a file is uploaded to a temporary
+//! name in the same directory and renamed over the real name (RNFR/RNTO), so an
+//! interrupted upload never replaces a good file with half of a new one, and a name
+//! appears only with its complete content. New files go that way too: a `STOR` the
+//! network held back, reaching the server after the mount gave its connection up,
+//! can then only truncate a temporary name. `inplace` uploads every file straight
+//! to its name; on a server that refuses rename (learnt at the first refusal) a new
+//! file goes to its own name and a failed upload deletes what it wrote
+//! (`Target::NewFile`), so the name is free again. A file written sequentially from
 //! offset 0 (cp, dd, tar, rsync's temporary files) is also streamed to the server
 //! while it is written ([`StreamUpload`]), so close() waits only for the tail; the
 //! spool still gets every byte and is uploaded instead if the stream fails or the

@@ -259,6 +259,30 @@ fn an_unlink_during_the_first_upload_leaves_no_file() {
     assert_eq!(left, None, "and after the close");
 }
 
+/// A new file's first upload is cut, and its STOR, held in the network, reaches
+/// the server only after the upload that replaced it: it truncates the name it
+/// was for. Every upload goes to a temporary name, so that is never the file's:
+/// the file keeps its complete content.
+#[test]
+fn a_late_stor_of_a_given_up_upload_never_truncates_the_file() {
+    let (store, fs, _d) = setup();
+    store.late_stor.store(true, SeqCst);
+    store.cut_uploads_after.store(1000, SeqCst);
+    store.cut_uploads_times.store(1, SeqCst);
+    let data = pattern(5000, 9);
+    let (_, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh, 0, &data).unwrap();
+    let closed = fs.flush(fh);
+    let released = fs.release(fh);
+    assert!(
+        closed.is_ok() || released.is_ok(),
+        "{closed:?} {released:?}"
+    );
+    let got = store.inner.get("/n").unwrap_or_default();
+    assert_eq!(got.len(), data.len(), "the file after the late STOR");
+    assert!(got == data);
+}
+
 // ---- refused renames -------------------------------------------------------------------
 
 #[test]
@@ -545,9 +569,19 @@ fn shutdown_keeps_a_file_still_open_for_writing_and_recovery_reports_it() {
     assert!(spool_files(d.path()).is_empty());
 }
 
+/// A mount that has learnt the server refuses renames: a new file is then
+/// written under its own name (a failed upload deletes what it wrote).
+fn on_a_server_without_rename(store: &FaultStore, fs: &FtpsFs) {
+    store.refuse_renames.store(true, SeqCst);
+    let (_, fh) = fs.create(ROOT_INO, "w", 0o644, libc::O_WRONLY).unwrap();
+    fs.write(fh, 0, b"warm-up").unwrap();
+    fs.release(fh).unwrap();
+}
+
 #[test]
 fn crash_while_streaming_a_new_file_leaves_no_partial_file_after_recovery() {
     let (store, fs, d) = setup();
+    on_a_server_without_rename(&store, &fs);
     let (_, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_WRONLY).unwrap();
     let data = pattern(3 << 20, 8);
     fs.write(fh, 0, &data[..2 << 20]).unwrap();
@@ -666,6 +700,7 @@ fn after_a_reboot(spool: &std::path::Path) {
 fn after_a_machine_crash_a_new_file_of_full_length_is_kept_and_a_shorter_one_removed() {
     for (on_server, kept) in [(&b"0123456789"[..], true), (&b"01234"[..], false)] {
         let (store, fs, d) = setup();
+        on_a_server_without_rename(&store, &fs);
         *store.fail_next.lock().unwrap() = vec!["write", "write"];
         let (_, fh) = fs.create(ROOT_INO, "n", 0o644, libc::O_WRONLY).unwrap();
         fs.write(fh, 0, b"0123456789").unwrap();

@@ -409,10 +409,8 @@ impl FtpsFs {
                         window,
                     })
                 });
-                // A new file streams straight to its name, bounded or not (one
-                // round trip less per file; a crash leaves a partial new file
-                // that the next mount's recovery removes: see `journal.rs`); a
-                // file that exists goes through a temporary name.
+                // To a temporary name, renamed over the file's at close (the
+                // file's own name only on a server without rename: `target`).
                 let name = uploader::upload_name(path, target);
                 // The journal knows the name before the server does.
                 if let (Some(j), Some(r)) = (&self.journal, st.record.as_mut()) {

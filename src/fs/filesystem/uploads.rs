@@ -11,14 +11,16 @@ impl FtpsFs {
     pub(super) fn target(&self, is_new: bool) -> Target {
         if self.cfg.inplace {
             Target::InPlace
-        } else if is_new {
-            // Saves the rename's round trip; a failed upload removes what it wrote,
-            // and the journal record is made durable first (for a machine crash).
-            Target::NewFile
-        } else if self.renames_refused.load(Ordering::Relaxed) {
-            Target::InPlace
-        } else {
+        } else if !self.renames_refused.load(Ordering::Relaxed) {
+            // New files too: a name only ever holds a complete file, even when
+            // a STOR the network held back reaches the server after the mount
+            // gave its connection up (it can only truncate a temporary name).
             Target::Temp
+        } else if is_new {
+            // No rename: a failed upload removes what it wrote.
+            Target::NewFile
+        } else {
+            Target::InPlace
         }
     }
 

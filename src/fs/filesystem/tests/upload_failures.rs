@@ -110,9 +110,9 @@ fn new_file_whose_upload_failed_is_not_shown_as_an_empty_file() {
 #[test]
 fn a_failed_stream_is_retried_from_the_spool_and_reported() {
     let (store, fs, spool) = setup();
-    // A new file's stream and spool upload both go to its own name; the server
-    // refuses both at their end and keeps half a file each time.
-    *store.fail_uploads_matching.lock().unwrap() = Some("/u".into());
+    // A new file's stream and spool upload both go to temporary names; the
+    // server refuses both at their end and keeps half a file each time.
+    *store.fail_uploads_matching.lock().unwrap() = Some(".u.".into());
     let (_, fh) = fs.create(ROOT_INO, "u", 0o644, libc::O_WRONLY).unwrap();
     fs.write(fh, 0, b"data").unwrap();
     assert_eq!(fs.flush(fh), Err(Errno(libc::EACCES)));
