@@ -24,68 +24,15 @@ use support::forwarder::Forwarder;
 use support::mount::{pattern, scratch, sha256, tail, HeldWriter, Mount};
 use support::{Server, ServerSpec, FORWARD_HOST};
 
-/// A mount whose detached daemon logs to `$XDG_CACHE_HOME/ftpsfs/ftpsfs.log` in a
-/// scratch directory of its own; on a panic the log's tail is printed.
-struct Logged {
-    m: Mount,
-    cache: tempfile::TempDir,
-}
-
-impl Logged {
-    /// Mounts `srv` (through its forwarder on 127.0.0.2 when `via_forwarder`) with
-    /// the harness's defaults and `opts`.
-    fn new(srv: &Server, via_forwarder: bool, opts: &str) -> Logged {
-        let cache = scratch("xdg-cache-");
-        let mut b = Mount::builder(srv)
-            .opts(opts)
-            .env("XDG_CACHE_HOME", cache.path());
-        if via_forwarder {
-            b = b.url(srv.url_via(FORWARD_HOST));
-        }
-        Logged {
-            m: b.mount(),
-            cache,
-        }
+/// A mount with the harness's defaults and `opts`, through the server's forwarder on
+/// 127.0.0.2 when `via_forwarder`. (Its detached daemon logs to a cache directory of
+/// its own, printed if the test fails.)
+fn logged_mount(srv: &Server, via_forwarder: bool, opts: &str) -> Mount {
+    let mut b = Mount::builder(srv).opts(opts);
+    if via_forwarder {
+        b = b.url(srv.url_via(FORWARD_HOST));
     }
-
-    fn log_path(&self) -> PathBuf {
-        self.cache.path().join("ftpsfs").join("ftpsfs.log")
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-}
-
-impl std::ops::Deref for Logged {
-    type Target = Mount;
-    fn deref(&self) -> &Mount {
-        &self.m
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let notable: Vec<&str> = log
-                .lines()
-                .filter(|l| {
-                    [" INFO ", " WARN ", " ERROR "]
-                        .iter()
-                        .any(|k| l.contains(k))
-                })
-                .collect();
-            eprintln!(
-                "--- daemon output ---\n{}\n--- daemon log {}: info, warnings, errors ---\n{}\n\
-                 --- daemon log (tail) ---\n{}",
-                tail(&self.m.daemon_output(), 4000),
-                self.log_path().display(),
-                tail(&notable.join("\n"), 8000),
-                tail(&log, 30_000)
-            );
-        }
-    }
+    b.mount()
 }
 
 /// A directory under the server's root, owned by the FTP user (so uploads may go there).
@@ -175,7 +122,7 @@ fn slow_upload_does_not_stall(spec: ServerSpec) {
     fs::write(&src, &data).unwrap();
 
     let fwd = srv.forwarder(Duration::ZERO);
-    let m = Logged::new(&srv, true, "timeout=30,cache_timeout=0");
+    let m = logged_mount(&srv, true, "timeout=30,cache_timeout=0");
     // Warm up: the pool has connections, each kind of call has been made once.
     assert!(fs::metadata(m.path("other/a.txt")).is_ok());
     assert_eq!(fs::read_dir(m.path("lsdir")).unwrap().count(), 20);
@@ -335,7 +282,7 @@ fn deadlines_during_a_stall(spec: ServerSpec) {
     fs::write(srv.root.join("wdir/old.txt"), b"old\n").unwrap();
 
     let fwd: Forwarder = srv.forwarder(Duration::ZERO);
-    let m = Logged::new(&srv, true, "timeout=10,cache_timeout=600");
+    let m = logged_mount(&srv, true, "timeout=10,cache_timeout=600");
     let w = scratch("w-");
     fs::write(w.path().join("during.txt"), b"during the stall\n").unwrap();
     fs::write(w.path().join("after.txt"), b"after the stall\n").unwrap();
@@ -510,7 +457,7 @@ fn idle_connections_reset(spec: ServerSpec) {
         fs::write(w.path().join(format!("w{i}.txt")), format!("w{i}\n")).unwrap();
     }
     let fwd = srv.forwarder(Duration::ZERO);
-    let m = Logged::new(&srv, true, "timeout=10");
+    let m = logged_mount(&srv, true, "timeout=10");
     let ops = |i: usize| -> [(String, String); 3] {
         [
             (format!("ls d{i}"), format!(r#"ls "$MNT/d{i}""#)),
@@ -618,7 +565,7 @@ fn eight_jobs_on_a_server_allowing_two_logins_proftpd() {
         fs::write(srv.root.join(format!("r{i}.bin")), mib8(50 + i)).unwrap();
         fs::write(w.path().join(format!("w{i}.bin")), mib8(60 + i)).unwrap();
     }
-    let m = Logged::new(&srv, false, "max_conns=8,timeout=30");
+    let m = logged_mount(&srv, false, "max_conns=8,timeout=30");
     let t = Instant::now();
     let runs: Vec<Run> = std::thread::scope(|s| {
         let mut hs = Vec::new();
@@ -694,7 +641,7 @@ fn cr_name_hidden(spec: ServerSpec) {
             fs::write(dir.join(n), b"x").unwrap();
         }
     }
-    let m = Logged::new(&srv, false, "");
+    let m = logged_mount(&srv, false, "");
     let w = scratch("w-");
     for (rel, want) in [
         ("", vec!["a.txt", "d", "m.txt", "z.txt"]),
@@ -775,7 +722,7 @@ fn allow_other_alone_refuses_other_users_a_0600_file_proftpd() {
     fs::write(&secret, b"secret\n").unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
     for umask in ["077", "066"] {
-        let m = Logged::new(&srv, false, &format!("allow_other,umask={umask}"));
+        let m = logged_mount(&srv, false, &format!("allow_other,umask={umask}"));
         // The mount's own scratch directory is 0700: let others pass through it.
         let parent = m.mnt.parent().unwrap();
         fs::set_permissions(parent, fs::Permissions::from_mode(0o711)).unwrap();
@@ -840,7 +787,7 @@ fn the_fallback_log_file_is_0600_proftpd() {
     );
     let srv = support::start(ServerSpec::proftpd());
     // A fresh log.
-    let m = Logged::new(&srv, false, "");
+    let m = logged_mount(&srv, false, "");
     fs::write(m.path("f.txt"), b"f").unwrap();
     let md = fs::metadata(m.log_path()).expect("the daemon created no fallback log");
     println!(

@@ -127,6 +127,9 @@ pub struct Mount {
     /// read to EOF).
     out_path: PathBuf,
     err_path: PathBuf,
+    /// The detached daemon's fallback log file, `$XDG_CACHE_HOME/ftpsfs/ftpsfs.log`
+    /// (written where there is no /dev/log; a `log_file=` option wins over it).
+    log_path: PathBuf,
     /// Holds the mountpoint, spool and password file; removed after the unmount.
     _dir: tempfile::TempDir,
 }
@@ -236,10 +239,25 @@ impl MountBuilder<'_> {
             opts.push_str(",fingerprint=");
             opts.push_str(&srv.cert_fingerprint());
         }
+        // Info and above in the log printed on a failure, unless the test chose.
+        if !named("log_level") && !named("debug") {
+            opts.push_str(",log_level=info");
+        }
         if !self.extra.is_empty() {
             opts.push(',');
             opts.push_str(&self.extra);
         }
+        // The detached daemon's log goes to a cache directory of this mount's own
+        // (unless the test chose one), so a failing test can print it.
+        let cache = match self.envs.iter().find(|(k, _)| k == "XDG_CACHE_HOME") {
+            Some((_, v)) => PathBuf::from(v),
+            None => {
+                let c = dir.path().join("cache");
+                fs::create_dir(&c).unwrap();
+                c
+            }
+        };
+        let log_path = cache.join("ftpsfs").join("ftpsfs.log");
         let out_path = dir.path().join("ftpsfs.out");
         let err_path = dir.path().join("ftpsfs.err");
         let mut child = Command::new(ftpsfs_bin())
@@ -247,6 +265,7 @@ impl MountBuilder<'_> {
             .arg(&mnt)
             .arg("-o")
             .arg(&opts)
+            .env("XDG_CACHE_HOME", &cache)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out_path).unwrap())
@@ -277,6 +296,7 @@ impl MountBuilder<'_> {
             by_hand: false,
             out_path,
             err_path,
+            log_path,
             _dir: dir,
         };
         if !status.success() {
@@ -396,6 +416,36 @@ impl Mount {
             + &fs::read_to_string(&self.out_path).unwrap_or_default()
     }
 
+    /// The detached daemon's fallback log file (see [`Mount::log`]).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// What the detached daemon logged to its fallback log file so far (empty where
+    /// a syslog daemon took it, or with `log_file=`).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// On a failing test: the daemon's output, the warnings and errors of its log,
+    /// and the log's last lines.
+    fn print_logs(&self) {
+        let log = self.log();
+        let notable: Vec<&str> = log
+            .lines()
+            .filter(|l| [" WARN ", " ERROR "].iter().any(|k| l.contains(k)))
+            .collect();
+        eprintln!(
+            "--- ftpsfs on {}: output ---\n{}\n--- its log {}: warnings and errors ---\n{}\n\
+             --- its log (tail) ---\n{}",
+            self.mnt.display(),
+            tail(&self.daemon_output(), 4000),
+            self.log_path.display(),
+            tail(&notable.join("\n"), 8000),
+            tail(&log, 12_000)
+        );
+    }
+
     /// The test unmounted this mount itself (and may have mounted another on the
     /// same mountpoint): waits ≤10 s for the daemon to exit, and leaves the
     /// mountpoint alone from now on, dropped or not.
@@ -447,6 +497,9 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
         self.unmount();
         if !self.by_hand && is_mounted(&self.mnt) {
             // Keep the directory rather than recursing into a live mount.
