@@ -552,6 +552,66 @@ fn two_parallel_readers_vsftpd() {
 }
 
 // ---------------------------------------------------------------------------
+// Random reads: every seek stops a download (ABOR) and starts another
+
+/// Reads at scattered offsets through one open file, each checked against the
+/// file's bytes and each prompt: a seek ends the download in flight with ABOR, and
+/// the connection must come back to the pool at once. (pure-ftpd dropped a NOOP sent
+/// with the ABOR, and each seek then held a connection until `timeout=`.)
+fn random_reads(spec: ServerSpec) {
+    use std::os::unix::fs::FileExt;
+    let srv = support::start(spec);
+    let data = pattern(24 << 20, 21);
+    fs::write(srv.root.join("r.bin"), &data).unwrap();
+    let m = Mount::with(&srv, "timeout=5");
+    let f = fs::File::open(m.path("r.bin")).unwrap();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut slowest = Duration::ZERO;
+    for i in 0..40 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = [4096usize, 65536, 200_000][i % 3];
+        let off = (x % (data.len() - len) as u64) as usize;
+        let mut buf = vec![0u8; len];
+        let t = Instant::now();
+        f.read_exact_at(&mut buf, off as u64)
+            .unwrap_or_else(|e| panic!("read {i} of {len} at {off}: {e}"));
+        slowest = slowest.max(t.elapsed());
+        assert!(
+            buf == data[off..off + len],
+            "read {i}: wrong bytes at {off}"
+        );
+    }
+    println!(
+        "FIGURE random_reads[{}]: slowest of 40: {slowest:?}",
+        srv.spec.kind.name()
+    );
+    // A read waits for no stuck connection: far below timeout=.
+    assert!(slowest < Duration::from_secs(3), "a read took {slowest:?}");
+}
+
+#[test]
+fn random_reads_proftpd() {
+    random_reads(ServerSpec::proftpd());
+}
+
+#[test]
+fn random_reads_vsftpd() {
+    random_reads(ServerSpec::vsftpd());
+}
+
+#[test]
+fn random_reads_pure_ftpd() {
+    random_reads(ServerSpec::pure_ftpd());
+}
+
+#[test]
+fn random_reads_pyftpdlib() {
+    random_reads(ServerSpec::pyftpdlib());
+}
+
+// ---------------------------------------------------------------------------
 // A failed upload reports an error and keeps the data
 
 fn failed_upload(spec: ServerSpec) {

@@ -497,11 +497,14 @@ impl Prefetcher {
                 Err(true) => {
                     // Out of time: the stream is dropped (its thread stops) and the
                     // read fails; the size shown does not change.
+                    let e = StoreError::Timeout(format!(
+                        "reading {} at {}: no data within the deadline (timeout=)",
+                        self.path,
+                        s.end()
+                    ));
                     self.stream = None;
-                    return Err(StoreError::Timeout(format!(
-                        "reading {}: no data within the deadline (timeout=)",
-                        self.path
-                    )));
+                    log::warn!("{e}");
+                    return Err(e);
                 }
                 Ok(m) => Ok(m),
                 Err(false) => Err(()),

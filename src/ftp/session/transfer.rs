@@ -234,9 +234,9 @@ impl<'a> Download<'a> {
     }
 
     /// Stops a download early with ABOR (RFC 959), keeping the control connection:
-    /// ABOR and a NOOP go out together, the data connection is drained until the
-    /// server closes it (a server blocked writing to a full socket would not see
-    /// ABOR otherwise), then replies are read up to the NOOP's, whatever the
+    /// ABOR goes out, the data connection is drained until the server closes it (a
+    /// server blocked writing to a full socket would not see ABOR otherwise), then
+    /// replies are read up to a NOOP's sent after the first of them, whatever the
     /// server answered for the transfer (426 and 226, or 226 and 225). Closing the
     /// data connection alone makes proftpd end the whole session.
     fn abort_inner(&mut self) -> Result<()> {
@@ -259,17 +259,14 @@ impl<'a> Download<'a> {
         let Some(mut d) = self.t.data.take() else {
             return Ok(());
         };
-        let piggyback = match self.t.conn.send_abort() {
-            Ok(p) => p,
-            Err(e) => {
-                d.close(false);
-                self.t.conn.mark_broken();
-                return Err(e);
-            }
-        };
+        if let Err(e) = self.t.conn.send(&[Command::abor()]) {
+            d.close(false);
+            self.t.conn.mark_broken();
+            return Err(e);
+        }
         drain(&mut d);
         d.close(false);
-        self.t.conn.read_until_noop(piggyback)
+        self.t.conn.read_abort_replies()
     }
 
     /// The transfer failed with `e` on the data connection. The error stays the
@@ -634,16 +631,22 @@ impl FtpConnection {
         Ok(())
     }
 
-    /// ABOR followed by a NOOP that marks the end of the replies to come.
-    /// An EPSV for the next transfer goes with them when none is prepared; the
-    /// returned flag goes to [`Self::read_until_noop`].
-    fn send_abort(&mut self) -> Result<bool> {
-        self.send_preparing(&[Command::abor(), Command::noop()])
+    /// Reads the replies to an aborted transfer and its ABOR. The NOOP that marks
+    /// their end goes out only after the first of them (with an EPSV for the next
+    /// transfer when none is prepared): during a download pure-ftpd reads the
+    /// control connection once per chunk it sends, takes an ABOR at the start of
+    /// what it read and drops the rest, so a NOOP sent with the ABOR would never be
+    /// answered. Its first reply comes once it has left the transfer.
+    fn read_abort_replies(&mut self) -> Result<()> {
+        let r = self.read_reply()?;
+        log::debug!("abort: {} {}", r.code, r.text());
+        let piggyback = self.send_preparing(&[Command::noop()])?;
+        self.read_until_noop(piggyback)
     }
 
-    /// Reads the replies to an aborted transfer and its ABOR, up to the NOOP's 200
-    /// (then the piggybacked EPSV's, when `piggyback`). A 229 before the 200 is the
-    /// EPSV's, from a server that answers out of order.
+    /// Reads replies up to the NOOP's 200 (then the piggybacked EPSV's, when
+    /// `piggyback`). A 229 before the 200 is the EPSV's, from a server that answers
+    /// out of order.
     fn read_until_noop(&mut self, mut piggyback: bool) -> Result<()> {
         for _ in 0..5 {
             let r = self.read_reply()?;
@@ -651,7 +654,7 @@ impl FtpConnection {
             if piggyback && Verb::Epsv.completes(r.code) {
                 self.opts
                     .server
-                    .note_reordering("ABOR+NOOP+EPSV answered 229 before 200");
+                    .note_reordering("NOOP+EPSV after ABOR answered 229 before 200");
                 piggyback = false;
                 self.use_piggybacked_epsv(r);
                 continue;
