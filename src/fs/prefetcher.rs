@@ -36,8 +36,10 @@ use std::time::Duration;
 pub const READAHEAD: usize = 6 * 1024 * 1024;
 /// Size of the chunks moved through the channel.
 pub const CHUNK: usize = 256 * 1024;
-/// Bytes kept behind the furthest read, for out-of-order kernel reads.
-pub const KEEP_BEHIND: u64 = 1024 * 1024;
+/// Bytes kept behind the furthest read, for out-of-order kernel reads: the
+/// kernel reads ahead in requests of up to 1 MiB (the mount's `READ_AHEAD_KB`)
+/// served by several threads, and one can arrive after the next two or three.
+pub const KEEP_BEHIND: u64 = 4 * 1024 * 1024;
 /// A forward jump up to this far is read through instead of restarting.
 pub const SKIP_AHEAD: u64 = 2 * 1024 * 1024;
 /// A stream whose reader left it idle this long gives its connection to a waiter.
@@ -564,6 +566,25 @@ mod tests {
             off += 262144;
         }
         assert!(p.read(d.len() as u64, 10).unwrap().is_empty());
+        assert_eq!(p.stats.streams_started, 1);
+    }
+
+    /// The kernel's 1 MiB readahead requests, served by several FUSE threads, arrive
+    /// out of order by up to a few requests: one stream serves them all (a restart
+    /// costs a round trip and, where the server reads its control connection only
+    /// between chunks, a wait for its ABOR).
+    #[test]
+    fn readahead_requests_out_of_order_by_two_use_one_stream() {
+        const MIB: u64 = 1024 * 1024;
+        let store = Arc::new(MemStore::new());
+        let d = data(12 * MIB as usize);
+        store.put("/f", &d);
+        let mut p = Prefetcher::new(store.clone(), "/f".into());
+        for k in [0u64, 1, 3, 4, 2, 5, 7, 8, 6, 9, 11, 10] {
+            let r = p.read(k * MIB, MIB as usize).unwrap();
+            let at = (k * MIB) as usize;
+            assert!(r == d[at..at + MIB as usize], "wrong bytes at {k} MiB");
+        }
         assert_eq!(p.stats.streams_started, 1);
     }
 
