@@ -239,8 +239,9 @@ impl MountBuilder<'_> {
             opts.push_str(",fingerprint=");
             opts.push_str(&srv.cert_fingerprint());
         }
-        // Info and above in the log printed on a failure, unless the test chose.
-        if !named("log_level") && !named("debug") {
+        // Info and above in the log printed on a failure, unless the test chose its
+        // log's level or file (tests of logging itself).
+        if !named("log_level") && !named("debug") && !named("log_file") {
             opts.push_str(",log_level=info");
         }
         if !self.extra.is_empty() {
