@@ -6,8 +6,8 @@
 //! the server had under that name when writing began (`base`), whether the program
 //! had finished writing (`closed`: close() or fsync() was called, with the length
 //! it then had), and which remote name an upload may have left incomplete
-//! (`partial`: a temporary `.part` name, or the file's own name for a new file
-//! uploaded straight to it). The record is written when a file becomes dirty,
+//! (`partial`: a temporary `.part` name, or the file's own name where uploads go
+//! straight to it: `inplace`, or a server without rename). The record is written when a file becomes dirty,
 //! rewritten durably (fdatasync, and the directory on first write) before any
 //! upload starts, and removed once the server holds the complete file. Records of
 //! a live mount are never touched by another: each mount holds an `flock` on its
@@ -554,7 +554,7 @@ fn recover_one(
             ));
         }
     }
-    // A name written in place (a new file, or a server without rename) holds our
+    // A name written in place (`inplace`, or a server without rename) holds our
     // own incomplete upload: the complete version goes over it.
     let target = if unchanged(e.base, now.as_ref()) || ours_partial {
         path.clone()

@@ -57,10 +57,10 @@
 //! - *Crash*: a bounded spool cannot finish an upload, so before the first drop its
 //!   journal record says `dropped`, durably; recovery then removes the partial
 //!   upload and reports the data lost (the program never got a successful close).
-//!   A file that exists streams to a temporary name; a new file, bounded or not,
-//!   to its own name (whose journal record is durable before its first byte), so
-//!   a crash can leave a partial new file there until the next mount removes it:
-//!   the trade the mount makes for every new file (a rename's round trip less).
+//!   The stream goes to a temporary name like any upload; to the file's own name
+//!   only with `inplace` or on a server that refuses rename, where the journal
+//!   record is durable before the first byte, so that the next mount can tell a
+//!   partial file left there by a crash from a complete one.
 
 use super::error::{StoreError, StoreResult as Result};
 use super::spool::Spool;

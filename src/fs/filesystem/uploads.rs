@@ -5,9 +5,8 @@
 use super::*;
 
 impl FtpsFs {
-    /// Where the upload of a file goes: see `uploader` (new files straight to
-    /// their name, others through a temporary name unless `inplace` or the server
-    /// refuses renames).
+    /// Where the upload of a file goes: see `uploader` (through a temporary name
+    /// unless `inplace` or the server refuses renames).
     pub(super) fn target(&self, is_new: bool) -> Target {
         if self.cfg.inplace {
             Target::InPlace
