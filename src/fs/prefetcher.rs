@@ -3,18 +3,20 @@
 //! Design: a read at an offset starts one download (`RETR`, with `REST` when the
 //! offset is not 0) on a background thread, which pushes chunks into a bounded
 //! channel: the channel's depth is the readahead, so the wire keeps running while
-//! the kernel consumes, and memory stays bounded (`READAHEAD` bytes per stream).
+//! the kernel consumes, and memory stays bounded (per stream: `READAHEAD` bytes in
+//! the channel, and the window below: `KEEP_BEHIND` behind the furthest read).
 //! Reads are served from a window of recent bytes, kept as the chunks the thread
 //! sent (no copy into one big buffer, no moving bytes when the window slides; a
 //! chunk that falls behind goes back to the thread for reuse, so a stream does
 //! not allocate per chunk), and copied once into the caller's buffer (the FUSE
 //! adapter reuses one per thread). The kernel's readahead arrives
-//! slightly out of order from several FUSE threads, so a read a little behind the
-//! stream (up to `KEEP_BEHIND`) or a little ahead (up to `SKIP_AHEAD`, discarded
+//! out of order from several FUSE threads, so a read behind the furthest one (up
+//! to `KEEP_BEHIND`) or a little ahead of the stream (up to `SKIP_AHEAD`, discarded
 //! from the stream) does not restart the transfer. Any other seek drops the stream
 //! (its RETR is stopped with ABOR, which keeps the control connection) and starts a
 //! new one at the new offset (EPSV, REST and RETR sent together): a random read
-//! costs about one round trip plus its bytes, never the whole file.
+//! costs two round trips (the second carries the data connection's TLS handshake)
+//! plus its bytes, never the whole file.
 //!
 //! A read returns all the bytes it asks for, or fewer only at the true end of the
 //! file, or an error: never a short read in the middle, which the kernel would take
