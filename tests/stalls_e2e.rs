@@ -775,6 +775,97 @@ fn allow_other_alone_refuses_other_users_a_0600_file_proftpd() {
     }
 }
 
+// ---- 6b. connections that died without a word -----------------------------------------------
+
+/// The path dies without a word (a NAT that forgot it, a laptop that moved to another
+/// network): every connection the mount holds goes silent, with no reset and no close;
+/// new connections work. Each call then returns by its deadline, and after the first
+/// the calls find a working connection at once instead of each waiting out a dead one.
+/// With `keepalive`, the keeper's NOOPs meet the dead connections first: it takes
+/// them one at a time, so the others stay available meanwhile. With `paused`, the
+/// connections were idle a while when the path died (a laptop that slept): the
+/// first call's probe finds that out, and it succeeds too.
+fn silent_dead_connections(spec: ServerSpec, keepalive: bool, paused: bool) {
+    let srv = support::start(spec);
+    let warm = server_dir(&srv, "warm");
+    let cold = server_dir(&srv, "cold");
+    for i in 0..6 {
+        fs::write(warm.join(format!("w{i}")), pattern(300_000, i)).unwrap();
+        fs::write(cold.join(format!("c{i}")), pattern(300_000, 100 + i)).unwrap();
+    }
+    let fwd: Forwarder = srv.forwarder(Duration::ZERO);
+    let opts = match keepalive {
+        true => "timeout=5,cache_timeout=600,ServerAliveInterval=1",
+        false => "timeout=5,cache_timeout=600",
+    };
+    let m = logged_mount(&srv, true, opts);
+    assert_eq!(fs::read_dir(m.path("cold")).unwrap().count(), 6);
+    // Several connections in the pool: six reads at once.
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let p = m.path(&format!("warm/w{i}"));
+            s.spawn(move || assert_eq!(fs::read(p).unwrap().len(), 300_000));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    if paused {
+        std::thread::sleep(ftpsfs::remote::pool::PROBE_AFTER);
+    }
+    fwd.freeze_open();
+    if keepalive {
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let t0 = Instant::now();
+    let mut took = Vec::new();
+    let mut first = None;
+    for i in 0..6 {
+        let t = Instant::now();
+        let r = fs::read(m.path(&format!("cold/c{i}")));
+        took.push(t.elapsed());
+        match r {
+            Ok(got) => assert!(got == pattern(300_000, 100 + i), "c{i}: wrong bytes"),
+            // The first call may meet a dead connection and run out of time.
+            Err(e) if i == 0 && !paused => first = Some(e.to_string()),
+            Err(e) => panic!("read c{i} after {:?} ({took:?}): {e}", t.elapsed()),
+        }
+    }
+    println!(
+        "FIGURE silent_dead[{}{}{}]: six reads after the path died: {:?} in all, each {took:?}; \
+         the first: {}",
+        srv.spec.kind.name(),
+        if keepalive { ", keepalive" } else { "" },
+        if paused { ", after a pause" } else { "" },
+        t0.elapsed(),
+        first.as_deref().unwrap_or("read")
+    );
+    assert!(
+        took[0] < Duration::from_secs(7),
+        "the first read outlived its deadline (timeout=5): {took:?}"
+    );
+    // At most one probe of an idle connection (1 s) and a login each.
+    let after = if paused { &took[..] } else { &took[1..] };
+    assert!(
+        after.iter().all(|d| *d < Duration::from_secs(3)),
+        "a read after the first waited out a dead connection: {took:?}"
+    );
+}
+
+#[test]
+fn dead_connections_cost_at_most_one_wait_proftpd() {
+    silent_dead_connections(ServerSpec::proftpd(), false, false);
+}
+
+/// Idle a while before the path died: the first call's probe finds it out.
+#[test]
+fn dead_connections_after_a_pause_cost_one_probe_vsftpd() {
+    silent_dead_connections(ServerSpec::vsftpd(), false, true);
+}
+
+#[test]
+fn dead_connections_met_by_keepalives_cost_at_most_one_wait_proftpd() {
+    silent_dead_connections(ServerSpec::proftpd(), true, false);
+}
+
 // ---- 7. the fallback log file --------------------------------------------------------------------
 
 /// With no /dev/log the detached daemon logs to `$XDG_CACHE_HOME/ftpsfs/ftpsfs.log`:

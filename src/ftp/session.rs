@@ -175,6 +175,10 @@ impl Write for Control {
     }
 }
 
+/// No answer for this long after a command, then a timeout: the server or the path
+/// went silent (see [`FtpConnection::went_silent`]).
+pub const SILENCE: Duration = Duration::from_secs(1);
+
 /// A logged-in control connection.
 pub struct FtpConnection {
     ctrl: Control,
@@ -190,6 +194,8 @@ pub struct FtpConnection {
     tls_info: TlsInfo,
     ccc_done: bool,
     broken: bool,
+    /// When a socket call timed out (the server went silent): see `went_silent`.
+    silent_at: Option<Instant>,
     last_used: Instant,
     /// Shortest command round trip seen (see `round_trip`).
     round_trip: Duration,
@@ -272,7 +278,9 @@ impl FtpConnection {
     }
 
     fn lost(&mut self, e: FtpError) -> FtpError {
-        if e.is_connection_lost() {
+        if matches!(e, FtpError::Timeout(_)) {
+            self.mark_silent();
+        } else if e.is_connection_lost() {
             self.broken = true;
         }
         e
@@ -411,6 +419,22 @@ impl FtpConnection {
     /// True when an error left the connection unusable; the pool drops it.
     pub fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// Marks the connection unusable because a socket call on it timed out.
+    pub fn mark_silent(&mut self) {
+        self.broken = true;
+        self.silent_at.get_or_insert_with(Instant::now);
+    }
+
+    /// When the server went silent on this connection: the moment the command it
+    /// never answered went out (its last send), if it then stayed silent for
+    /// `SILENCE` or more. A shorter timeout only means that the operation ran out
+    /// of time (its deadline lowered the socket's timeout), not that the path died.
+    pub fn went_silent(&self) -> Option<Instant> {
+        self.silent_at
+            .filter(|at| at.saturating_duration_since(self.last_used) >= SILENCE)
+            .map(|_| self.last_used)
     }
 
     /// The timeout of each socket call (`timeout=`), before any deadline.

@@ -6,6 +6,13 @@
 //! operation is retried once on a fresh connection. When the server refuses another
 //! connection ("too many connections"), the pool keeps to the ones it has.
 //!
+//! A path can also die without a word (a NAT that forgot it, a laptop that slept or
+//! changed networks): nothing but silence, which costs whoever meets it a whole
+//! timeout. So a connection idle for `PROBE_AFTER` answers a NOOP within a short
+//! time before it is lent, and when any connection goes silent, the ones idle since
+//! before its unanswered command are closed with it (`forget_idle_since`): the
+//! operations after it log in anew instead of each waiting out a dead connection.
+//!
 //! A connection left idle for a moment (`PREPARE_AFTER`) without a prepared data
 //! connection, on a link whose round trip makes it worth it (the mount's
 //! `PREPARE_MIN_RTT`), is taken by a preparer thread, which opens its next data connection
@@ -65,6 +72,12 @@ pub enum Use {
     Command,
 }
 
+/// A connection idle this long answers a NOOP before it is lent (see `get`)...
+pub const PROBE_AFTER: Duration = Duration::from_secs(3);
+/// ...within this long, or 8 of its round trips if longer (at most `timeout=`): no
+/// answer for `SILENCE` is what closes the other idle connections.
+const PROBE_WITHIN: Duration = crate::ftp::session::SILENCE;
+
 /// Before logging in again when the server refused even our first connection.
 const TOO_MANY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -97,6 +110,8 @@ pub struct PooledConn<'a> {
     conn: Option<FtpConnection>,
     /// Reused from the idle list (may be stale) rather than freshly connected.
     pub reused: bool,
+    /// How long it had been idle in the pool (a reused one).
+    idle_for: Duration,
 }
 
 impl Deref for PooledConn<'_> {
@@ -115,6 +130,9 @@ impl DerefMut for PooledConn<'_> {
 impl Drop for PooledConn<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
+            if let Some(sent) = c.went_silent() {
+                self.pool.forget_idle_since(sent);
+            }
             self.pool.put_back(c);
         }
     }
@@ -223,8 +241,39 @@ impl Pool {
     }
 
     /// Borrows a connection, waiting while all `max` are busy: in arrival order,
-    /// and at most until the operation's deadline (else `timeout=`).
+    /// and at most until the operation's deadline (else `timeout=`). A connection
+    /// idle for `PROBE_AFTER` must first answer a NOOP within `PROBE_WITHIN` (or 8
+    /// of its round trips, if longer): after a pause the path may have died without
+    /// a word, and the operation would otherwise spend its whole deadline on it.
+    /// One that stays silent is closed with the others idle as long (see
+    /// `forget_idle_since`), and the next is taken.
     pub fn get(&self, usage: Use) -> Result<PooledConn<'_>> {
+        loop {
+            let mut c = self.get_unprobed(usage)?;
+            if c.idle_for < PROBE_AFTER {
+                return Ok(c);
+            }
+            let within = PROBE_WITHIN.max(c.round_trip() * 8).min(self.opts.timeout);
+            let probed = {
+                let _scope = crate::deadline::start(crate::deadline::bound(within));
+                c.noop()
+            };
+            match probed {
+                Ok(()) => return Ok(c),
+                // A refusal is an answer: the connection is alive.
+                Err(e) if !e.is_connection_lost() => return Ok(c),
+                Err(e) => {
+                    log::debug!("an idle connection failed its probe: {e}");
+                    c.mark_broken();
+                    if crate::deadline::expired() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn get_unprobed(&self, usage: Use) -> Result<PooledConn<'_>> {
         let give_up = Instant::now() + crate::deadline::bound(self.opts.timeout);
         let mut st = self.lock();
         let mut ticket = None;
@@ -254,6 +303,7 @@ impl Pool {
                                 pool: self,
                                 conn: Some(c),
                                 reused: false,
+                                idle_for: Duration::ZERO,
                             })
                         }
                         // Too many connections: the limit was lowered to what we
@@ -313,11 +363,12 @@ impl Pool {
             .iter()
             .rposition(|i| i.conn.has_prepared_data() == want_prepared)
             .or_else(|| st.idle.len().checked_sub(1))?;
-        let Idle { conn, .. } = st.idle.remove(i);
+        let Idle { conn, since } = st.idle.remove(i);
         Some(PooledConn {
             pool: self,
             conn: Some(conn),
             reused: true,
+            idle_for: since.elapsed(),
         })
     }
 
@@ -340,6 +391,32 @@ impl Pool {
             }
         }
         self.freed.notify_all();
+    }
+
+    /// A connection went silent on a command sent at `sent`: the path to the server
+    /// may have died under the connections idle since before then too (a NAT that
+    /// forgot them, a laptop on another network), and each would cost the operation
+    /// that takes it its whole deadline. They are closed (no network I/O: a QUIT
+    /// would wait for the same silence); new ones are logged in as needed. Those
+    /// back since then have been answered after it and stay.
+    fn forget_idle_since(&self, sent: Instant) {
+        let stale: Vec<Idle> = {
+            let mut st = self.lock();
+            let (stale, keep) = std::mem::take(&mut st.idle)
+                .into_iter()
+                .partition(|i| i.since <= sent);
+            st.idle = keep;
+            st.total -= stale.len();
+            stale
+        };
+        if !stale.is_empty() {
+            log::info!(
+                "a connection to the server went silent: closing the {} idle since before",
+                stale.len()
+            );
+            drop(stale);
+            self.freed.notify_all();
+        }
     }
 
     fn worth_preparing(&self, c: &FtpConnection) -> bool {
@@ -462,28 +539,48 @@ impl Pool {
     }
 
     /// [`Self::maintain`] with NOOPs after `keepalive` of idleness (`None`: none).
+    /// One connection at a time leaves the idle list, so that the others stay
+    /// available while a NOOP waits (up to `timeout=` on a dead path).
     pub fn maintain_with(&self, keepalive: Option<Duration>) {
-        let idle: Vec<Idle> = std::mem::take(&mut self.lock().idle);
-        let mut keep = Vec::new();
-        let mut closed = 0;
-        for Idle { conn: mut c, since } in idle {
-            // Idle since its last use: our own keep-alive NOOPs do not count.
-            if since.elapsed() > CLOSE_IDLE_AFTER {
-                c.quit();
-                closed += 1;
-            } else if keepalive.is_some_and(|k| c.idle_for() > k) {
-                match c.noop() {
-                    Ok(()) => keep.push(Idle { conn: c, since }),
-                    Err(_) => closed += 1,
-                }
-            } else {
-                keep.push(Idle { conn: c, since });
-            }
+        // Idle since its last use: our own keep-alive NOOPs do not count.
+        let old: Vec<Idle> = {
+            let mut st = self.lock();
+            let (old, keep) = std::mem::take(&mut st.idle)
+                .into_iter()
+                .partition(|i| i.since.elapsed() > CLOSE_IDLE_AFTER);
+            st.idle = keep;
+            old
+        };
+        let closed = old.len();
+        for i in old {
+            i.conn.quit();
         }
-        let mut st = self.lock();
-        st.total -= closed;
-        st.idle.extend(keep);
-        self.freed.notify_all();
+        if closed > 0 {
+            self.lock().total -= closed;
+            self.freed.notify_all();
+        }
+        let Some(k) = keepalive else { return };
+        loop {
+            let Idle { conn: mut c, since } = {
+                let mut st = self.lock();
+                match st.idle.iter().position(|i| i.conn.idle_for() > k) {
+                    Some(p) => st.idle.remove(p),
+                    None => return,
+                }
+            };
+            let ok = c.noop().is_ok();
+            if let Some(sent) = c.went_silent() {
+                self.forget_idle_since(sent);
+            }
+            let mut st = self.lock();
+            if ok {
+                st.idle.push(Idle { conn: c, since });
+            } else {
+                st.total -= 1;
+            }
+            drop(st);
+            self.freed.notify_all();
+        }
     }
 
     /// Closes every idle connection (unmount).

@@ -20,6 +20,7 @@
 //! fwd.refuse_new(true);                           // new connections: accept, then RST
 //! fwd.rate_limit(Some(2 << 20));                  // 2 MiB/s per connection and direction
 //! fwd.cut_all();                                  // RST every open connection now
+//! fwd.freeze_open();                              // open connections go silent for good
 //! fwd.clear_faults();                             // back to a clean network
 //! drop(fwd);                                      // closes everything, joins its threads
 //! ```
@@ -245,6 +246,16 @@ impl Forwarder {
         for c in conns {
             self.inner.cuts.fetch_add(1, SeqCst);
             c.abort(Cut::Rst);
+        }
+    }
+
+    /// Every connection open now goes silent for good: what either side sends is held
+    /// and never delivered, and neither side sees a close (a path that died without a
+    /// word: a NAT that forgot it, a laptop that moved to another network).
+    /// Connections opened later work as usual.
+    pub fn freeze_open(&self) {
+        for c in lock(&self.inner.conns).values() {
+            c.frozen.store(true, SeqCst);
         }
     }
 
@@ -507,6 +518,8 @@ struct Conn {
     cut: std::sync::OnceLock<Option<Ticket>>,
     /// Bytes forwarded so far in the direction of `cut`.
     cut_count: AtomicU64,
+    /// Frozen for good (`freeze_open`): nothing more is delivered, nothing closed.
+    frozen: AtomicBool,
     /// Threads still working on this connection; the last one deregisters it.
     live: AtomicUsize,
 }
@@ -607,6 +620,7 @@ fn run_conn(inner: Arc<Inner>, client: TcpStream, port: u16, data: bool) {
         data,
         cut: std::sync::OnceLock::new(),
         cut_count: AtomicU64::new(0),
+        frozen: AtomicBool::new(false),
         live: AtomicUsize::new(if delayed { 4 } else { 2 }),
     });
     lock(&inner.conns).insert(conn.id, conn.clone());
@@ -694,6 +708,10 @@ fn wait_stall(inner: &Inner, conn: &Conn) -> bool {
     loop {
         if inner.stopping() || conn.aborted() {
             return false;
+        }
+        if conn.frozen.load(SeqCst) {
+            thread::sleep(TICK);
+            continue;
         }
         let until = inner.stall_until.load(SeqCst);
         let now = inner.now_nanos();

@@ -175,6 +175,7 @@ impl FtpConnection {
             tls_info,
             ccc_done: false,
             broken: false,
+            silent_at: None,
             last_used: Instant::now(),
             round_trip: Duration::MAX,
             prepared: None,

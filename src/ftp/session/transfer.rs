@@ -245,6 +245,7 @@ impl<'a> Download<'a> {
         }
         if self.silent {
             // The server went silent: ABOR would wait for it again.
+            self.t.conn.mark_silent();
             self.t.give_up();
             return Err(FtpError::Timeout(format!(
                 "{}: the server stopped sending; connection given up",
@@ -275,6 +276,7 @@ impl<'a> Download<'a> {
     /// sent one; a server gone silent sends none and is given up at once.
     fn failed(&mut self, e: FtpError) -> FtpError {
         if self.silent {
+            self.t.conn.mark_silent();
             self.t.give_up();
             return e;
         }
