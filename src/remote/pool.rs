@@ -253,7 +253,9 @@ impl Pool {
             if c.idle_for < PROBE_AFTER {
                 return Ok(c);
             }
-            let within = PROBE_WITHIN.max(c.round_trip() * 8).min(self.opts.timeout);
+            let within = PROBE_WITHIN
+                .max(c.round_trip().saturating_mul(8))
+                .min(self.opts.timeout);
             let probed = {
                 let _scope = crate::deadline::start(crate::deadline::bound(within));
                 c.noop()
