@@ -63,6 +63,15 @@ struct PoolState {
     next_ticket: u64,
 }
 
+impl PoolState {
+    /// Takes the idle connections that match `pred` out of the idle list.
+    fn take_idle_where(&mut self, pred: impl FnMut(&Idle) -> bool) -> Vec<Idle> {
+        let (taken, keep) = std::mem::take(&mut self.idle).into_iter().partition(pred);
+        self.idle = keep;
+        taken
+    }
+}
+
 /// What a borrowed connection is for: the pool hands a transfer a connection whose
 /// data connection is prepared, and a command one without (the command then
 /// prepares it in passing, see `FtpConnection::send_batch_preparing`).
@@ -404,10 +413,7 @@ impl Pool {
     fn forget_idle_since(&self, sent: Instant) {
         let stale: Vec<Idle> = {
             let mut st = self.lock();
-            let (stale, keep) = std::mem::take(&mut st.idle)
-                .into_iter()
-                .partition(|i| i.since <= sent);
-            st.idle = keep;
+            let stale = st.take_idle_where(|i| i.since <= sent);
             st.total -= stale.len();
             stale
         };
@@ -545,14 +551,9 @@ impl Pool {
     /// available while a NOOP waits (up to `timeout=` on a dead path).
     pub fn maintain_with(&self, keepalive: Option<Duration>) {
         // Idle since its last use: our own keep-alive NOOPs do not count.
-        let old: Vec<Idle> = {
-            let mut st = self.lock();
-            let (old, keep) = std::mem::take(&mut st.idle)
-                .into_iter()
-                .partition(|i| i.since.elapsed() > CLOSE_IDLE_AFTER);
-            st.idle = keep;
-            old
-        };
+        let old = self
+            .lock()
+            .take_idle_where(|i| i.since.elapsed() > CLOSE_IDLE_AFTER);
         let closed = old.len();
         for i in old {
             i.conn.quit();
