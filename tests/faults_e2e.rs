@@ -333,33 +333,21 @@ fn upload_cut(spec: ServerSpec, how: Cut) {
             sha256(&data)
         );
     } else {
-        // cp's close failed; the last release may still retry (after the faults
-        // end, it succeeds). Once that is over the name holds nothing or all of it,
-        // and no temporary upload is left; meanwhile an upload in progress is
-        // visible (a .part, or a new file growing under its name).
+        // cp's close failed; the release that follows may still retry (after the
+        // faults end, it succeeds). Its end is not visible from outside (between
+        // two attempts there is neither a .part nor the file), so wait for it the
+        // one sure way: unmount, which lets the daemon finish what is in flight
+        // and exit. Then the name holds nothing or all of it, and no temporary
+        // upload is left.
+        let mut m = m;
         let t = Instant::now();
-        loop {
-            let parts = fs::read_dir(&srv.root)
-                .unwrap()
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".part"));
-            let settled = match fs::read(srv.root.join("g.bin")).ok() {
-                None => !parts,
-                Some(d) if d.len() == data.len() => {
-                    assert_eq!(sha256(&d), sha256(&data));
-                    !parts
-                }
-                Some(_) => false,
-            };
-            if settled {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "a failed upload left g.bin with {:?} bytes, or a .part",
-                fs::metadata(srv.root.join("g.bin")).map(|m| m.len()).ok()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        m.unmount();
+        assert!(
+            t.elapsed() < Duration::from_secs(10) && !m.daemon_alive(),
+            "the daemon did not exit after unmount"
+        );
+        if let Ok(d) = fs::read(srv.root.join("g.bin")) {
+            assert_eq!(sha256(&d), sha256(&data), "g.bin holds part of an upload");
         }
     }
     no_part_files(&srv.root);

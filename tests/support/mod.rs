@@ -522,6 +522,14 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+        // A failing test shows what the server saw (its protocol log's tail).
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {:?} server log (tail) ---\n{}",
+                self.spec.kind,
+                mount::tail(&self.log_contents(), mount::log_tail_bytes(8_000))
+            );
+        }
     }
 }
 

@@ -239,10 +239,12 @@ impl MountBuilder<'_> {
             opts.push_str(",fingerprint=");
             opts.push_str(&srv.cert_fingerprint());
         }
-        // Info and above in the log printed on a failure, unless the test chose its
+        // Info and above in the log printed on a failure (FTPSFS_TEST_LOG_LEVEL
+        // chooses another level when chasing a failure), unless the test chose its
         // log's level or file (tests of logging itself).
         if !named("log_level") && !named("debug") && !named("log_file") {
-            opts.push_str(",log_level=info");
+            let level = std::env::var("FTPSFS_TEST_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+            opts.push_str(&format!(",log_level={level}"));
         }
         if !self.extra.is_empty() {
             opts.push(',');
@@ -318,6 +320,15 @@ impl MountBuilder<'_> {
         );
         Ok(m)
     }
+}
+
+/// How much of a log a failing test prints: `default` bytes, or FTPSFS_TEST_LOG_TAIL
+/// (with FTPSFS_TEST_LOG_LEVEL=debug, to see a whole run).
+pub fn log_tail_bytes(default: usize) -> usize {
+    std::env::var("FTPSFS_TEST_LOG_TAIL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Whether the URL's host is 127.0.0.1 or localhost (which the test certificate names).
@@ -443,7 +454,7 @@ impl Mount {
             tail(&self.daemon_output(), 4000),
             self.log_path.display(),
             tail(&notable.join("\n"), 8000),
-            tail(&log, 12_000)
+            tail(&log, log_tail_bytes(12_000))
         );
     }
 
