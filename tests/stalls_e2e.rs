@@ -866,6 +866,46 @@ fn dead_connections_met_by_keepalives_cost_at_most_one_wait_proftpd() {
     silent_dead_connections(ServerSpec::proftpd(), true, false);
 }
 
+/// An unmount after the path died without a word: each idle connection's QUIT would
+/// wait `timeout=` for a goodbye that never comes, one after the other. The QUITs
+/// wait only as long as a live server needs, all at once: the daemon is gone within
+/// a few seconds.
+#[test]
+fn unmount_after_the_path_died_takes_seconds_proftpd() {
+    let srv = support::start(ServerSpec::proftpd());
+    let warm = server_dir(&srv, "warm");
+    for i in 0..6 {
+        fs::write(warm.join(format!("w{i}")), pattern(300_000, i)).unwrap();
+    }
+    let fwd: Forwarder = srv.forwarder(Duration::ZERO);
+    let mut m = logged_mount(&srv, true, "timeout=10");
+    // Several connections in the pool: six reads at once.
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let p = m.path(&format!("warm/w{i}"));
+            s.spawn(move || assert_eq!(fs::read(p).unwrap().len(), 300_000));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let held = fwd.open_connections();
+    fwd.freeze_open();
+    let t = Instant::now();
+    m.unmount();
+    let took = t.elapsed();
+    println!(
+        "FIGURE unmount_dead_path[proftpd]: {held} connections through the forwarder, \
+         unmount took {took:?}"
+    );
+    assert!(
+        held >= 2,
+        "the reads left {held} connections: nothing to test"
+    );
+    assert!(
+        took < Duration::from_secs(5) && !m.daemon_alive(),
+        "the unmount waited out the dead connections ({took:?})"
+    );
+}
+
 // ---- 7. the fallback log file --------------------------------------------------------------------
 
 /// With no /dev/log the detached daemon logs to `$XDG_CACHE_HOME/ftpsfs/ftpsfs.log`:

@@ -411,6 +411,15 @@ impl FtpConnection {
         self.round_trip
     }
 
+    /// How long a live server may take to answer a trivial command (NOOP, QUIT):
+    /// `SILENCE`, or 8 round trips if longer, and at most `timeout=`. Waits that
+    /// only tell a live connection from a dead one use it instead of `timeout=`.
+    pub fn answer_within(&self) -> Duration {
+        SILENCE
+            .max(self.round_trip.saturating_mul(8))
+            .min(self.opts.timeout)
+    }
+
     /// Marks the connection unusable so that the pool drops it.
     pub fn mark_broken(&mut self) {
         self.broken = true;

@@ -12,6 +12,8 @@
 //! time before it is lent, and when any connection goes silent, the ones idle since
 //! before its unanswered command are closed with it (`forget_idle_since`): the
 //! operations after it log in anew instead of each waiting out a dead connection.
+//! Closing (the keeper's, the unmount's) waits for a QUIT's answer only as long,
+//! the unmount's for all its connections at once.
 //!
 //! A connection left idle for a moment (`PREPARE_AFTER`) without a prepared data
 //! connection, on a link whose round trip makes it worth it (the mount's
@@ -81,11 +83,10 @@ pub enum Use {
     Command,
 }
 
-/// A connection idle this long answers a NOOP before it is lent (see `get`)...
+/// A connection idle this long answers a NOOP before it is lent (see `get`), within
+/// `FtpConnection::answer_within` (no answer for `SILENCE` is what closes the
+/// other idle connections).
 pub const PROBE_AFTER: Duration = Duration::from_secs(3);
-/// ...within this long, or 8 of its round trips if longer (at most `timeout=`): no
-/// answer for `SILENCE` is what closes the other idle connections.
-const PROBE_WITHIN: Duration = crate::ftp::session::SILENCE;
 
 /// Before logging in again when the server refused even our first connection.
 const TOO_MANY_PAUSE: Duration = Duration::from_millis(500);
@@ -251,9 +252,10 @@ impl Pool {
 
     /// Borrows a connection, waiting while all `max` are busy: in arrival order,
     /// and at most until the operation's deadline (else `timeout=`). A connection
-    /// idle for `PROBE_AFTER` must first answer a NOOP within `PROBE_WITHIN` (or 8
-    /// of its round trips, if longer): after a pause the path may have died without
-    /// a word, and the operation would otherwise spend its whole deadline on it.
+    /// idle for `PROBE_AFTER` must first answer a NOOP within a live server's time
+    /// (`answer_within`: a second, or 8 of its round trips if longer): after a pause
+    /// the path may have died without a word, and the operation would otherwise
+    /// spend its whole deadline on it.
     /// One that stays silent is closed with the others idle as long (see
     /// `forget_idle_since`), and the next is taken.
     pub fn get(&self, usage: Use) -> Result<PooledConn<'_>> {
@@ -262,10 +264,8 @@ impl Pool {
             if c.idle_for < PROBE_AFTER {
                 return Ok(c);
             }
-            let within = PROBE_WITHIN
-                .max(c.round_trip().saturating_mul(8))
-                .min(self.opts.timeout);
             let probed = {
+                let within = c.answer_within();
                 let _scope = crate::deadline::start(crate::deadline::bound(within));
                 c.noop()
             };
@@ -586,7 +586,9 @@ impl Pool {
         }
     }
 
-    /// Closes every idle connection (unmount).
+    /// Closes every idle connection (unmount). The QUITs run side by side: on a
+    /// path that died without a word each waits out its short bound, and the
+    /// unmount should wait that once, not once per connection.
     pub fn close_all(&self) {
         let idle: Vec<Idle> = {
             let mut st = self.lock();
@@ -595,9 +597,14 @@ impl Pool {
         };
         self.unprepared.notify_all();
         let n = idle.len();
-        for c in idle {
-            c.conn.quit();
-        }
+        std::thread::scope(|s| {
+            for c in idle {
+                // A thread that cannot start drops its connection unannounced.
+                let _ = std::thread::Builder::new()
+                    .name("quit".into())
+                    .spawn_scoped(s, move || c.conn.quit());
+            }
+        });
         self.lock().total -= n;
     }
 }

@@ -343,8 +343,12 @@ impl FtpConnection {
         Ok(())
     }
 
-    /// Politely ends the session.
+    /// Politely ends the session: QUIT, waiting for the server's goodbye no longer
+    /// than a live server needs to answer ([`FtpConnection::answer_within`]), so a
+    /// path that died without a word costs an unmount about a second, not
+    /// `timeout=` per connection.
     pub fn quit(mut self) {
+        let _scope = crate::deadline::start(crate::deadline::bound(self.answer_within()));
         let _ = self.command(&Command::quit());
     }
 }
