@@ -320,7 +320,7 @@ impl FtpConnection {
     pub(super) fn renew(&mut self) -> Result<()> {
         log::debug!("no unused TLS session ticket left: opening a new control connection");
         self.tls.note_tickets_used_up();
-        let _ = self.command(&Command::quit());
+        self.say_goodbye();
         self.mark_broken();
         let mut pause = Duration::from_millis(50);
         let fresh = loop {
@@ -348,6 +348,11 @@ impl FtpConnection {
     /// path that died without a word costs an unmount about a second, not
     /// `timeout=` per connection.
     pub fn quit(mut self) {
+        self.say_goodbye();
+    }
+
+    /// QUIT, waiting for the answer at most [`FtpConnection::answer_within`].
+    fn say_goodbye(&mut self) {
         let _scope = crate::deadline::start(crate::deadline::bound(self.answer_within()));
         let _ = self.command(&Command::quit());
     }
