@@ -66,6 +66,7 @@ fn read_through_cuts(spec: ServerSpec, how: Cut, every_time: bool) {
         // (a watcher lifts the fault then; connections that carry less, such as a
         // data connection opened ahead and not used, are never cut).
         fwd.cut_data_after(6 << 20, how, None);
+        let logins_before = fwd.control_connections();
         let done = std::sync::atomic::AtomicBool::new(false);
         let (ok, out) = std::thread::scope(|scope| {
             if !every_time {
@@ -93,6 +94,13 @@ fn read_through_cuts(spec: ServerSpec, how: Cut, every_time: bool) {
             data.len() as u64,
             "{reader}: the size shown changed"
         );
+        if !every_time {
+            // The cut connection's control channel said 426 and stays usable: the
+            // resume needs no new login (it used to throw away the idle
+            // connections and log in twice, retrying what had already delivered).
+            let logins = fwd.control_connections() - logins_before;
+            assert!(logins <= 1, "{reader}: one cut cost {logins} logins");
+        }
     }
 }
 

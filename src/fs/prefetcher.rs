@@ -22,7 +22,7 @@
 //! file, or an error: never a short read in the middle, which the kernel would take
 //! for the end of the file (and shrink its size). A download cut short (reset,
 //! early EOF without the TLS close_notify, timeout, 421/426) is resumed where it
-//! stopped with REST on a fresh connection, up to `MAX_RESUMES` times in a row
+//! stopped with REST on a new data connection, up to `MAX_RESUMES` times in a row
 //! without progress; then the read fails with the error.
 
 use super::error::{StoreError, StoreResult as Result};

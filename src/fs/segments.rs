@@ -40,7 +40,7 @@
 //! stream) and continues later with REST.
 //!
 //! Faults: a range cut short (reset, EOF without close_notify, 421/426, timeout)
-//! is resumed at the byte where it stopped with REST on a fresh connection, by
+//! is resumed at the byte where it stopped with REST on a new data connection, by
 //! the range's own thread, up to `MAX_RESUMES` times in a row without progress;
 //! then the range ends with the error, and a read that needs bytes past the
 //! error fails (EIO, ETIMEDOUT): never a short read in the middle, never bytes

@@ -7,6 +7,7 @@ use crate::fs::error::{Refusal, StoreError, StoreResult};
 use crate::fs::store::RemoteStore;
 use crate::ftp::reply::code;
 use crate::ftp::{FtpConnection, RemoteEntry};
+use std::cell::Cell;
 use std::io::BufRead;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -65,17 +66,17 @@ impl FtpStore {
     }
 
     fn ftp_list_each(&self, dir: &str, sink: &mut dyn FnMut(RemoteEntry)) -> Result<()> {
-        let mut sent_any = false;
-        self.pool.run(Use::Transfer, |c| {
-            if sent_any {
-                // Entries already went out: a retry would repeat them.
-                return Err(FtpError::Closed("connection lost during a listing".into()));
-            }
-            c.list_dir_each(dir, &mut |e| {
-                sent_any = true;
-                sink(e)
-            })
-        })
+        let delivered = Cell::new(false);
+        self.pool.run_until_delivered(
+            Use::Transfer,
+            || delivered.get(),
+            |c| {
+                c.list_dir_each(dir, &mut |e| {
+                    delivered.set(true);
+                    sink(e)
+                })
+            },
+        )
     }
 
     fn ftp_read_from(
@@ -84,26 +85,26 @@ impl FtpStore {
         offset: u64,
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<()> {
-        let mut sent_any = false;
-        self.pool.run(Use::Transfer, |c| {
-            if sent_any {
-                // Data already went out: a retry would repeat it.
-                return Err(FtpError::Closed("connection lost during a download".into()));
-            }
-            let mut dl = c.retr(path, offset)?;
-            let mut buf = vec![0u8; IO_BUF];
-            loop {
-                // An error has ended the transfer, with the server's reason if any.
-                let n = dl.read_chunk(&mut buf)?;
-                if n == 0 {
-                    return dl.finish().map(drop);
+        let delivered = Cell::new(false);
+        self.pool.run_until_delivered(
+            Use::Transfer,
+            || delivered.get(),
+            |c| {
+                let mut dl = c.retr(path, offset)?;
+                let mut buf = vec![0u8; IO_BUF];
+                loop {
+                    // An error has ended the transfer, with the server's reason if any.
+                    let n = dl.read_chunk(&mut buf)?;
+                    if n == 0 {
+                        return dl.finish().map(drop);
+                    }
+                    delivered.set(true);
+                    if !sink(&buf[..n]) {
+                        return dl.abort();
+                    }
                 }
-                sent_any = true;
-                if !sink(&buf[..n]) {
-                    return dl.abort();
-                }
-            }
-        })
+            },
+        )
     }
 
     fn ftp_write_file(&self, path: &str, data: &mut dyn BufRead) -> Result<u64> {

@@ -516,9 +516,18 @@ impl Pool {
     /// server never received...); it is repeated while the failing connection was
     /// a reused idle one (the server may have dropped every idle connection), and
     /// once more on a fresh one. Server refusals are returned as they are.
-    pub fn run<T>(
+    pub fn run<T>(&self, usage: Use, op: impl FnMut(&mut FtpConnection) -> Result<T>) -> Result<T> {
+        self.run_until_delivered(usage, || false, op)
+    }
+
+    /// [`Self::run`] for an operation that hands out what it receives as it goes
+    /// (a download, a listing): once `delivered()` says it did, its failure is
+    /// returned as it is, for the caller to resume; repeating it would hand the
+    /// same bytes out again.
+    pub fn run_until_delivered<T>(
         &self,
         usage: Use,
+        delivered: impl Fn() -> bool,
         mut op: impl FnMut(&mut FtpConnection) -> Result<T>,
     ) -> Result<T> {
         let mut fresh_tries = 0;
@@ -526,7 +535,8 @@ impl Pool {
             let mut c = self.get(usage)?;
             match op(&mut c) {
                 Err(e)
-                    if (c.is_broken() || e.is_connection_lost())
+                    if !delivered()
+                        && (c.is_broken() || e.is_connection_lost())
                         && !crate::deadline::expired()
                         && (c.reused || fresh_tries == 0) =>
                 {
