@@ -10,6 +10,15 @@
 //! the window again, so a large upload at close() is bounded by stalls, not by its
 //! size. Threads without a scope (background work) keep the plain socket timeout.
 //! Dropping the scope restores the previous one (scopes nest).
+//!
+//! Silence limits: a thread that reads for an operation and resumes elsewhere when
+//! it fails (a read stream, a segment's range) has no deadline of its own, so a
+//! connection that died without a word would hold it for all of `timeout=`, by
+//! which time the reader waiting on it has failed too. Such a thread takes a
+//! [`limit_silence`] of a third of the operation's window
+//! ([`silence_limit_for_helpers`]): a socket call that waits that long without a
+//! byte fails, and the work resumes on another connection within the reader's
+//! deadline. A live server silent that long only costs a reconnect.
 
 use std::cell::Cell;
 use std::io;
@@ -24,6 +33,38 @@ struct Deadline {
 
 thread_local! {
     static CURRENT: Cell<Option<Deadline>> = const { Cell::new(None) };
+    static SILENCE_LIMIT: Cell<Option<Duration>> = const { Cell::new(None) };
+}
+
+/// The shortest silence limit a helper gets, whatever `timeout=` is.
+const MIN_SILENCE_LIMIT: Duration = Duration::from_secs(1);
+
+/// A silence limit on this thread's socket calls, until dropped.
+pub struct SilenceLimit {
+    previous: Option<Duration>,
+}
+
+impl Drop for SilenceLimit {
+    fn drop(&mut self) {
+        SILENCE_LIMIT.with(|c| c.set(self.previous));
+    }
+}
+
+/// From now until the result is dropped, a socket call on this thread fails
+/// (TimedOut) once it has waited `limit` without a byte, deadline or not.
+pub fn limit_silence(limit: Duration) -> SilenceLimit {
+    SilenceLimit {
+        previous: SILENCE_LIMIT.with(|c| c.replace(Some(limit))),
+    }
+}
+
+/// The silence limit for a thread started to read on behalf of the operation
+/// running on this thread: a third of its window (`timeout=`), at least a second;
+/// None when this thread runs no operation.
+pub fn silence_limit_for_helpers() -> Option<Duration> {
+    CURRENT
+        .with(|c| c.get())
+        .map(|d| (d.window / 3).max(MIN_SILENCE_LIMIT))
 }
 
 /// The deadline of the operation running on this thread, until dropped.
@@ -88,13 +129,17 @@ pub fn timed_out(what: &str) -> io::Error {
 }
 
 /// Before a blocking socket call: fails when the operation is out of time, else
-/// sets the socket's timeouts to the shorter of `base` and the time left. `lowered`
-/// remembers whether the socket's timeouts are below `base`, so that a socket
-/// used without a deadline is set back (and untouched otherwise: no system call
-/// per read on the fast path).
+/// sets the socket's timeouts to the shortest of `base`, the time left and this
+/// thread's silence limit. `lowered` remembers whether the socket's timeouts are
+/// below `base`, so that a socket used without a deadline is set back (and
+/// untouched otherwise: no system call per read on the fast path).
 pub fn arm(s: &TcpStream, base: Duration, lowered: &Cell<bool>) -> io::Result<()> {
-    match left() {
-        Some(l) if l.is_zero() => Err(timed_out("network wait")),
+    let left = left();
+    if left.is_some_and(|l| l.is_zero()) {
+        return Err(timed_out("network wait"));
+    }
+    let limit = SILENCE_LIMIT.with(|c| c.get());
+    match [left, limit].into_iter().flatten().min() {
         Some(l) if l < base => {
             let t = l.max(Duration::from_millis(1));
             s.set_read_timeout(Some(t))?;
@@ -157,5 +202,33 @@ mod tests {
             arm(&s, base, &lowered).unwrap_err().kind(),
             io::ErrorKind::TimedOut
         );
+    }
+
+    #[test]
+    fn a_silence_limit_lowers_socket_timeouts_without_a_deadline() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let base = Duration::from_secs(30);
+        s.set_read_timeout(Some(base)).unwrap();
+        let lowered = Cell::new(false);
+        assert_eq!(silence_limit_for_helpers(), None);
+        let limit = {
+            let _op = start(Duration::from_secs(6));
+            silence_limit_for_helpers().unwrap()
+        };
+        assert_eq!(limit, Duration::from_secs(2));
+        {
+            let _quiet = limit_silence(limit);
+            arm(&s, base, &lowered).unwrap();
+            assert_eq!(s.read_timeout().unwrap(), Some(limit));
+            // A deadline closer than the limit still wins.
+            let _op = start(Duration::from_millis(500));
+            arm(&s, base, &lowered).unwrap();
+            assert!(s.read_timeout().unwrap().unwrap() <= Duration::from_millis(500));
+        }
+        arm(&s, base, &lowered).unwrap();
+        assert_eq!(s.read_timeout().unwrap(), Some(base));
+        let _op = start(Duration::from_millis(900));
+        assert_eq!(silence_limit_for_helpers(), Some(MIN_SILENCE_LIMIT));
     }
 }

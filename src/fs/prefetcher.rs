@@ -23,7 +23,9 @@
 //! for the end of the file (and shrink its size). A download cut short (reset,
 //! early EOF without the TLS close_notify, timeout, 421/426) is resumed where it
 //! stopped with REST on a new data connection, up to `MAX_RESUMES` times in a row
-//! without progress; then the read fails with the error.
+//! without progress; then the read fails with the error. The stream's thread has a
+//! silence limit (a third of `timeout=`, see `crate::deadline`): a connection that
+//! died without a word is given up in time for the reader to resume.
 
 use super::error::{StoreError, StoreResult as Result};
 use super::segments::{Head, Progress, Segmented, RANGE, SEGMENT_BELOW, SEQ_PROOF, THRESHOLD};
@@ -289,9 +291,12 @@ impl Prefetcher {
         let gave_up = yielded.clone();
         self.stats.streams_started += 1;
         log::debug!("read stream {path} from {offset}");
+        let quiet = crate::deadline::silence_limit_for_helpers();
         let spawned = std::thread::Builder::new()
             .name("ftpsfs-read".into())
             .spawn(move || {
+                // A dead connection fails in time for the reader to resume.
+                let _quiet = quiet.map(crate::deadline::limit_silence);
                 let mut pending: Vec<u8> = Vec::with_capacity(CHUNK);
                 let send = |msg: Msg| -> bool {
                     let mut msg = msg;

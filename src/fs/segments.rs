@@ -454,9 +454,12 @@ fn spawn_range(
     let at = Instant::now();
     let (n, c, p) = (needed.clone(), cancel.clone(), progress.clone());
     log::debug!("read segment {path} [{start}, {end:?})");
+    let quiet = crate::deadline::silence_limit_for_helpers();
     let spawned = std::thread::Builder::new()
         .name("ftpsfs-segment".into())
         .spawn(move || {
+            // A dead connection fails in time for the range to resume.
+            let _quiet = quiet.map(crate::deadline::limit_silence);
             let t = Thread {
                 store: store.as_ref(),
                 tx: &tx,
