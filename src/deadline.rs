@@ -130,31 +130,25 @@ pub fn timed_out(what: &str) -> io::Error {
 
 /// Before a blocking socket call: fails when the operation is out of time, else
 /// sets the socket's timeouts to the shortest of `base`, the time left and this
-/// thread's silence limit. `lowered` remembers whether the socket's timeouts are
-/// below `base`, so that a socket used without a deadline is set back (and
-/// untouched otherwise: no system call per read on the fast path).
-pub fn arm(s: &TcpStream, base: Duration, lowered: &Cell<bool>) -> io::Result<()> {
+/// thread's silence limit. `set` remembers the timeouts the socket has (None:
+/// unknown), so that a call wanting the same ones makes no system call: the fast
+/// path, without a deadline or with a fixed silence limit.
+pub fn arm(s: &TcpStream, base: Duration, set: &Cell<Option<Duration>>) -> io::Result<()> {
     let left = left();
     if left.is_some_and(|l| l.is_zero()) {
         return Err(timed_out("network wait"));
     }
     let limit = SILENCE_LIMIT.with(|c| c.get());
-    match [left, limit].into_iter().flatten().min() {
-        Some(l) if l < base => {
-            let t = l.max(Duration::from_millis(1));
-            s.set_read_timeout(Some(t))?;
-            s.set_write_timeout(Some(t))?;
-            lowered.set(true);
-            Ok(())
-        }
-        _ if lowered.get() => {
-            s.set_read_timeout(Some(base))?;
-            s.set_write_timeout(Some(base))?;
-            lowered.set(false);
-            Ok(())
-        }
-        _ => Ok(()),
+    let want = match [left, limit].into_iter().flatten().min() {
+        Some(l) if l < base => l.max(Duration::from_millis(1)),
+        _ => base,
+    };
+    if set.get() != Some(want) {
+        s.set_read_timeout(Some(want))?;
+        s.set_write_timeout(Some(want))?;
+        set.set(Some(want));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -188,12 +182,12 @@ mod tests {
         let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let base = Duration::from_secs(30);
         s.set_read_timeout(Some(base)).unwrap();
-        let lowered = Cell::new(false);
+        let lowered = Cell::new(Some(base));
         {
             let _d = start(Duration::from_secs(2));
             arm(&s, base, &lowered).unwrap();
             assert!(s.read_timeout().unwrap().unwrap() <= Duration::from_secs(2));
-            assert!(lowered.get());
+            assert!(lowered.get() < Some(base));
         }
         arm(&s, base, &lowered).unwrap();
         assert_eq!(s.read_timeout().unwrap(), Some(base));
@@ -210,7 +204,7 @@ mod tests {
         let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let base = Duration::from_secs(30);
         s.set_read_timeout(Some(base)).unwrap();
-        let lowered = Cell::new(false);
+        let lowered = Cell::new(Some(base));
         assert_eq!(silence_limit_for_helpers(), None);
         let limit = {
             let _op = start(Duration::from_secs(6));

@@ -119,7 +119,8 @@ pub struct TlsInfo {
 struct Control {
     stream: ControlStream,
     base: Duration,
-    lowered: std::cell::Cell<bool>,
+    /// The socket's timeouts as last set (`crate::deadline::arm`).
+    timeouts: std::cell::Cell<Option<Duration>>,
 }
 
 enum ControlStream {
@@ -132,8 +133,8 @@ impl Control {
         Control {
             stream,
             base,
-            // Set up under an operation's deadline, perhaps: the first use restores.
-            lowered: std::cell::Cell::new(true),
+            // Set up under an operation's deadline, perhaps: the first use sets them.
+            timeouts: std::cell::Cell::new(None),
         }
     }
 
@@ -145,7 +146,7 @@ impl Control {
     }
 
     fn arm(&self) -> io::Result<()> {
-        crate::deadline::arm(self.tcp(), self.base, &self.lowered)
+        crate::deadline::arm(self.tcp(), self.base, &self.timeouts)
     }
 }
 

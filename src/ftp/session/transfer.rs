@@ -111,8 +111,8 @@ struct Transfer<'a> {
     bytes: u64,
     /// The command and path ("RETR /a/b"), for messages.
     what: String,
-    /// The data socket's timeout is below the connection's (a deadline is near).
-    lowered: Cell<bool>,
+    /// The data socket's timeouts as last set (`crate::deadline::arm`).
+    timeouts: Cell<Option<Duration>>,
 }
 
 impl<'a> Transfer<'a> {
@@ -122,7 +122,7 @@ impl<'a> Transfer<'a> {
             data: Some(data),
             bytes: 0,
             what,
-            lowered: Cell::new(true),
+            timeouts: Cell::new(None),
         }
     }
 
@@ -131,7 +131,7 @@ impl<'a> Transfer<'a> {
     fn armed(&mut self) -> (io::Result<Option<&mut DataStream>>, &str) {
         let timeout = self.conn.io_timeout();
         let data = match self.data.as_mut() {
-            Some(d) => crate::deadline::arm(d.tcp(), timeout, &self.lowered).map(|()| Some(d)),
+            Some(d) => crate::deadline::arm(d.tcp(), timeout, &self.timeouts).map(|()| Some(d)),
             None => Ok(None),
         };
         (data, &self.what)
