@@ -344,6 +344,45 @@ fn cut_download_is_a_lost_connection_with_the_servers_reply() {
     }
 }
 
+/// A passive port that is busy (pure-ftpd: two sessions bound the same random port
+/// and the second one's listen() failed: "425 Unable to identify the local data
+/// socket: Address already in use") is asked for again: downloads and listings go
+/// through, and the connection stays in step although the command sent with the
+/// refused EPSV was answered 150 and then 425.
+#[test]
+fn a_busy_passive_port_is_asked_for_again() {
+    let _g = serial();
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let srv = HostileServer::start(Behaviour::NormalFile(bytes.clone()));
+    let mut conn = connect(&srv);
+    let path = format!("/{FILE_NAME}");
+    srv.refuse_passive(2);
+    let mut got = Vec::new();
+    let mut dl = conn
+        .retr(&path, 0)
+        .expect("RETR after two busy passive ports");
+    dl.read_to_end(&mut got).unwrap();
+    dl.finish().unwrap();
+    assert!(got == bytes, "downloaded bytes differ");
+    srv.refuse_passive(1);
+    let list = conn
+        .list_dir("/")
+        .expect("a listing after a busy passive port");
+    assert_eq!(list.len(), 1, "{list:?}");
+    conn.noop().expect("the connection is in step");
+    let epsvs = srv
+        .commands()
+        .iter()
+        .filter(|c| c.starts_with("EPSV"))
+        .count();
+    assert_eq!(epsvs, 5, "{:?}", srv.commands());
+    // A port that stays busy is an error, not a loop.
+    srv.refuse_passive(100);
+    let err = conn.list_dir("/").unwrap_err();
+    assert_eq!(err.reply_code(), Some(425), "{err}");
+    conn.quit();
+}
+
 // ---------------------------------------------------------------------------
 // Listings
 

@@ -162,6 +162,9 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     counters: Counters,
     commands: Mutex<VecDeque<String>>,
+    /// The next this many EPSV/PASV are refused as pure-ftpd does when two sessions
+    /// picked the same passive port ([`HostileServer::refuse_passive`]).
+    passive_refusals: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -276,6 +279,7 @@ impl HostileServer {
             threads: Mutex::new(Vec::new()),
             counters: Counters::default(),
             commands: Mutex::new(VecDeque::new()),
+            passive_refusals: AtomicU64::new(0),
         });
         let sh = shared.clone();
         let accept = thread::Builder::new()
@@ -323,6 +327,14 @@ impl HostileServer {
     /// The last commands received (at most 512; passwords masked), oldest first.
     pub fn commands(&self) -> Vec<String> {
         lock(&self.shared.commands).iter().cloned().collect()
+    }
+
+    /// The next `n` EPSV/PASV are answered "425 Unable to identify the local data
+    /// socket: Address already in use" (pure-ftpd, when another session's listener
+    /// took the random passive port it bound). A transfer command sent with it then
+    /// gets 150 and 425 (no passive listener).
+    pub fn refuse_passive(&self, n: u64) {
+        self.shared.passive_refusals.store(n, Ordering::Relaxed);
     }
 
     /// A handle that stops this server from another thread.
@@ -838,6 +850,9 @@ impl Session {
                 return self.no_such_file();
             }
             "MLST" => return self.mlst(arg),
+            "EPSV" | "PASV" if self.refuses_passive() => {
+                self.reply("425 Unable to identify the local data socket: Address already in use")?;
+            }
             "EPSV" => {
                 let l = TcpListener::bind((HOST, 0))?;
                 let port = l.local_addr()?.port();
@@ -1033,6 +1048,13 @@ impl Session {
 
     /// A transfer with a 150, a data connection and `produce`'s bytes, ended as a
     /// server ends it (226, or 426 + 226 after ABOR).
+    /// Whether this EPSV/PASV is one to refuse (see `HostileServer::refuse_passive`).
+    fn refuses_passive(&self) -> bool {
+        let n = &self.sh.passive_refusals;
+        n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| k.checked_sub(1))
+            .is_ok()
+    }
+
     fn transfer(&mut self, produce: impl FnMut(&mut Vec<u8>) -> bool) -> Go {
         self.reply("150 Opening BINARY mode data connection")?;
         let Some(mut data) = self.open_data(false)? else {

@@ -152,14 +152,28 @@ impl FtpConnection {
 
     /// EPSV, else PASV: the port of the server's passive listener.
     fn passive_port(&mut self) -> Result<u16> {
-        if self.use_epsv {
+        let mut busy = 0;
+        while self.use_epsv {
             let r = self.command(&Command::epsv())?;
             if Verb::Epsv.completes(r.code) {
                 return parse_epsv(&r.text());
             }
+            if passive_busy(&r, &mut busy) {
+                continue;
+            }
             self.epsv_refused(r)?;
         }
-        self.pasv_port()
+        loop {
+            match self.pasv_port() {
+                Err(FtpError::Reply { code, text, .. })
+                    if code == code::CANT_OPEN_DATA && busy < PASSIVE_BUSY_RETRIES =>
+                {
+                    busy += 1;
+                    log::debug!("PASV answered {code} {text}: asking again");
+                }
+                other => return other,
+            }
+        }
     }
 
     /// An EPSV answered with something else than 229: "not implemented" turns
@@ -256,7 +270,8 @@ impl FtpConnection {
     /// A new passive connection with `batch` sent: EPSV pipelined with it, or PASV
     /// first where the server has no EPSV.
     fn open_passive(&mut self, batch: &[Command]) -> Result<TcpStream> {
-        if self.use_epsv {
+        let mut busy = 0;
+        while self.use_epsv {
             let mut cmds = Vec::with_capacity(batch.len() + 1);
             cmds.push(Command::epsv());
             cmds.extend_from_slice(batch);
@@ -285,13 +300,17 @@ impl FtpConnection {
                     .and_then(|port| self.start_data_connect(port))
                     .inspect_err(|_| self.broken = true);
             }
-            // The batch fails for want of a data connection: consume its replies.
+            // The batch fails for want of a data connection: consume its replies
+            // (a server may say 150 before it finds no data connection).
             for _ in batch {
-                self.read_reply()?;
+                while self.read_reply()?.is_preliminary() {}
+            }
+            if passive_busy(&epsv, &mut busy) {
+                continue;
             }
             self.epsv_refused(epsv)?;
         }
-        let port = self.pasv_port()?;
+        let port = self.passive_port()?;
         let tcp = self.start_data_connect(port)?;
         self.send(batch)?;
         Ok(tcp)
@@ -508,6 +527,23 @@ impl From<Handshake> for Channel {
 }
 
 /// `229 Entering Extended Passive Mode (|||6446|)` → 6446.
+/// Times a 425 to EPSV/PASV is asked again. pure-ftpd picks a random passive port
+/// and binds it with SO_REUSEADDR, so two sessions can pick the same one: the
+/// second one's listen() fails, and it answers "425 Unable to identify the local
+/// data socket: Address already in use". The next try picks another port.
+const PASSIVE_BUSY_RETRIES: u32 = 3;
+
+/// Whether a refused EPSV is worth asking again (a busy passive port, see
+/// `PASSIVE_BUSY_RETRIES`); counts the tries in `busy`.
+fn passive_busy(r: &Reply, busy: &mut u32) -> bool {
+    if r.code != code::CANT_OPEN_DATA || *busy >= PASSIVE_BUSY_RETRIES {
+        return false;
+    }
+    *busy += 1;
+    log::debug!("EPSV answered {} {}: asking again", r.code, clip(&r.text()));
+    true
+}
+
 fn parse_epsv(text: &str) -> Result<u16> {
     let bad = || FtpError::Protocol(format!("bad EPSV reply {:?}", clip(text)));
     let open = text.find('(').ok_or_else(bad)?;
