@@ -110,6 +110,15 @@ pub fn bound(base: Duration) -> Duration {
     }
 }
 
+/// [`bound`], and at most this thread's silence limit: for a wait on the network
+/// that no socket call arms (a poll for a reply or a handshake).
+pub fn bound_silence(base: Duration) -> Duration {
+    match SILENCE_LIMIT.with(|c| c.get()) {
+        Some(limit) => bound(base).min(limit),
+        None => bound(base),
+    }
+}
+
 /// Bytes moved: the operation is alive, its deadline moves out again.
 pub fn progress() {
     CURRENT.with(|c| {
@@ -222,6 +231,11 @@ mod tests {
         }
         arm(&s, base, &lowered).unwrap();
         assert_eq!(s.read_timeout().unwrap(), Some(base));
+        {
+            let _quiet = limit_silence(limit);
+            assert_eq!(bound_silence(base), limit);
+        }
+        assert_eq!(bound_silence(base), base);
         let _op = start(Duration::from_millis(900));
         assert_eq!(silence_limit_for_helpers(), Some(MIN_SILENCE_LIMIT));
     }

@@ -336,7 +336,7 @@ impl FtpConnection {
     /// connection ends it with the server's reply.
     fn open_channel(&mut self, tcp: TcpStream, rest: bool, cmd: &Command) -> Result<DataStream> {
         let verb = cmd.verb();
-        let deadline = Instant::now() + crate::deadline::bound(self.opts.timeout);
+        let deadline = Instant::now() + crate::deadline::bound_silence(self.opts.timeout);
         let mut rest_pending = rest;
         let mut started = false;
         if let Err(e) = netio::wait_connected(&tcp, deadline) {
@@ -389,12 +389,14 @@ impl FtpConnection {
                 let ready = netio::poll(&mut fds, deadline)
                     .map_err(|e| FtpError::io("waiting for the data connection", e))?;
                 if ready.is_empty() {
+                    // Silence: waiting for the replies still due would meet the
+                    // same. The connection is given up (and counts as silent).
                     drop(channel);
-                    let e = FtpError::Timeout(format!(
+                    self.mark_silent();
+                    return Err(FtpError::Timeout(format!(
                         "{}: neither a reply nor the data connection came",
                         verb.name()
-                    ));
-                    return Err(self.fail_before_data(rest_pending, cmd, e));
+                    )));
                 }
                 want_reply && ready.contains(&(fds.len() - 1))
             };
