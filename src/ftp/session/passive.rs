@@ -24,7 +24,9 @@
 //! A prepared socket can go stale (the server closed its passive listener after an
 //! idle timeout or another EPSV): it is checked before use (a reset socket has
 //! input), dropped after [`PREPARED_MAX_AGE`], and a transfer whose command gets a
-//! 425/426 on it is retried once on a fresh EPSV.
+//! 425/426 on it is retried once on a fresh EPSV. An EPSV or PASV answered 425 (a
+//! passive port another session took: pure-ftpd) is asked again, up to
+//! `PASSIVE_BUSY_RETRIES` times.
 
 use super::setup::prepare_socket;
 use super::transfer::DataStream;
@@ -528,7 +530,6 @@ impl From<Handshake> for Channel {
     }
 }
 
-/// `229 Entering Extended Passive Mode (|||6446|)` → 6446.
 /// Times a 425 to EPSV/PASV is asked again. pure-ftpd picks a random passive port
 /// and binds it with SO_REUSEADDR, so two sessions can pick the same one: the
 /// second one's listen() fails, and it answers "425 Unable to identify the local
@@ -546,6 +547,7 @@ fn passive_busy(r: &Reply, busy: &mut u32) -> bool {
     true
 }
 
+/// `229 Entering Extended Passive Mode (|||6446|)` → 6446.
 fn parse_epsv(text: &str) -> Result<u16> {
     let bad = || FtpError::Protocol(format!("bad EPSV reply {:?}", clip(text)));
     let open = text.find('(').ok_or_else(bad)?;
