@@ -23,6 +23,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::TcpStream;
+use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy)]
@@ -39,22 +40,38 @@ thread_local! {
 /// The shortest silence limit a helper gets, whatever `timeout=` is.
 const MIN_SILENCE_LIMIT: Duration = Duration::from_secs(1);
 
-/// A silence limit on this thread's socket calls, until dropped.
-pub struct SilenceLimit {
-    previous: Option<Duration>,
+/// A thread-local value set until dropped, then the one before it again (scopes
+/// nest): what [`Scope`] and [`SilenceLimit`] hold.
+struct Restore<T: Copy + 'static> {
+    key: &'static LocalKey<Cell<T>>,
+    previous: T,
 }
 
-impl Drop for SilenceLimit {
-    fn drop(&mut self) {
-        SILENCE_LIMIT.with(|c| c.set(self.previous));
+impl<T: Copy + 'static> Restore<T> {
+    fn set(key: &'static LocalKey<Cell<T>>, value: T) -> Self {
+        Restore {
+            key,
+            previous: key.with(|c| c.replace(value)),
+        }
     }
+}
+
+impl<T: Copy + 'static> Drop for Restore<T> {
+    fn drop(&mut self) {
+        self.key.with(|c| c.set(self.previous));
+    }
+}
+
+/// A silence limit on this thread's socket calls, until dropped.
+pub struct SilenceLimit {
+    _restore: Restore<Option<Duration>>,
 }
 
 /// From now until the result is dropped, a socket call on this thread fails
 /// (TimedOut) once it has waited `limit` without a byte, deadline or not.
 pub fn limit_silence(limit: Duration) -> SilenceLimit {
     SilenceLimit {
-        previous: SILENCE_LIMIT.with(|c| c.replace(Some(limit))),
+        _restore: Restore::set(&SILENCE_LIMIT, Some(limit)),
     }
 }
 
@@ -69,13 +86,7 @@ pub fn silence_limit_for_helpers() -> Option<Duration> {
 
 /// The deadline of the operation running on this thread, until dropped.
 pub struct Scope {
-    previous: Option<Deadline>,
-}
-
-impl Drop for Scope {
-    fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.previous));
-    }
+    _restore: Restore<Option<Deadline>>,
 }
 
 /// Starts an operation that must end (or make progress) within `window`.
@@ -85,7 +96,7 @@ pub fn start(window: Duration) -> Scope {
         window,
     };
     Scope {
-        previous: CURRENT.with(|c| c.replace(Some(d))),
+        _restore: Restore::set(&CURRENT, Some(d)),
     }
 }
 
@@ -185,13 +196,22 @@ mod tests {
         assert!(left().is_none());
     }
 
-    #[test]
-    fn arm_lowers_and_restores_socket_timeouts() {
+    /// A connected loopback socket (and its listener, kept open) whose timeouts are
+    /// `BASE`, with the record `arm` keeps of them.
+    fn socket() -> (std::net::TcpListener, TcpStream, Cell<Option<Duration>>) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let base = Duration::from_secs(30);
-        s.set_read_timeout(Some(base)).unwrap();
-        let lowered = Cell::new(Some(base));
+        s.set_read_timeout(Some(BASE)).unwrap();
+        s.set_write_timeout(Some(BASE)).unwrap();
+        (l, s, Cell::new(Some(BASE)))
+    }
+
+    const BASE: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn arm_lowers_and_restores_socket_timeouts() {
+        let (_l, s, lowered) = socket();
+        let base = BASE;
         {
             let _d = start(Duration::from_secs(2));
             arm(&s, base, &lowered).unwrap();
@@ -209,11 +229,8 @@ mod tests {
 
     #[test]
     fn a_silence_limit_lowers_socket_timeouts_without_a_deadline() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let base = Duration::from_secs(30);
-        s.set_read_timeout(Some(base)).unwrap();
-        let lowered = Cell::new(Some(base));
+        let (_l, s, lowered) = socket();
+        let base = BASE;
         assert_eq!(silence_limit_for_helpers(), None);
         let limit = {
             let _op = start(Duration::from_secs(6));
