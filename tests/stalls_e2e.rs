@@ -777,6 +777,18 @@ fn allow_other_alone_refuses_other_users_a_0600_file_proftpd() {
 
 // ---- 6b. connections that died without a word -----------------------------------------------
 
+/// Leaves several connections idle in `m`'s pool: the six files `warm/w0..5` (300,000
+/// bytes each) read at once, then a moment for them to go back.
+fn fill_the_pool(m: &Mount) {
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let p = m.path(&format!("warm/w{i}"));
+            s.spawn(move || assert_eq!(fs::read(p).unwrap().len(), 300_000));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 /// The path dies without a word (a NAT that forgot it, a laptop that moved to another
 /// network): every connection the mount holds goes silent, with no reset and no close;
 /// new connections work. The first read meets a dead connection: its stream gives it
@@ -801,14 +813,7 @@ fn silent_dead_connections(spec: ServerSpec, keepalive: bool, paused: bool) {
     };
     let m = logged_mount(&srv, true, opts);
     assert_eq!(fs::read_dir(m.path("cold")).unwrap().count(), 6);
-    // Several connections in the pool: six reads at once.
-    std::thread::scope(|s| {
-        for i in 0..6 {
-            let p = m.path(&format!("warm/w{i}"));
-            s.spawn(move || assert_eq!(fs::read(p).unwrap().len(), 300_000));
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    fill_the_pool(&m);
     if paused {
         std::thread::sleep(ftpsfs::remote::pool::PROBE_AFTER);
     }
@@ -916,14 +921,7 @@ fn unmount_after_the_path_died_takes_seconds_proftpd() {
     }
     let fwd: Forwarder = srv.forwarder(Duration::ZERO);
     let mut m = logged_mount(&srv, true, "timeout=10");
-    // Several connections in the pool: six reads at once.
-    std::thread::scope(|s| {
-        for i in 0..6 {
-            let p = m.path(&format!("warm/w{i}"));
-            s.spawn(move || assert_eq!(fs::read(p).unwrap().len(), 300_000));
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    fill_the_pool(&m);
     let held = fwd.open_connections();
     fwd.freeze_open();
     let t = Instant::now();

@@ -160,19 +160,15 @@ impl FtpConnection {
             if Verb::Epsv.completes(r.code) {
                 return parse_epsv(&r.text());
             }
-            if passive_busy(&r, &mut busy) {
+            if passive_busy(Verb::Epsv, r.code, &r.text(), &mut busy) {
                 continue;
             }
             self.epsv_refused(r)?;
         }
         loop {
             match self.pasv_port() {
-                Err(FtpError::Reply { code, text, .. })
-                    if code == code::CANT_OPEN_DATA && busy < PASSIVE_BUSY_RETRIES =>
-                {
-                    busy += 1;
-                    log::debug!("PASV answered {code} {text}: asking again");
-                }
+                Err(FtpError::Reply { code, ref text, .. })
+                    if passive_busy(Verb::Pasv, code, text, &mut busy) => {}
                 other => return other,
             }
         }
@@ -307,7 +303,7 @@ impl FtpConnection {
             for _ in batch {
                 while self.read_reply()?.is_preliminary() {}
             }
-            if passive_busy(&epsv, &mut busy) {
+            if passive_busy(Verb::Epsv, epsv.code, &epsv.text(), &mut busy) {
                 continue;
             }
             self.epsv_refused(epsv)?;
@@ -536,14 +532,18 @@ impl From<Handshake> for Channel {
 /// data socket: Address already in use". The next try picks another port.
 const PASSIVE_BUSY_RETRIES: u32 = 3;
 
-/// Whether a refused EPSV is worth asking again (a busy passive port, see
-/// `PASSIVE_BUSY_RETRIES`); counts the tries in `busy`.
-fn passive_busy(r: &Reply, busy: &mut u32) -> bool {
-    if r.code != code::CANT_OPEN_DATA || *busy >= PASSIVE_BUSY_RETRIES {
+/// Whether `verb` (EPSV or PASV), refused with `code`, is worth asking again (a
+/// busy passive port, see `PASSIVE_BUSY_RETRIES`); counts the tries in `busy`.
+fn passive_busy(verb: Verb, code: u16, text: &str, busy: &mut u32) -> bool {
+    if code != code::CANT_OPEN_DATA || *busy >= PASSIVE_BUSY_RETRIES {
         return false;
     }
     *busy += 1;
-    log::debug!("EPSV answered {} {}: asking again", r.code, clip(&r.text()));
+    log::debug!(
+        "{} answered {code} {}: asking again",
+        verb.name(),
+        clip(text)
+    );
     true
 }
 
